@@ -1,0 +1,626 @@
+"""TOML + includes + profile + defaults -> `Desired`, or `ConfigError(file, line, app, key)`.
+
+Layer 1, and the only module that reads files. `load()` either returns a complete `Desired` or
+raises; it starts nothing, creates no directory and touches no network. The existence of `cwd`,
+users and groups is checked when an instance is spawned, not here; env files are read here (their
+content is part of the app's definition).
+
+Also here, because the CLI needs them without loading the whole config: the default paths and
+the socket discovery of contract §1 (`find_socket`), which must work on a broken config file.
+Kept import-light (no psutil, no asyncio): the CLI imports it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shlex
+import stat
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from procsup import schema
+from procsup.errors import ConfigError
+from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
+
+ROOT_CONFIG = "/etc/procsup/apps.toml"
+ROOT_SOCKET = "/run/procsup/procsup.sock"
+ROOT_PIDFILE = "/run/procsup/procsupd.pid"
+ROOT_LOG_DIR = "/var/log/procsup"
+ROOT_STATE_DIR = "/var/lib/procsup"
+
+_TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
+_TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+# AppSpec fields taken from the converted value as is (the rest are resolved below).
+_DIRECT_FIELDS = (
+    "shell", "exec_mode", "inherit_env", "user", "group", "umask", "autorestart",
+    "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "kill_signal",
+    "kill_timeout", "merge_logs", "log_date_format", "log_max_size", "log_retain",
+    "max_memory_restart", "ignore_watch", "cron_restart", "ready", "ready_timeout",
+    "heartbeat_timeout", "balance",
+)  # fmt: skip
+_DAEMON_DIRECT_FIELDS = ("socket_mode", "socket_group", "env", "watch_config", "shutdown_timeout")
+
+
+# -- default paths ----------------------------------------------------------------------------
+
+
+def _uid(uid: int | None) -> int:
+    return os.getuid() if uid is None else uid
+
+
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def _xdg(environ: Mapping[str, str], name: str) -> str | None:
+    # The XDG spec says relative values are invalid and must be ignored.
+    value = environ.get(name, "")
+    return value if os.path.isabs(value) else None
+
+
+def _home(uid: int, environ: Mapping[str, str]) -> str:
+    home = environ.get("HOME", "")
+    if os.path.isabs(home):
+        return home
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        raise ConfigError(
+            f"cannot find the home directory of uid {uid}: set $HOME, or set log_dir and "
+            "state_dir in [procsup]"
+        ) from None
+
+
+def _runtime_dir(uid: int, environ: Mapping[str, str]) -> str:
+    base = _xdg(environ, "XDG_RUNTIME_DIR")
+    return os.path.join(base, "procsup") if base else f"/tmp/procsup-{uid}"
+
+
+def _state_base(uid: int, environ: Mapping[str, str]) -> str:
+    base = _xdg(environ, "XDG_STATE_HOME") or os.path.join(_home(uid, environ), ".local/state")
+    return os.path.join(base, "procsup")
+
+
+def default_config_path(uid: int | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """$PROCSUP_CONFIG; else root: /etc/procsup/apps.toml; others:
+    $XDG_CONFIG_HOME/procsup/apps.toml (else ~/.config/procsup/apps.toml)."""
+    uid, environ = _uid(uid), _environ(environ)
+    if environ.get("PROCSUP_CONFIG"):
+        return environ["PROCSUP_CONFIG"]
+    if uid == 0:
+        return ROOT_CONFIG
+    base = _xdg(environ, "XDG_CONFIG_HOME") or os.path.join(_home(uid, environ), ".config")
+    return os.path.join(base, "procsup", "apps.toml")
+
+
+def default_socket_path(uid: int | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """Root: /run/procsup/procsup.sock; others: $XDG_RUNTIME_DIR/procsup/procsup.sock, else
+    /tmp/procsup-<uid>/procsup.sock."""
+    uid, environ = _uid(uid), _environ(environ)
+    if uid == 0:
+        return ROOT_SOCKET
+    return os.path.join(_runtime_dir(uid, environ), "procsup.sock")
+
+
+# -- reading files ----------------------------------------------------------------------------
+
+
+class _Locator:
+    """Line numbers of tables and keys in TOML text (tomllib gives none).
+
+    Records, for each key path (("apps", "web", "command")), the first line that defines it or,
+    through a dotted key or header, one of its children. `line()` falls back to the longest
+    recorded prefix: a key inside an inline table is reported at the line of that table.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        in_multiline: str | None = None
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if in_multiline is not None:
+                if raw.count(in_multiline) % 2 == 1:
+                    in_multiline = None
+                continue
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("["):
+                header = _parse_key(line, 2 if line.startswith("[[") else 1)
+                if header is not None:
+                    table = header[0]
+                    self._record(table, number)
+                continue
+            parsed = _parse_key(line, 0)
+            if parsed is None or not line[parsed[1] :].startswith("="):
+                continue
+            self._record(table + parsed[0], number)
+            value = line[parsed[1] + 1 :]
+            starts = [(value.find(d), d) for d in ('"""', "'''") if d in value]
+            if starts:
+                index, delim = min(starts)
+                if value[index:].count(delim) % 2 == 1:
+                    in_multiline = delim
+
+    def _record(self, path: tuple[str, ...], number: int) -> None:
+        for n in range(1, len(path) + 1):
+            self._lines.setdefault(path[:n], number)
+
+    def line(self, *path: str) -> int | None:
+        for n in range(len(path), 0, -1):
+            found = self._lines.get(path[:n])
+            if found is not None:
+                return found
+        return None
+
+
+def _parse_key(line: str, pos: int) -> tuple[tuple[str, ...], int] | None:
+    """Parse a (dotted, maybe quoted) TOML key at `pos`: (parts, position after it and blanks)."""
+    parts: list[str] = []
+    n = len(line)
+    while True:
+        while pos < n and line[pos] in " \t":
+            pos += 1
+        if pos >= n:
+            return None
+        if line[pos] == '"':
+            end, chars = pos + 1, []
+            while end < n and line[end] != '"':
+                if line[end] == "\\" and end + 1 < n:
+                    end += 1
+                chars.append(line[end])
+                end += 1
+            if end >= n:
+                return None
+            parts.append("".join(chars))
+            pos = end + 1
+        elif line[pos] == "'":
+            end = line.find("'", pos + 1)
+            if end < 0:
+                return None
+            parts.append(line[pos + 1 : end])
+            pos = end + 1
+        else:
+            m = _BARE_KEY_RE.match(line, pos)
+            if m is None:
+                return None
+            parts.append(m.group())
+            pos = m.end()
+        while pos < n and line[pos] in " \t":
+            pos += 1
+        if pos < n and line[pos] == ".":
+            pos += 1
+            continue
+        return tuple(parts), pos
+
+
+class _Source:
+    """One config file, read and parsed."""
+
+    def __init__(self, path: str, text: str, data: dict[str, Any]) -> None:
+        self.path = path
+        self.dir = os.path.dirname(path)
+        self.data = data
+        self.locator = _Locator(text)
+
+    def error(
+        self, message: str, *path: str, app: str | None = None, key: str | None = None
+    ) -> ConfigError:
+        return ConfigError(
+            message, file=self.path, line=self.locator.line(*path) if path else None, app=app,
+            key=key,
+        )
+
+    def resolve(self, path: str) -> str:
+        return os.path.normpath(os.path.join(self.dir, path))
+
+
+def _read_text(path: str, require_root_owned: bool) -> str:
+    try:
+        with open(path, "rb") as f:
+            if require_root_owned:
+                _check_owner(path, os.fstat(f.fileno()))
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError("not valid UTF-8", file=path, line=line) from None
+
+
+def _check_owner(path: str, st: os.stat_result) -> None:
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            "refusing a config file writable by anyone but root "
+            f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})",
+            file=path,
+        )
+
+
+def _read(path: str, require_root_owned: bool) -> _Source:
+    text = _read_text(path, require_root_owned)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line: int | None = None
+        m = _TOML_POS_RE.search(message)
+        if m is not None:
+            line = int(m.group(1))
+            message = message[: m.start()]
+        elif (m := _TOML_END_RE.search(message)) is not None:
+            line = max(1, len(text.splitlines()))
+            message = message[: m.start()]
+        raise ConfigError(f"TOML syntax error: {message}", file=path, line=line) from None
+    return _Source(path, text, data)
+
+
+# -- load -------------------------------------------------------------------------------------
+
+
+def load(
+    path: str,
+    *,
+    profile: str | None = None,
+    uid: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    require_root_owned: bool = False,
+) -> Desired:
+    """Read the config at `path` with its includes and return the whole desired state.
+
+    `profile` overrides `[procsup] env`. `uid` (default: ours) and `environ` (default:
+    os.environ) choose the default paths. With `require_root_owned` (what a root daemon
+    passes) every file must be owned by root and not group/other-writable.
+    Raises ConfigError for anything invalid; never returns a partial result.
+    """
+    uid, environ = _uid(uid), _environ(environ)
+    main = _read(os.path.abspath(path), require_root_owned)
+    for key in main.data:
+        if key not in ("procsup", "apps"):
+            hint = _did_you_mean(key, ("procsup", "apps"))
+            raise main.error(f"unknown top-level key {key!r}{hint}", key, key=key)
+    daemon = _daemon_spec(main, uid, environ)
+    if profile is not None and not schema.PROFILE_RE.match(profile):
+        raise ConfigError(
+            f"invalid profile name {profile!r}: use letters, digits, '_' and '-'", key="env"
+        )
+    active = profile if profile is not None else daemon.env
+
+    sources = [main]
+    for pattern in daemon.include:
+        for match in sorted(glob.glob(pattern, recursive=True)):
+            found = os.path.abspath(match)
+            if os.path.isfile(found) and found not in (s.path for s in sources):
+                sources.append(_read_included(found, require_root_owned))
+
+    apps: dict[str, AppSpec] = {}
+    for src in sources:
+        table = src.data.get("apps", {})
+        if not isinstance(table, dict):
+            raise src.error(f"'apps' must be a table, got {schema.type_name(table)}", "apps")
+        for name, raw in table.items():
+            if name in apps:
+                first = apps[name]
+                where = f"{first.source}:{first.line}" if first.line else f"{first.source}"
+                raise src.error(
+                    f"app {name!r} is defined twice: first in {where}", "apps", name, app=name
+                )
+            apps[name] = _app_spec(src, name, raw, daemon, active)
+    return Desired(daemon=daemon, apps=apps, profile=active, files=tuple(s.path for s in sources))
+
+
+def _read_included(path: str, require_root_owned: bool) -> _Source:
+    src = _read(path, require_root_owned)
+    for key, value in src.data.items():
+        if key != "apps":
+            what = f"[{key}]" if isinstance(value, dict) else f"key {key!r}"
+            raise src.error(
+                f"an included file may only hold [apps.*] tables, found {what}", key, key=key
+            )
+    return src
+
+
+def _did_you_mean(name: str, known: tuple[str, ...] | Mapping[str, object]) -> str:
+    close = schema.suggest(name, known)
+    return f"; did you mean {close!r}?" if close else ""
+
+
+def _check_table(
+    src: _Source, table: Mapping[str, object], rows: Mapping[str, schema.Key], *path: str
+) -> dict[str, Any]:
+    """Validate and convert the `[procsup]` table (apps have their own loop: env_<profile>)."""
+    out: dict[str, Any] = {}
+    for key, raw in table.items():
+        row = rows.get(key)
+        if row is None:
+            hint = _did_you_mean(key, rows)
+            raise src.error(f"unknown key {key!r}{hint}", *path, key, key=key)
+        try:
+            out[key] = schema.check(row, raw)
+        except schema.ValueProblem as p:
+            sub = (p.subkey,) if p.subkey else ()
+            raise src.error(p.message, *path, key, *sub, key=key) from None
+    return out
+
+
+def _daemon_spec(src: _Source, uid: int, environ: Mapping[str, str]) -> DaemonSpec:
+    table = src.data.get("procsup", {})
+    if not isinstance(table, dict):
+        raise src.error(f"'procsup' must be a table, got {schema.type_name(table)}", "procsup")
+    values = _check_table(src, table, schema.DAEMON_KEYS, "procsup")
+
+    def path_of(key: str, default: str) -> str:
+        value = values.get(key)
+        return src.resolve(value) if isinstance(value, str) else default
+
+    if uid == 0:
+        socket, pidfile = path_of("socket", ROOT_SOCKET), path_of("pidfile", ROOT_PIDFILE)
+        log_dir, state_dir = path_of("log_dir", ROOT_LOG_DIR), path_of("state_dir", ROOT_STATE_DIR)
+    else:
+        runtime = _runtime_dir(uid, environ)
+        socket = path_of("socket", os.path.join(runtime, "procsup.sock"))
+        pidfile = path_of("pidfile", os.path.join(runtime, "procsupd.pid"))
+        try:  # computed only when not set: _home() may fail
+            log_dir = path_of("log_dir", "") or os.path.join(_state_base(uid, environ), "logs")
+            state_dir = path_of("state_dir", "") or os.path.join(
+                _state_base(uid, environ), "state"
+            )
+        except ConfigError as exc:
+            raise ConfigError(exc.message, file=src.path) from None
+    direct = {k: values[k] for k in _DAEMON_DIRECT_FIELDS if k in values}
+    return DaemonSpec(
+        config_path=src.path,
+        socket=socket,
+        pidfile=pidfile,
+        log_dir=log_dir,
+        state_dir=state_dir,
+        include=tuple(src.resolve(p) for p in values.get("include", ())),
+        **direct,
+    )
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _app_spec(
+    src: _Source, name: str, raw: object, daemon: DaemonSpec, profile: str | None
+) -> AppSpec:
+    def error(message: str, key: str | None = None, *sub: str) -> ConfigError:
+        path = ("apps", name, key, *sub) if key else ("apps", name)
+        return src.error(message, *path, app=name, key=key)
+
+    if not isinstance(raw, dict):
+        raise error(f"an app must be a table ([apps.{name}]), got {schema.type_name(raw)}")
+    if not schema.APP_NAME_RE.match(name):
+        raise error(f"invalid app name {name!r}: use letters, digits, '_', '.' and '-'")
+    if name in schema.RESERVED_APP_NAMES:
+        raise error(f"the app name {name!r} is reserved")
+
+    values: dict[str, Any] = {}
+    profile_env: dict[str, dict[str, str]] = {}
+    for key, value in raw.items():
+        found = schema.app_key(key)
+        if found is None:
+            raise error(f"unknown key {key!r}{_did_you_mean(key, schema.APP_KEYS)}", key)
+        row, key_profile = found
+        try:
+            converted = schema.check(row, value)
+        except schema.ValueProblem as p:
+            message = p.message
+            if key_profile is not None and not isinstance(value, dict):
+                message += _did_you_mean(key, schema.APP_KEYS)  # env_files = [...] is a typo
+            raise error(message, key, *((p.subkey,) if p.subkey else ())) from None
+        if key_profile is not None:
+            assert isinstance(converted, dict)
+            profile_env[key_profile] = converted
+        else:
+            values[key] = converted
+
+    if "command" not in values:
+        raise error("missing required key 'command'", "command")
+    shell = bool(values.get("shell", False))
+    command: str | tuple[str, ...] = values["command"]
+    if shell:
+        text = command if isinstance(command, str) else shlex.join(command)
+        argv: tuple[str, ...] = ("/bin/sh", "-c", text)
+    elif isinstance(command, str):
+        try:
+            argv = tuple(shlex.split(command))
+        except ValueError as exc:
+            raise error(f"cannot split the command line: {exc}", "command") from None
+        if not argv:
+            raise error("must not be empty", "command")
+    else:
+        argv = command
+
+    cwd = src.resolve(values["cwd"]) if "cwd" in values else None
+    base = cwd or src.dir  # relative env_file and watch paths; the file's dir without a cwd
+
+    instances: int | str = values.get("instances", 1)
+    if instances == "max":
+        instances = _cpu_count()
+    elif isinstance(instances, int) and instances < 0:
+        instances = max(1, _cpu_count() + instances)
+    assert isinstance(instances, int)
+
+    env = dict(values.get("env", {}))
+    for env_path in values.get("env_file", ()):
+        env.update(_read_env_file(src, name, os.path.normpath(os.path.join(base, env_path))))
+    if profile is not None:
+        env.update(profile_env.get(profile, {}))
+
+    def log_file(key: str, suffix: str) -> str | None:
+        if key not in values:
+            return os.path.join(daemon.log_dir, f"{name}-{suffix}.log")
+        value = values[key]
+        return None if value is None else os.path.normpath(os.path.join(daemon.log_dir, value))
+
+    watch_value = values.get("watch", False)
+    if watch_value is True:
+        watch: tuple[str, ...] = (base,)
+    elif watch_value is False:
+        watch = ()
+    else:
+        watch = tuple(os.path.normpath(os.path.join(base, p)) for p in watch_value)
+
+    listen: tuple[str, ...] = tuple(
+        "unix:" + src.resolve(a[len("unix:") :]) if a.startswith("unix:") else a
+        for a in values.get("listen", ())
+    )
+    mode = values.get("exec_mode", ExecMode.FORK)
+    if mode is ExecMode.CLUSTER and not listen:
+        raise error('a cluster app needs "listen" (one or more addresses)', "listen")
+    if mode is ExecMode.FORK:
+        for key in ("listen", "balance"):
+            if key in values:
+                raise error(f'{key!r} is only used with exec_mode = "cluster"', key)
+    if "heartbeat_timeout" in values and values.get("ready", "started") != "notify":
+        raise error('heartbeat_timeout is only used with ready = "notify"', "heartbeat_timeout")
+
+    direct = {k: values[k] for k in _DIRECT_FIELDS if k in values}
+    return AppSpec(
+        name=name,
+        command=argv,
+        cwd=cwd,
+        instances=instances,
+        env=env,
+        out_file=log_file("out_file", "out"),
+        error_file=log_file("error_file", "error"),
+        watch=watch,
+        listen=listen,
+        source=src.path,
+        line=src.locator.line("apps", name),
+        **direct,
+    )
+
+
+# -- env files --------------------------------------------------------------------------------
+
+
+def _read_env_file(src: _Source, app: str, path: str) -> dict[str, str]:
+    """KEY=VALUE lines; `#` comments, blank lines, `export `, '...' or "..." values."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
+        raise src.error(
+            f"cannot read env file {path}: {reason}", "apps", app, "env_file", app=app,
+            key="env_file",
+        ) from None
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        try:
+            parsed = schema.parse_env_line(raw)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=path, line=number, app=app, key="env_file") from None
+        if parsed is not None:
+            out[parsed[0]] = parsed[1]
+    return out
+
+
+# -- socket discovery -------------------------------------------------------------------------
+
+
+_SECTION_RE = re.compile(r"^\s*\[\s*procsup\s*\]\s*(?:#.*)?$")
+_SOCKET_LINE_RE = re.compile(
+    r"""^\s*(?:procsup\s*\.\s*)?socket\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(?:#.*)?$"""
+)
+
+
+def socket_from_file(path: str) -> str | None:
+    """The `[procsup] socket` of the file at `path`, resolved against its directory.
+
+    Lenient on purpose (the client must reach the daemon exactly when the file is broken):
+    the rest of the file may be invalid, even not TOML (then the `[procsup]` section is scanned
+    line by line for `socket = "..."`). None when there is no such key or the file cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    value: object = None
+    try:
+        table = tomllib.loads(text).get("procsup")
+        if isinstance(table, dict):
+            value = table.get("socket")
+    except tomllib.TOMLDecodeError:
+        value = _scan_socket(text)
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), value))
+
+
+def _scan_socket(text: str) -> str | None:
+    section: str | None = ""  # "" = top level, "procsup", or None = another table
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = "procsup" if _SECTION_RE.match(line) else None
+            continue
+        m = _SOCKET_LINE_RE.match(line)
+        if m is None:
+            continue
+        dotted = stripped.startswith("procsup")
+        if (section == "procsup" and not dotted) or (section == "" and dotted):
+            if m.group(1) is None:
+                return m.group(2)
+            return re.sub(r"\\(.)", _unescape, m.group(1))
+    return None
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return schema.DQ_ESCAPES.get(m.group(1), m.group(0))
+
+
+def find_socket(
+    *, socket: str | None, config: str | None, environ: Mapping[str, str], uid: int
+) -> str:
+    """The control socket per contract §1: `-s`; else `[procsup] socket` of the `-c` file;
+    else $PROCSUP_SOCKET; else that of $PROCSUP_CONFIG's file; else that of the default config;
+    else the default socket path.
+
+    A config file that names no socket (or cannot be read) means the daemon that loads it uses
+    the default socket, so `-c` without a socket key yields the default socket path rather than
+    falling through to $PROCSUP_SOCKET.
+    """
+    if socket:
+        return os.path.abspath(socket)
+    if config:
+        return socket_from_file(config) or default_socket_path(uid, environ)
+    if environ.get("PROCSUP_SOCKET"):
+        return os.path.abspath(environ["PROCSUP_SOCKET"])
+    try:
+        config_path = default_config_path(uid, environ)
+    except ConfigError:  # no home directory: there is no default config to read
+        return default_socket_path(uid, environ)
+    return socket_from_file(config_path) or default_socket_path(uid, environ)
+
+
+# -- describe ---------------------------------------------------------------------------------
+
+
+def describe(desired: Desired) -> str:
+    """The summary `procsupd --check` prints: the files, the active profile, one line per app."""
+    daemon = desired.daemon
+    lines = [f"config: {daemon.config_path}"]
+    lines.extend(f"include: {f}" for f in desired.files[1:])
+    lines.append(f"profile: {desired.profile or '(none)'}")
+    lines.append(f"socket: {daemon.socket}")
+    lines.append(f"apps: {len(desired.apps)}")
+    width = max((len(n) for n in desired.apps), default=0)
+    for name, app in desired.apps.items():
+        command = app.command[2] if app.shell else shlex.join(app.command)
+        count = f"{app.instances} instance" + ("" if app.instances == 1 else "s")
+        lines.append(f"  {name:<{width}}  {count:<12} {app.exec_mode.value:<7}  {command}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,844 @@
+"""procsup.config and procsup.schema: loading, validation, locations, defaults, socket discovery."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from procsup import config, schema
+from procsup.errors import ConfigError
+from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode, RestartPolicy
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE = REPO / "etc" / "procsup" / "apps.toml"
+DOCS = REPO / "docs" / "config.md"
+CPUS = len(os.sched_getaffinity(0))
+USER_ENV = {"HOME": "/home/u"}
+
+
+def write(tmp_path: Path, text: str, name: str = "apps.toml") -> str:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def load_text(tmp_path: Path, text: str, **kw: Any) -> Desired:
+    kw.setdefault("uid", 0)
+    kw.setdefault("environ", {})
+    return config.load(write(tmp_path, text), **kw)
+
+
+def load_app(tmp_path: Path, snippet: str, **kw: Any) -> AppSpec:
+    return load_text(tmp_path, f'[apps.a]\ncommand = "x"\n{snippet}\n', **kw).apps["a"]
+
+
+def load_error(tmp_path: Path, text: str, **kw: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text, **kw)
+    return info.value
+
+
+# -- every app key: valid values ------------------------------------------------------------
+
+APP_VALID = [
+    ("shell = true\n", "command", ("/bin/sh", "-c", "x")),
+    ('cwd = "/srv/a"', "cwd", "/srv/a"),
+    ('cwd = "sub/dir"', "cwd", "{tmp}/sub/dir"),
+    ('cwd = "../up"', "cwd", "{parent}/up"),
+    ("instances = 0", "instances", 0),
+    ("instances = 3", "instances", 3),
+    ('instances = "max"', "instances", CPUS),
+    ("instances = -1", "instances", max(1, CPUS - 1)),
+    ("instances = -1000", "instances", 1),
+    ('exec_mode = "fork"', "exec_mode", ExecMode.FORK),
+    ('exec_mode = "cluster"\nlisten = "tcp://127.0.0.1:8000"', "exec_mode", ExecMode.CLUSTER),
+    ('env = { A = "1", PORT = 8000 }', "env", {"A": "1", "PORT": "8000"}),
+    ("inherit_env = false", "inherit_env", False),
+    ('user = "www-data"', "user", "www-data"),
+    ('group = "www-data"', "group", "www-data"),
+    ('umask = "022"', "umask", 0o22),
+    ('umask = "0077"', "umask", 0o77),
+    ("autorestart = true", "autorestart", RestartPolicy.ALWAYS),
+    ("autorestart = false", "autorestart", RestartPolicy.NEVER),
+    ('autorestart = "on-failure"', "autorestart", RestartPolicy.ON_FAILURE),
+    ("max_restarts = 0", "max_restarts", 0),
+    ("max_restarts = 3", "max_restarts", 3),
+    ('min_uptime = "2s"', "min_uptime", 2.0),
+    ("min_uptime = 500", "min_uptime", 0.5),
+    ('restart_delay = "1m"', "restart_delay", 60.0),
+    ('exp_backoff_restart_delay = "100ms"', "exp_backoff_restart_delay", 0.1),
+    ('kill_signal = "INT"', "kill_signal", int(signal.SIGINT)),
+    ('kill_signal = "sigquit"', "kill_signal", int(signal.SIGQUIT)),
+    ("kill_signal = 9", "kill_signal", 9),
+    ('kill_signal = "10"', "kill_signal", 10),
+    ('kill_timeout = "1.5s"', "kill_timeout", 1.5),
+    ("kill_timeout = 0", "kill_timeout", 0.0),
+    ('out_file = "a.log"', "out_file", "/var/log/procsup/a.log"),
+    ('out_file = "/abs/o.log"', "out_file", "/abs/o.log"),
+    ("out_file = false", "out_file", None),
+    ('error_file = "sub/e.log"', "error_file", "/var/log/procsup/sub/e.log"),
+    ("error_file = false", "error_file", None),
+    ("merge_logs = true", "merge_logs", True),
+    ('log_date_format = "%H:%M"', "log_date_format", "%H:%M"),
+    ('log_max_size = "50M"', "log_max_size", 50 * 1024 * 1024),
+    ("log_max_size = 4096", "log_max_size", 4096),
+    ("log_retain = 0", "log_retain", 0),
+    ("log_retain = 9", "log_retain", 9),
+    ('max_memory_restart = "512M"', "max_memory_restart", 512 * 1024 * 1024),
+    ("watch = false", "watch", ()),
+    ("watch = true", "watch", ("{tmp}",)),
+    ('watch = true\ncwd = "/srv/a"', "watch", ("/srv/a",)),
+    ('watch = ["src", "/etc/x"]\ncwd = "/srv/a"', "watch", ("/srv/a/src", "/etc/x")),
+    ('ignore_watch = ["*.tmp"]', "ignore_watch", ("*.tmp",)),
+    ('ignore_watch = "*.tmp"', "ignore_watch", ("*.tmp",)),
+    ('cron_restart = "0 4 * * *"', "cron_restart", "0 4 * * *"),
+    ('cron_restart = "*/15 0-6 1,15 JAN mon-fri"', "cron_restart", "*/15 0-6 1,15 JAN mon-fri"),
+    ('ready = "started"', "ready", "started"),
+    ('ready = "notify"', "ready", "notify"),
+    ('ready = "tcp://127.0.0.1:8000"', "ready", "tcp://127.0.0.1:8000"),
+    ('ready = "tcp://[::1]:8000"', "ready", "tcp://[::1]:8000"),
+    ('ready = "http://localhost:8000/health"', "ready", "http://localhost:8000/health"),
+    ('ready_timeout = "45s"', "ready_timeout", 45.0),
+    ('ready = "notify"\nheartbeat_timeout = "10s"', "heartbeat_timeout", 10.0),
+    (
+        'exec_mode = "cluster"\nlisten = ["tcp://0.0.0.0:80", "tcp://[::]:80", "unix:/run/a.sock"]',
+        "listen",
+        ("tcp://0.0.0.0:80", "tcp://[::]:80", "unix:/run/a.sock"),
+    ),
+    ('exec_mode = "cluster"\nlisten = "unix:a.sock"', "listen", ("unix:{tmp}/a.sock",)),
+    ('exec_mode = "cluster"\nlisten = "tcp://h:1"\nbalance = "reuseport"', "balance", "reuseport"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "field", "expected"), APP_VALID)
+def test_app_key_valid(tmp_path: Path, snippet: str, field: str, expected: object) -> None:
+    app = load_app(tmp_path, snippet)
+    if isinstance(expected, str):
+        expected = expected.replace("{tmp}", str(tmp_path))
+        expected = expected.replace("{parent}", str(tmp_path.parent))
+    elif isinstance(expected, tuple):
+        expected = tuple(e.replace("{tmp}", str(tmp_path)) for e in expected)
+    assert getattr(app, field) == expected
+
+
+# -- every app key: invalid values (error names app, key, exact line, and says why) ----------
+
+APP_INVALID = [
+    ("command = 5", "command", "expected string or array of strings, got integer"),
+    ('command = ""', "command", "must not be empty"),
+    ("command = []", "command", "must not be empty"),
+    ('command = ["", "x"]', "command", "program"),
+    ('command = ["x", 1]', "command", "item 1"),
+    ('command = "x \'unclosed"', "command", "cannot split"),
+    ('shell = "yes"', "shell", "expected boolean, got string"),
+    ("cwd = 1", "cwd", "expected string (path), got integer"),
+    ('cwd = ""', "cwd", "must not be empty"),
+    ("instances = 1.5", "instances", 'expected integer or "max", got float'),
+    ('instances = "all"', "instances", '"max"'),
+    ("instances = true", "instances", "got boolean"),
+    ('exec_mode = "cluster_mode"', "exec_mode", '"fork" or "cluster"'),
+    ("env = 1", "env", "expected table of strings"),
+    ("env = { A = true }", "env", "variable 'A': expected string or integer, got boolean"),
+    ("env = { A = [1] }", "env", "got array"),
+    ("env_file = 1", "env_file", "expected string or array"),
+    ('env_file = [""]', "env_file", "must not be empty"),
+    ('inherit_env = "no"', "inherit_env", "expected boolean"),
+    ("user = 1000", "user", "expected string (user name), got integer"),
+    ('group = ""', "group", "must not be empty"),
+    ("umask = 22", "umask", "expected string (octal)"),
+    ('umask = "089"', "umask", "invalid mode"),
+    ('autorestart = "always"', "autorestart", 'true, false or "on-failure"'),
+    ("autorestart = 1", "autorestart", "got integer"),
+    ("max_restarts = -1", "max_restarts", ">= 0"),
+    ('max_restarts = "3"', "max_restarts", "expected integer >= 0, got string"),
+    ('min_uptime = "1"', "min_uptime", "invalid duration"),
+    ("min_uptime = -5", "min_uptime", "negative"),
+    ("min_uptime = 1.5", "min_uptime", "got float"),
+    ('restart_delay = "1 day"', "restart_delay", "invalid duration"),
+    ('exp_backoff_restart_delay = "0s"', "exp_backoff_restart_delay", "greater than zero"),
+    ('kill_signal = "SIGFOO"', "kill_signal", "unknown signal"),
+    ("kill_signal = 0", "kill_signal", "invalid signal"),
+    ("kill_timeout = true", "kill_timeout", "got boolean"),
+    ("out_file = true", "out_file", "true is not allowed"),
+    ("out_file = 1", "out_file", "expected string (path) or false"),
+    ("error_file = true", "error_file", "true is not allowed"),
+    ('merge_logs = "no"', "merge_logs", "expected boolean"),
+    ("log_date_format = 1", "log_date_format", "expected string"),
+    ('log_max_size = "50T"', "log_max_size", "invalid size"),
+    ("log_max_size = 0", "log_max_size", "greater than zero"),
+    ("log_retain = -1", "log_retain", ">= 0"),
+    ('max_memory_restart = "lots"', "max_memory_restart", "invalid size"),
+    ('watch = "src"', "watch", "expected boolean or array"),
+    ("watch = [1]", "watch", "item 0"),
+    ("ignore_watch = true", "ignore_watch", "expected string or array"),
+    ('cron_restart = "0 4 * *"', "cron_restart", "5 fields"),
+    ('cron_restart = "0 4 * * * *"', "cron_restart", "5 fields"),
+    ('cron_restart = "0 4 * * ;"', "cron_restart", "invalid cron"),
+    ('ready = "ready"', "ready", "invalid ready"),
+    ('ready = "tcp://host"', "ready", "HOST:PORT"),
+    ('ready = "tcp://host:70000"', "ready", "1..65535"),
+    ('ready = "http://:80/x"', "ready", "HOST:PORT"),
+    ('ready_timeout = "0s"', "ready_timeout", "greater than zero"),
+    ('heartbeat_timeout = "10s"', "heartbeat_timeout", 'only used with ready = "notify"'),
+    ('ready = "notify"\nheartbeat_timeout = 0', "heartbeat_timeout", "greater than zero"),
+    ('listen = "tcp://0.0.0.0:80"', "listen", 'only used with exec_mode = "cluster"'),
+    ('balance = "shared"', "balance", 'only used with exec_mode = "cluster"'),
+    ('exec_mode = "cluster"\nlisten = "tcp://0.0.0.0"', "listen", "HOST:PORT"),
+    ('exec_mode = "cluster"\nlisten = "tcp://[zz]:80"', "listen", "IPv6"),
+    ('exec_mode = "cluster"\nlisten = "tcp://h:0"', "listen", "1..65535"),
+    ('exec_mode = "cluster"\nlisten = "udp://h:80"', "listen", "invalid listen address"),
+    ('exec_mode = "cluster"\nlisten = "unix:"', "listen", "unix:/path"),
+    ('exec_mode = "cluster"\nlisten = []', "listen", "needs"),
+    ('exec_mode = "cluster"\nlisten = "tcp://h:1"\nbalance = "rr"', "balance", "reuseport"),
+    ("env_production = 1", "env_production", "expected table of strings"),
+    ('env_files = [".env"]', "env_files", "did you mean 'env_file'?"),
+    ("kill_sginal = 9", "kill_sginal", "unknown key 'kill_sginal'; did you mean 'kill_signal'?"),
+    ("autorestrat = true", "autorestart", None),  # key named as written; see next test
+    ("zzzzzz = 1", "zzzzzz", "unknown key 'zzzzzz'"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "key", "message"), APP_INVALID)
+def test_app_key_invalid(tmp_path: Path, snippet: str, key: str, message: str | None) -> None:
+    text = f'# leading comment\n\n[apps.a]\ncommand = "x"\n{snippet}\n'
+    if snippet.startswith("command"):
+        text = f"# leading comment\n\n[apps.a]\n{snippet}\n"
+    err = load_error(tmp_path, text)
+    if message is None:  # a typo: the key is named as written, with a suggestion
+        assert err.key == "autorestrat"
+        assert "did you mean 'autorestart'?" in err.message
+        return
+    assert err.app == "a"
+    assert err.key == key
+    assert err.file == str(tmp_path / "apps.toml")
+    assert message in err.message
+    # The error points at the line of the key itself.
+    lines = text.splitlines()
+    expected = next(i for i, ln in enumerate(lines, 1) if re.match(rf"{key}\s*=", ln))
+    assert err.line == expected, str(err)
+    assert str(err).startswith(f"{err.file}:{err.line}: app 'a', key '{key}': ")
+
+
+def test_missing_command_points_at_the_app_table(tmp_path: Path) -> None:
+    err = load_error(tmp_path, "\n[apps.a]\ninstances = 2\n")
+    assert (err.app, err.key, err.line) == ("a", "command", 2)
+    assert "missing required key 'command'" in err.message
+
+
+def test_cluster_without_listen_is_rejected(tmp_path: Path) -> None:
+    err = load_error(tmp_path, '[apps.a]\ncommand = "x"\nexec_mode = "cluster"\n')
+    assert (err.app, err.key, err.line) == ("a", "listen", 1)
+    assert "listen" in err.message
+
+
+# -- [procsup] keys -----------------------------------------------------------------------------
+
+DAEMON_VALID = [
+    ('socket = "/x/s.sock"', "socket", "/x/s.sock"),
+    ('socket = "run/s.sock"', "socket", "{tmp}/run/s.sock"),
+    ('socket_mode = "0600"', "socket_mode", 0o600),
+    ('socket_group = "procsup"', "socket_group", "procsup"),
+    ('pidfile = "/x/p.pid"', "pidfile", "/x/p.pid"),
+    ('log_dir = "logs"', "log_dir", "{tmp}/logs"),
+    ('state_dir = "/x/state"', "state_dir", "/x/state"),
+    ('include = ["d/*.toml"]', "include", ("{tmp}/d/*.toml",)),
+    ('include = "/etc/x/*.toml"', "include", ("/etc/x/*.toml",)),
+    ('env = "production"', "env", "production"),
+    ("watch_config = false", "watch_config", False),
+    ('shutdown_timeout = "1m"', "shutdown_timeout", 60.0),
+    ("shutdown_timeout = 2500", "shutdown_timeout", 2.5),
+]
+
+
+@pytest.mark.parametrize(("snippet", "field", "expected"), DAEMON_VALID)
+def test_daemon_key_valid(tmp_path: Path, snippet: str, field: str, expected: object) -> None:
+    daemon = load_text(tmp_path, f"[procsup]\n{snippet}\n").daemon
+    if isinstance(expected, str):
+        expected = expected.replace("{tmp}", str(tmp_path))
+    elif isinstance(expected, tuple):
+        expected = tuple(e.replace("{tmp}", str(tmp_path)) for e in expected)
+    assert getattr(daemon, field) == expected
+
+
+DAEMON_INVALID = [
+    ("socket = 1", "socket", "expected string (path), got integer"),
+    ('socket = ""', "socket", "must not be empty"),
+    ("socket_mode = 660", "socket_mode", "expected string (octal)"),
+    ('socket_mode = "rw"', "socket_mode", "invalid mode"),
+    ("socket_group = false", "socket_group", "expected string"),
+    ("pidfile = []", "pidfile", "got array"),
+    ("log_dir = {}", "log_dir", "got table"),
+    ("state_dir = 1", "state_dir", "got integer"),
+    ("include = [1]", "include", "item 0"),
+    ('env = "prod uction"', "env", "invalid profile name"),
+    ('watch_config = "yes"', "watch_config", "expected boolean"),
+    ('shutdown_timeout = "forever"', "shutdown_timeout", "invalid duration"),
+    ('sokcet = "/x"', "sokcet", "unknown key 'sokcet'; did you mean 'socket'?"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "key", "message"), DAEMON_INVALID)
+def test_daemon_key_invalid(tmp_path: Path, snippet: str, key: str, message: str) -> None:
+    err = load_error(tmp_path, f'[apps.a]\ncommand = "x"\n\n[procsup]\n{snippet}\n')
+    assert (err.app, err.key, err.line) == (None, key, 5)
+    assert message in err.message
+    assert str(err).startswith(f"{tmp_path / 'apps.toml'}:5: key '{key}': ")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ('[app.web]\ncommand = "x"\n', 1, "unknown top-level key 'app'; did you mean 'apps'?"),
+        ("\nprocsop = 1\n", 2, "did you mean 'procsup'?"),
+        ("procsup = 1\n", 1, "'procsup' must be a table"),
+        ("apps = 1\n", 1, "'apps' must be a table"),
+        ('[apps]\nweb = "x"\n', 2, "an app must be a table"),
+    ],
+)
+def test_top_level_errors(tmp_path: Path, text: str, line: int, message: str) -> None:
+    err = load_error(tmp_path, text)
+    assert err.line == line
+    assert message in err.message
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("[apps.all]", "reserved"),
+        ('[apps."my app"]', "invalid app name"),
+        ('[apps."a/b"]', "invalid app name"),
+        ('[apps.""]', "invalid app name"),
+    ],
+)
+def test_bad_app_names(tmp_path: Path, header: str, message: str) -> None:
+    err = load_error(tmp_path, f'\n{header}\ncommand = "x"\n')
+    assert err.line == 2
+    assert message in err.message
+
+
+def test_app_names_with_dots_and_quotes(tmp_path: Path) -> None:
+    desired = load_text(tmp_path, '[apps."api.v2"]\ncommand = "x"\n[apps.b-1_c]\ncommand = "y"\n')
+    assert list(desired.apps) == ["api.v2", "b-1_c"]
+    assert desired.apps["api.v2"].line == 1
+    assert desired.apps["b-1_c"].line == 3
+
+
+# -- line locator -------------------------------------------------------------------------------
+
+LOCATOR_CASES = [
+    # (text, (app, key), expected line)
+    ('[apps.a]\ncommand = "x"\nshell = 1\n', "shell", 3),
+    ('[apps."a"]\ncommand = "x"\n\n  shell  =  1\n', "shell", 4),
+    ("[apps.'a']\ncommand = \"x\"\n'shell' = 1\n", "shell", 3),
+    ('[apps]\na = { command = "x", shell = 1 }\n', "shell", 2),
+    ('[apps]\na.command = "x"\na.shell = 1\n', "shell", 3),
+    ('apps.a.command = "x"\n\napps.a.shell = 1\n', "shell", 3),
+    ('[apps.a]\ncommand = """\nshell = 1\n"""\nshell = 1\n', "shell", 5),
+    ('[apps.b]\ncommand = "x"\nshell = true\n[apps.a]\ncommand = "x"\nshell = 1\n', "shell", 6),
+    ('[apps.a]\ncommand = "x"\nenv.A = "1"\nenv.B = true\n', "env", 4),
+    ('[apps.a]\ncommand = "x"\n[apps.a.env]\nA = "1"\nB = true\n', "env", 5),
+    ('[apps.a]\ncommand = "x"\nenv_file = [\n  "ok",\n  1,\n]\n', "env_file", 3),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "line"), LOCATOR_CASES)
+def test_error_line_numbers(tmp_path: Path, text: str, key: str, line: int) -> None:
+    err = load_error(tmp_path, text)
+    assert (err.app, err.key, err.line) == ("a", key, line), str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[apps.a]\ncommand = "x"\nshell = \n', 3),
+        ('[apps.a]\ncommand = "x\n', 2),
+        ('[apps.a]\ncommand = "x"\n[apps.a]\n', 3),
+        ("\n\n[apps.a\n", 3),
+    ],
+)
+def test_toml_syntax_error_line(tmp_path: Path, text: str, line: int) -> None:
+    err = load_error(tmp_path, text)
+    assert err.message.startswith("TOML syntax error: ")
+    assert "(at line" not in err.message
+    assert err.line == line
+    assert err.file == str(tmp_path / "apps.toml")
+
+
+def test_not_utf8_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "apps.toml"
+    path.write_bytes(b'[apps.a]\ncommand = "\xff"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path), uid=0, environ={})
+    assert (info.value.line, info.value.message) == (2, "not valid UTF-8")
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        config.load(str(tmp_path / "nope.toml"), uid=0, environ={})
+    assert info.value.file == str(tmp_path / "nope.toml")
+
+
+# -- command, env, profiles -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("snippet", "argv"),
+    [
+        ("command = \"python3 -m app --name 'a b'\"", ("python3", "-m", "app", "--name", "a b")),
+        ('command = ["python3", "-c", "print(1)", ""]', ("python3", "-c", "print(1)", "")),
+        ('command = "echo $HOME | cat"\nshell = true', ("/bin/sh", "-c", "echo $HOME | cat")),
+        ('command = ["echo", "a b"]\nshell = true', ("/bin/sh", "-c", "echo 'a b'")),
+    ],
+)
+def test_command_forms(tmp_path: Path, snippet: str, argv: tuple[str, ...]) -> None:
+    text = f"[apps.a]\n{snippet}\n"
+    assert load_text(tmp_path, text).apps["a"].command == argv
+
+
+ENV_APP = """
+[procsup]
+{procsup}
+
+[apps.a]
+command = "x"
+cwd = "work"
+env = {{ A = "env", B = "env", C = "env" }}
+env_file = ["one.env", "/abs/{abs_name}"]
+env_production = {{ C = "production" }}
+env_staging = {{ C = "staging", D = "staging" }}
+"""
+
+
+def env_case(tmp_path: Path, procsup: str = "", **kw: Any) -> dict[str, str]:
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "one.env").write_text("# comment\n\nB=one\nexport C='one'\nE=\"one\"\n")
+    absdir = tmp_path / "abs"
+    absdir.mkdir()
+    (absdir / "two.env").write_text("E=two # trailing comment\n")
+    text = ENV_APP.format(procsup=procsup, abs_name="two.env").replace("/abs/", f"{absdir}/")
+    return dict(load_text(tmp_path, text, **kw).apps["a"].env)
+
+
+def test_env_precedence_without_profile(tmp_path: Path) -> None:
+    assert env_case(tmp_path) == {"A": "env", "B": "one", "C": "one", "E": "two"}
+
+
+def test_env_precedence_with_file_profile(tmp_path: Path) -> None:
+    env = env_case(tmp_path, 'env = "production"')
+    assert env == {"A": "env", "B": "one", "C": "production", "E": "two"}
+
+
+def test_profile_argument_overrides_file_profile(tmp_path: Path) -> None:
+    desired_env = env_case(tmp_path, 'env = "production"', profile="staging")
+    assert desired_env == {"A": "env", "B": "one", "C": "staging", "D": "staging", "E": "two"}
+
+
+def test_active_profile_is_reported(tmp_path: Path) -> None:
+    text = '[procsup]\nenv = "production"\n[apps.a]\ncommand = "x"\n'
+    assert load_text(tmp_path, text).profile == "production"
+    assert load_text(tmp_path, text, profile="dev").profile == "dev"
+    assert load_text(tmp_path, '[apps.a]\ncommand = "x"\n').profile is None
+    err = load_error(tmp_path, text, profile="a b")
+    assert "invalid profile name" in err.message
+
+
+def test_env_file_relative_to_file_dir_without_cwd(tmp_path: Path) -> None:
+    (tmp_path / "x.env").write_text("K=v\n")
+    app = load_app(tmp_path, 'env_file = "x.env"')
+    assert app.env == {"K": "v"}
+
+
+def test_missing_env_file_names_app_key_and_path(tmp_path: Path) -> None:
+    err = load_error(tmp_path, '[apps.a]\ncommand = "x"\nenv_file = [".env"]\n')
+    main = str(tmp_path / "apps.toml")
+    assert (err.file, err.line, err.app, err.key) == (main, 3, "a", "env_file")
+    assert str(tmp_path / ".env") in err.message
+
+
+def test_env_file_syntax_error_points_into_the_env_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.env").write_text("A=1\n\nnot a pair\n")
+    err = load_error(tmp_path, '[apps.a]\ncommand = "x"\nenv_file = "bad.env"\n')
+    assert (err.file, err.line, err.app, err.key) == (str(tmp_path / "bad.env"), 3, "a", "env_file")
+
+
+@pytest.mark.parametrize(
+    ("line", "parsed"),
+    [
+        ("", None),
+        ("   ", None),
+        ("# c", None),
+        ("  # c = d", None),
+        ("A=1", ("A", "1")),
+        ("A = 1", ("A", "1")),
+        ("export A=1", ("A", "1")),
+        ("A=", ("A", "")),
+        ("A=a b  ", ("A", "a b")),
+        ("A=a#b", ("A", "a#b")),
+        ("A=a #b", ("A", "a")),
+        ("A='x # y'", ("A", "x # y")),
+        ("A='a\\nb'", ("A", "a\\nb")),
+        ('A="a\\nb"', ("A", "a\nb")),
+        ('A="say \\"hi\\""', ("A", 'say "hi"')),
+        ('A="x" # comment', ("A", "x")),
+        ("A=x=y", ("A", "x=y")),
+        ("_A9=1", ("_A9", "1")),
+    ],
+)
+def test_parse_env_line(line: str, parsed: tuple[str, str] | None) -> None:
+    assert schema.parse_env_line(line) == parsed
+
+
+@pytest.mark.parametrize(
+    "line", ["A", "9A=1", "A-B=1", "=1", 'A="open', "A='open", 'A="x" y', "export"]
+)
+def test_parse_env_line_invalid(line: str) -> None:
+    with pytest.raises(ValueError):
+        schema.parse_env_line(line)
+
+
+# -- includes ----------------------------------------------------------------------------------
+
+
+def test_includes_are_merged_in_order(tmp_path: Path) -> None:
+    write(tmp_path, '[apps.c]\ncommand = "c"\ncwd = "here"\n', "d/2.toml")
+    write(tmp_path, '[apps.b]\ncommand = "b"\n', "d/1.toml")
+    write(tmp_path, '[apps.z]\ncommand = "z"\n', "d/ignored.txt")
+    text = '[procsup]\ninclude = ["d/*.toml", "d/1.toml"]\n[apps.a]\ncommand = "a"\n'
+    desired = load_text(tmp_path, text)
+    assert list(desired.apps) == ["a", "b", "c"]
+    assert desired.files == (
+        str(tmp_path / "apps.toml"),
+        str(tmp_path / "d" / "1.toml"),
+        str(tmp_path / "d" / "2.toml"),
+    )
+    # Relative paths in an included file are relative to that file.
+    assert desired.apps["c"].cwd == str(tmp_path / "d" / "here")
+    assert desired.apps["c"].source == str(tmp_path / "d" / "2.toml")
+
+
+def test_include_glob_without_match_is_fine(tmp_path: Path) -> None:
+    desired = load_text(tmp_path, '[procsup]\ninclude = "nothing/*.toml"\n')
+    assert desired.apps == {}
+    assert len(desired.files) == 1
+
+
+@pytest.mark.parametrize(
+    ("included", "line", "message"),
+    [
+        ('[apps.b]\ncommand = "b"\n\n[procsup]\nenv = "x"\n', 4, "found [procsup]"),
+        ('include = ["*.toml"]\n', 1, "found key 'include'"),
+        ('[apps.b]\ncommand = "b"\nkill_sginal = 9\n', 3, "did you mean 'kill_signal'?"),
+        ('[apps.b]\ncommand = "b\n', 2, "TOML syntax error"),
+    ],
+)
+def test_errors_in_included_file_name_that_file(
+    tmp_path: Path, included: str, line: int, message: str
+) -> None:
+    inc = write(tmp_path, included, "apps.d/inc.toml")
+    err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
+    assert (err.file, err.line) == (inc, line)
+    assert message in err.message
+
+
+def test_duplicate_app_between_main_and_include(tmp_path: Path) -> None:
+    inc = write(tmp_path, '\n[apps.a]\ncommand = "other"\n', "apps.d/inc.toml")
+    err = load_error(
+        tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n\n[apps.a]\ncommand = "x"\n'
+    )
+    assert (err.file, err.line, err.app) == (inc, 2, "a")
+    assert f"{tmp_path / 'apps.toml'}:4" in err.message
+    assert "defined twice" in err.message
+
+
+def test_duplicate_app_between_two_includes(tmp_path: Path) -> None:
+    one = write(tmp_path, '[apps.a]\ncommand = "x"\n', "apps.d/1.toml")
+    two = write(tmp_path, '[apps.b]\ncommand = "x"\n[apps.a]\ncommand = "y"\n', "apps.d/2.toml")
+    err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
+    assert (err.file, err.line, err.app) == (two, 3, "a")
+    assert f"{one}:1" in err.message
+
+
+# -- defaults ------------------------------------------------------------------------------------
+
+
+def test_root_defaults(tmp_path: Path) -> None:
+    daemon = load_text(tmp_path, "", uid=0, environ={"XDG_RUNTIME_DIR": "/ignored"}).daemon
+    assert daemon == DaemonSpec(
+        config_path=str(tmp_path / "apps.toml"),
+        socket="/run/procsup/procsup.sock",
+        socket_mode=0o660,
+        pidfile="/run/procsup/procsupd.pid",
+        log_dir="/var/log/procsup",
+        state_dir="/var/lib/procsup",
+        watch_config=True,
+        shutdown_timeout=30.0,
+    )
+    assert daemon.daemon_log == "/var/log/procsup/procsupd.log"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        (
+            {"XDG_RUNTIME_DIR": "/run/user/1000", "XDG_STATE_HOME": "/st", "HOME": "/home/u"},
+            (
+                "/run/user/1000/procsup/procsup.sock",
+                "/run/user/1000/procsup/procsupd.pid",
+                "/st/procsup/logs",
+                "/st/procsup/state",
+            ),
+        ),
+        (
+            {"HOME": "/home/u"},
+            (
+                "/tmp/procsup-1000/procsup.sock",
+                "/tmp/procsup-1000/procsupd.pid",
+                "/home/u/.local/state/procsup/logs",
+                "/home/u/.local/state/procsup/state",
+            ),
+        ),
+        (  # relative XDG values are invalid per the spec and ignored
+            {"XDG_RUNTIME_DIR": "rel", "XDG_STATE_HOME": "rel", "HOME": "/home/u"},
+            (
+                "/tmp/procsup-1000/procsup.sock",
+                "/tmp/procsup-1000/procsupd.pid",
+                "/home/u/.local/state/procsup/logs",
+                "/home/u/.local/state/procsup/state",
+            ),
+        ),
+    ],
+)
+def test_non_root_defaults(
+    tmp_path: Path, environ: dict[str, str], expected: tuple[str, str, str, str]
+) -> None:
+    daemon = load_text(tmp_path, '[apps.a]\ncommand = "x"\n', uid=1000, environ=environ).daemon
+    assert (daemon.socket, daemon.pidfile, daemon.log_dir, daemon.state_dir) == expected
+    assert config.default_socket_path(1000, environ) == expected[0]
+
+
+def test_default_log_files_and_per_instance_names(tmp_path: Path) -> None:
+    text = """
+[procsup]
+log_dir = "/logs"
+[apps.web]
+command = "x"
+instances = 2
+[apps.one]
+command = "x"
+[apps.merged]
+command = "x"
+instances = 2
+merge_logs = true
+[apps.custom]
+command = "x"
+instances = 3
+out_file = "web.out.log"
+error_file = "web.out.log"
+[apps.quiet]
+command = "x"
+instances = 2
+out_file = false
+error_file = "/var/err"
+"""
+    apps = load_text(tmp_path, text).apps
+    web = apps["web"]
+    assert (web.out_file, web.error_file) == ("/logs/web-out.log", "/logs/web-error.log")
+    assert apps["web"].log_paths(1) == ("/logs/web-out-1.log", "/logs/web-error-1.log")
+    assert apps["one"].log_paths(0) == ("/logs/one-out.log", "/logs/one-error.log")
+    assert apps["merged"].log_paths(1) == ("/logs/merged-out.log", "/logs/merged-error.log")
+    assert apps["custom"].log_paths(2) == ("/logs/web.out-2.log", "/logs/web.out-2.log")
+    assert apps["quiet"].log_paths(0) == (None, "/var/err-0")
+
+
+def test_schema_defaults_match_the_model() -> None:
+    """Each documented default, converted, is the model's default (context-free keys only)."""
+    resolved_by_config = {"instances", "watch", "listen", "env_file", "include"}
+    app_fields = {f.name: f.default for f in dataclasses.fields(AppSpec)}
+    daemon_fields = {f.name: f.default for f in dataclasses.fields(DaemonSpec)}
+    checked = 0
+    for rows, fields in ((schema.APP_KEYS, app_fields), (schema.DAEMON_KEYS, daemon_fields)):
+        for name, row in rows.items():
+            if row.default is None or name in resolved_by_config:
+                continue
+            default = list(row.default) if isinstance(row.default, tuple) else row.default
+            converted = schema.check(row, default)
+            assert converted == fields[name], name
+            checked += 1
+    assert checked >= 15
+    assert app_fields["instances"] == schema.APP_KEYS["instances"].default
+
+
+def test_explicit_defaults_equal_absent_keys(tmp_path: Path) -> None:
+    lines = []
+    for name, row in schema.APP_KEYS.items():
+        if row.default is None or name in ("listen", "balance", "env_file"):
+            continue
+        value = row.default
+        if isinstance(value, tuple):
+            value = list(value)
+        lines.append(f"{name} = {_toml(value)}")
+    explicit = load_text(tmp_path, '[apps.a]\ncommand = "x"\n' + "\n".join(lines) + "\n")
+    absent = load_text(tmp_path, '[apps.a]\ncommand = "x"\n')
+    assert explicit.apps["a"] == absent.apps["a"]
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def test_load_creates_nothing_and_does_not_need_cwd(tmp_path: Path) -> None:
+    text = """
+[procsup]
+log_dir = "logs"
+state_dir = "state"
+socket = "run/s.sock"
+[apps.a]
+command = "x"
+cwd = "missing/dir"
+watch = true
+"""
+    load_text(tmp_path, text)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["apps.toml"]
+
+
+def test_require_root_owned(tmp_path: Path) -> None:
+    path = write(tmp_path, '[apps.a]\ncommand = "x"\n')
+    os.chmod(path, 0o664)
+    with pytest.raises(ConfigError, match="writable by anyone but root"):
+        config.load(path, uid=0, environ={}, require_root_owned=True)
+    os.chmod(path, 0o644)
+    if os.geteuid() == 0:
+        config.load(path, uid=0, environ={}, require_root_owned=True)
+    else:
+        with pytest.raises(ConfigError, match="owner uid"):
+            config.load(path, uid=0, environ={}, require_root_owned=True)
+
+
+# -- default paths and socket discovery ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uid", "environ", "expected"),
+    [
+        (0, {}, "/etc/procsup/apps.toml"),
+        (0, {"PROCSUP_CONFIG": "/c.toml"}, "/c.toml"),
+        (1000, {"PROCSUP_CONFIG": "/c.toml", "HOME": "/h"}, "/c.toml"),
+        (1000, {"HOME": "/h"}, "/h/.config/procsup/apps.toml"),
+        (1000, {"HOME": "/h", "XDG_CONFIG_HOME": "/xc"}, "/xc/procsup/apps.toml"),
+    ],
+)
+def test_default_config_path(uid: int, environ: dict[str, str], expected: str) -> None:
+    assert config.default_config_path(uid, environ) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[procsup]\nsocket = "s.sock"\n',
+        '[procsup]\nsocket = "s.sock"\nsokcet = 1\n[apps.a]\nbogus = true\n',  # invalid, valid TOML
+        '# broken\n[procsup]\nsocket = "s.sock"  # here\n[apps.a]\ncommand = \n',  # not TOML
+        "[procsup]\nsocket = 's.sock'\n[apps.a\n",
+        'procsup.socket = "s.sock"\n[apps.a\n',
+        '[apps.a]\nsocket = "other"\n[ procsup ]\n  socket="s.sock"\n[apps.b\n',
+    ],
+)
+def test_socket_from_file_is_lenient(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    assert config.socket_from_file(path) == str(tmp_path / "s.sock")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[apps.a]\ncommand = "x"\n',
+        '[apps.a]\nsocket = "x"\n[broken\n',
+        "[procsup]\nsocket = 5\n",
+        '[procsup]\nsocket = ""\n',
+    ],
+)
+def test_socket_from_file_without_socket(tmp_path: Path, text: str) -> None:
+    assert config.socket_from_file(write(tmp_path, text)) is None
+
+
+def test_socket_from_missing_or_unreadable_file(tmp_path: Path) -> None:
+    assert config.socket_from_file(str(tmp_path / "none.toml")) is None
+    assert config.socket_from_file(str(tmp_path)) is None  # a directory
+
+
+def test_find_socket_order(tmp_path: Path) -> None:
+    c_file = write(tmp_path, '[procsup]\nsocket = "/from/c.sock"\n[apps\n', "c.toml")
+    c_nosock = write(tmp_path, '[apps.a]\ncommand = "x"\n', "c2.toml")
+    env_file = write(tmp_path, '[procsup]\nsocket = "/from/envconfig.sock"\n', "e.toml")
+    home = tmp_path / "home"
+    write(home, '[procsup]\nsocket = "/from/default.sock"\n', ".config/procsup/apps.toml")
+    base = {"HOME": str(home), "XDG_RUNTIME_DIR": "/run/user/1000"}
+    full = {**base, "PROCSUP_SOCKET": "/from/env.sock", "PROCSUP_CONFIG": env_file}
+
+    def find(socket: str | None, cfg: str | None, environ: dict[str, str], uid: int = 1000) -> str:
+        return config.find_socket(socket=socket, config=cfg, environ=environ, uid=uid)
+
+    assert find("/from/s.sock", c_file, full) == "/from/s.sock"
+    assert find(None, c_file, full) == "/from/c.sock"
+    # -c naming a file without a socket: the daemon of that file uses the default socket.
+    assert find(None, c_nosock, full) == "/run/user/1000/procsup/procsup.sock"
+    assert find(None, None, full) == "/from/env.sock"
+    assert find(None, None, {**base, "PROCSUP_CONFIG": env_file}) == "/from/envconfig.sock"
+    assert find(None, None, base) == "/from/default.sock"
+    assert find(None, None, {"HOME": str(tmp_path / "nohome")}) == "/tmp/procsup-1000/procsup.sock"
+    assert find(None, None, {}, uid=0).startswith("/")
+
+
+# -- the reference config and docs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_reference_config_loads(uid: int) -> None:
+    desired = config.load(str(REFERENCE), uid=uid, environ=USER_ENV)
+    assert set(desired.apps) >= {"web", "worker"}
+    assert desired.apps["web"].exec_mode is ExecMode.CLUSTER
+    assert desired.profile == "production"
+    text = config.describe(desired)
+    assert "profile: production" in text
+    assert re.search(r"^  web +4 instances +cluster +python3 -m myapp", text, re.M)
+
+
+def test_reference_config_mentions_every_key_and_its_examples_load(tmp_path: Path) -> None:
+    text = REFERENCE.read_text()
+    for name in [*schema.DAEMON_KEYS, *schema.APP_KEYS]:
+        assert re.search(rf"^(# )?{name} = ", text, re.M), f"{name} missing from {REFERENCE}"
+    assert re.search(r"^env_production = ", text, re.M)
+    # Uncomment the commented examples: they must be valid too (env files need the file).
+    keys = "|".join([*schema.DAEMON_KEYS, *schema.APP_KEYS])
+    uncommented = re.sub(rf"^# ((?:{keys}) = )", r"\1", text, flags=re.M)
+    assert uncommented != text
+    (tmp_path / "srv").mkdir()
+    uncommented = uncommented.replace('"/srv/web"', f'"{tmp_path}/srv"')
+    (tmp_path / "srv" / ".env").write_text("FROM_FILE=1\n")
+    desired = load_text(tmp_path, uncommented, uid=1000, environ=USER_ENV)
+    assert desired.daemon.socket_group == "procsup"
+    assert desired.apps["web"].env["FROM_FILE"] == "1"
+
+
+def test_docs_mention_every_key() -> None:
+    text = DOCS.read_text()
+    for name in [*schema.DAEMON_KEYS, *schema.APP_KEYS, "env_<profile>"]:
+        assert f"`{name}`" in text, f"{name} missing from {DOCS}"
+
+
+def test_describe(tmp_path: Path) -> None:
+    text = '[apps.a]\ncommand = "echo hi | cat"\nshell = true\n[apps.bb]\ncommand = ["p", "a b"]\n'
+    out = config.describe(load_text(tmp_path, text))
+    assert "profile: (none)" in out
+    assert "apps: 2" in out
+    assert "  a   1 instance   fork     echo hi | cat\n" in out
+    assert "  bb  1 instance   fork     p 'a b'\n" in out
