@@ -1,0 +1,540 @@
+"""The per-instance state machine (layer 1: pure, no I/O, no clock; time is an argument).
+
+`step(inst, policy, event, now)` returns the next `Instance` and the effects the supervisor must
+execute, and does nothing else. The supervisor feeds it every event that concerns one instance
+(commands, the spawner's answers, the exit of the process group, readiness, monitors, and a `Tick`
+when `inst.deadline` has passed) and executes the effects in order:
+
+- `Spawn()`: start the process now, then answer with `Spawned(pid)` or `SpawnFailed(reason)`.
+- `Kill(sig)`: send `sig` to the instance's whole process group.
+
+Contract of `step`:
+- Total: it never raises. An event that makes no sense in the current state (`Exited` with no
+  process, `Spawned` when no spawn was asked for, `Ready` after a stop began, a `Tick` before the
+  deadline, ...) returns the instance unchanged and no effects, so late or duplicated events from
+  the asynchronous world are harmless.
+- `pid` is set exactly while a process group is live. `STARTING`/`STOPPING` with `pid is None`
+  means a `Spawn` is in flight: a `Stop` then waits for `Spawned` to kill the new process, so no
+  process ever escapes supervision.
+- Whenever `step` sets a new `deadline`, it is `>= now`; the supervisor must feed a `Tick` once
+  `now >= deadline` (an early or spurious `Tick` changes nothing).
+- `Exited` means the whole group is gone (the leader's status); it carries no pid, so the
+  supervisor must only feed it for the instance's current process.
+
+Restart policy (contract §3): a run is *stable* when it lasted `min_uptime` and reached readiness;
+`unstable` counts unstable runs in a row. An unexpected end restarts the instance when the policy
+wants it, at most `max_restarts` times in a row after unstable runs (so `max_restarts + 1` runs),
+then the instance is `ERRORED`. A stable run resets the count (and the exponential backoff).
+"""
+
+from __future__ import annotations
+
+import math
+import signal  # for signal *names* in reasons only; layer 1 never sends or handles signals
+from dataclasses import dataclass, replace
+
+from procsup.model import AppSpec, InstanceId, RestartPolicy, State
+
+#: SIGKILL is 9 on every platform procsup runs on (POSIX fixes it); hardcoded so the escalation
+#: is plain data.
+SIGKILL = 9
+
+#: Upper bound of the exponential backoff delay (contract: "doubles per unstable restart, cap
+#: 15 s").
+BACKOFF_CAP = 15.0
+
+#: `ready` value meaning "alive for min_uptime"; every other value waits for a `Ready` event.
+READY_STARTED = "started"
+
+# Past this exponent the doubled delay is far above the cap anyway; bounding it keeps `2**n`
+# from overflowing a float after a very long crash loop.
+_MAX_DOUBLINGS = 64
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The part of an `AppSpec` that drives one instance's lifecycle (seconds, signal numbers)."""
+
+    autorestart: RestartPolicy
+    max_restarts: int
+    min_uptime: float
+    restart_delay: float
+    exp_backoff_restart_delay: float | None
+    kill_signal: int
+    kill_timeout: float
+    ready: str = READY_STARTED  # "started" | "notify" | "tcp://..." | "http://..."
+    ready_timeout: float = 30.0
+
+    @classmethod
+    def of(cls, spec: AppSpec) -> Policy:
+        return cls(
+            autorestart=spec.autorestart,
+            max_restarts=spec.max_restarts,
+            min_uptime=spec.min_uptime,
+            restart_delay=spec.restart_delay,
+            exp_backoff_restart_delay=spec.exp_backoff_restart_delay,
+            kill_signal=spec.kill_signal,
+            kill_timeout=spec.kill_timeout,
+            ready=spec.ready,
+            ready_timeout=spec.ready_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What the supervisor knows about one instance. Replaced, never mutated."""
+
+    id: InstanceId
+    state: State = State.STOPPED
+    pid: int | None = None
+    started_at: float | None = None  # `now` when the current/last process was spawned
+    restarts: int = 0  # automatic restarts since the last start/restart command
+    unstable: int = 0  # unstable runs in a row (shorter than min_uptime, or never ready)
+    exit_code: int | None = None  # last exit: the code, or -N when killed by signal N
+    reason: str | None = None  # why errored/exited/backoff/stopping, shown in status
+    deadline: float | None = None  # when the supervisor must feed a Tick
+    then_start: bool = False  # the stop in progress is part of a restart: start once stopped
+    ready: bool = False  # readiness reached for the current process
+    failed_run: bool = False  # the stop in progress ends a failed run (not ready in time)
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """The user or the plan wants the instance running."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The user or the plan wants the instance stopped."""
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Stop (if live) then start; resets `restarts` and `unstable`."""
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """The supervisor started the process asked for by a `Spawn` effect."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    """The command cannot be executed (missing executable, cwd, user, unbindable listen)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The instance's process group is gone. `code` is the leader's exit code, `signal` the
+    signal that killed it; both None when the status is unknown (an adopted process)."""
+
+    code: int | None
+    signal: int | None
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Readiness was signalled (READY=1 on the notify socket, or a tcp/http probe passed)."""
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """A monitor asks for a restart (memory limit, cron, file watch, heartbeat): like
+    `Restart`, but the counters are kept and `reason` is recorded."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: act on `inst.deadline` if `now >= deadline`."""
+
+
+Event = Start | Stop | Restart | Spawned | SpawnFailed | Exited | Ready | Recycle | Tick
+
+
+# --- effects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start the process now; answer with `Spawned` or `SpawnFailed`."""
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Send `signal` to the instance's whole process group."""
+
+    signal: int
+
+
+Effect = Spawn | Kill
+
+Step = tuple[Instance, tuple[Effect, ...]]
+
+_LIVE_RUN = frozenset({State.STARTING, State.RUNNING})
+_AT_REST = frozenset({State.STOPPED, State.EXITED, State.ERRORED, State.BACKOFF})
+
+
+# --- the machine --------------------------------------------------------------------------
+
+
+def step(inst: Instance, policy: Policy, event: Event, now: float) -> Step:
+    """Apply `event` at time `now`; return the new instance and the effects to execute, in order.
+
+    Pure and total: see the module docstring for the contract.
+    """
+    match event:
+        case Start():
+            return _on_start(inst)
+        case Stop():
+            return _on_stop(inst, policy, now)
+        case Restart():
+            return _on_restart(inst, policy, now)
+        case Spawned(pid=pid):
+            return _on_spawned(inst, policy, pid, now)
+        case SpawnFailed(reason=reason):
+            return _on_spawn_failed(inst, reason)
+        case Exited(code=code, signal=sig):
+            return _on_exited(inst, policy, code, sig, now)
+        case Ready():
+            return _on_ready(inst)
+        case Recycle(reason=reason):
+            return _on_recycle(inst, policy, reason, now)
+        case Tick():
+            return _on_tick(inst, policy, now)
+    return inst, ()  # not an event of ours: nothing to do (total, never raises)
+
+
+def uptime(inst: Instance, now: float) -> float | None:
+    """Seconds the current process has been alive, or None when no process is live."""
+    if inst.pid is None or inst.started_at is None:
+        return None
+    return max(0.0, now - inst.started_at)
+
+
+def status_reason(inst: Instance) -> str | None:
+    """The reason `status` shows: why the instance is errored, exited, waiting or stopping."""
+    if inst.state in (State.STOPPED, State.RUNNING):
+        return None  # a requested stop needs no explanation; a running one has none
+    if inst.state is State.STOPPING and inst.then_start and inst.reason is None:
+        return "restarting"
+    return inst.reason
+
+
+def _nothing(inst: Instance) -> Step:
+    return inst, ()
+
+
+def _spawn(inst: Instance, *, restarts: int, unstable: int) -> Step:
+    """Ask the supervisor for a new process: STARTING without pid until Spawned/SpawnFailed."""
+    return replace(
+        inst,
+        state=State.STARTING,
+        pid=None,
+        ready=False,
+        deadline=None,
+        then_start=False,
+        failed_run=False,
+        reason=None,
+        restarts=restarts,
+        unstable=unstable,
+    ), (Spawn(),)
+
+
+def _begin_stop(
+    inst: Instance,
+    policy: Policy,
+    now: float,
+    *,
+    then_start: bool,
+    reason: str | None,
+    restarts: int,
+    unstable: int,
+) -> Step:
+    """STARTING/RUNNING -> STOPPING: signal the group and give it kill_timeout to go."""
+    stopping = replace(
+        inst,
+        state=State.STOPPING,
+        then_start=then_start,
+        failed_run=False,
+        reason=reason,
+        restarts=restarts,
+        unstable=unstable,
+    )
+    if inst.pid is None:
+        # The spawn is still in flight: nothing to signal yet. `_on_spawned` kills the process
+        # as soon as it exists, and `_on_spawn_failed` settles the stop if it never does.
+        return replace(stopping, deadline=None), ()
+    return replace(stopping, deadline=now + policy.kill_timeout), (Kill(policy.kill_signal),)
+
+
+def _on_start(inst: Instance) -> Step:
+    if inst.state in _AT_REST:
+        # Not running (and not going to without us; BACKOFF's wait is cut short): start now.
+        # A manual start renews the max_restarts budget but keeps the restart count for status.
+        return _spawn(inst, restarts=inst.restarts, unstable=0)
+    if inst.state is State.STOPPING:
+        # Stop in progress: let it finish (the group must be gone first), then start again.
+        return replace(inst, then_start=True, unstable=0), ()
+    return _nothing(inst)  # STARTING/RUNNING: already what was asked
+
+
+def _on_stop(inst: Instance, policy: Policy, now: float) -> Step:
+    if inst.state in _LIVE_RUN:
+        # A live process: signal the group, SIGKILL at the deadline if it lingers.
+        return _begin_stop(
+            inst,
+            policy,
+            now,
+            then_start=False,
+            reason=None,
+            restarts=inst.restarts,
+            unstable=inst.unstable,
+        )
+    if inst.state is State.STOPPING:
+        # Already stopping: only cancel a pending restart (and a failed run's policy restart);
+        # the signal was sent and the deadline stands.
+        return replace(inst, then_start=False, failed_run=False), ()
+    if inst.state is State.BACKOFF:
+        # No process between runs: cancelling the pending restart is the whole stop.
+        return replace(inst, state=State.STOPPED, deadline=None, reason=None), ()
+    # STOPPED/EXITED/ERRORED: nothing runs; STOPPED records that the user wants it so, and the
+    # last exit code stays visible.
+    return replace(inst, state=State.STOPPED, deadline=None, reason=None), ()
+
+
+def _on_restart(inst: Instance, policy: Policy, now: float) -> Step:
+    if inst.state in _LIVE_RUN and inst.pid is None:
+        # The spawn is in flight: that new process is the restart; only the counters reset.
+        return replace(inst, restarts=0, unstable=0), ()
+    if inst.state in _LIVE_RUN:
+        # Stop the current process, start again once its group is gone; a restart command
+        # resets the counters (contract: "resets the restart counter").
+        return _begin_stop(
+            inst, policy, now, then_start=True, reason=None, restarts=0, unstable=0
+        )
+    if inst.state is State.STOPPING:
+        # The stop is under way: turn it into a restart (also of a failed run, which the user
+        # now restarts explicitly).
+        return replace(inst, then_start=True, failed_run=False, restarts=0, unstable=0), ()
+    # STOPPED/EXITED/ERRORED/BACKOFF: nothing to stop, so a restart is a start with fresh counters.
+    return _spawn(inst, restarts=0, unstable=0)
+
+
+def _on_recycle(inst: Instance, policy: Policy, reason: str, now: float) -> Step:
+    if inst.state in _LIVE_RUN and inst.pid is not None:
+        # A monitor wants a fresh process: stop and start again, counting it as an automatic
+        # restart and keeping the reason visible while it happens.
+        return _begin_stop(
+            inst,
+            policy,
+            now,
+            then_start=True,
+            reason=reason,
+            restarts=inst.restarts + 1,
+            unstable=inst.unstable,
+        )
+    # No process (or a spawn in flight, which is already fresh), or already stopping: the
+    # monitor's concern is moot.
+    return _nothing(inst)
+
+
+def _on_spawned(inst: Instance, policy: Policy, pid: int, now: float) -> Step:
+    if inst.pid is not None or inst.state not in (State.STARTING, State.STOPPING):
+        return _nothing(inst)  # no spawn was asked for: a stray answer
+    spawned = replace(inst, pid=pid, started_at=now, ready=False)
+    if inst.state is State.STOPPING:
+        # A stop arrived while the spawn was in flight: kill the new process right away.
+        return replace(spawned, deadline=now + policy.kill_timeout), (Kill(policy.kill_signal),)
+    if policy.ready == READY_STARTED and policy.min_uptime <= 0:
+        # "Alive for min_uptime" with min_uptime 0 holds at once; skip the round trip via Tick.
+        return replace(spawned, state=State.RUNNING, ready=True, reason=None, deadline=None), ()
+    # Wait for readiness: min_uptime for "started", ready_timeout for notify/tcp/http.
+    wait = policy.min_uptime if policy.ready == READY_STARTED else policy.ready_timeout
+    return replace(spawned, reason=None, deadline=now + max(wait, 0.0)), ()
+
+
+def _on_spawn_failed(inst: Instance, reason: str) -> Step:
+    if inst.pid is not None:
+        return _nothing(inst)  # a process is live, so it evidently could be executed
+    if inst.state is State.STOPPING and not inst.then_start:
+        # The user stopped it while the spawn was in flight: it is stopped, as asked.
+        return replace(inst, state=State.STOPPED, deadline=None, then_start=False), ()
+    # The command cannot be executed: retrying cannot help, so errored at once (supervisord's
+    # FATAL), with the reason shown in status.
+    return replace(
+        inst,
+        state=State.ERRORED,
+        pid=None,
+        ready=False,
+        reason=reason,
+        deadline=None,
+        then_start=False,
+        failed_run=False,
+    ), ()
+
+
+def _on_ready(inst: Instance) -> Step:
+    if inst.state is State.STARTING and inst.pid is not None:
+        # Readiness reached (for "started", an early READY=1 is accepted too).
+        return replace(inst, state=State.RUNNING, ready=True, deadline=None), ()
+    return _nothing(inst)  # already running, stopping, or no process: late news
+
+
+def _on_tick(inst: Instance, policy: Policy, now: float) -> Step:
+    if inst.deadline is None or now < inst.deadline:
+        return _nothing(inst)  # nothing due yet
+    if inst.state is State.STARTING and inst.pid is not None:
+        if policy.ready == READY_STARTED:
+            # Alive for min_uptime: that is what "started" readiness means.
+            return replace(inst, state=State.RUNNING, ready=True, deadline=None), ()
+        # Not ready within ready_timeout: stop it; its exit is a failed run for the policy.
+        stopping, effects = _begin_stop(
+            inst,
+            policy,
+            now,
+            then_start=False,
+            reason=f"not ready within ready_timeout {_secs(policy.ready_timeout)}",
+            restarts=inst.restarts,
+            unstable=inst.unstable,
+        )
+        return replace(stopping, failed_run=True), effects
+    if inst.state is State.BACKOFF:
+        # The backoff delay is over: try again.
+        return _spawn(inst, restarts=inst.restarts, unstable=inst.unstable)
+    if inst.state is State.STOPPING and inst.pid is not None:
+        # kill_timeout is over and the group lingers: SIGKILL cannot be ignored, so no new
+        # deadline; the supervisor waits for the group to be reaped.
+        return replace(inst, deadline=None), (Kill(SIGKILL),)
+    return replace(inst, deadline=None), ()  # a deadline with no meaning here: drop it
+
+
+def _on_exited(
+    inst: Instance, policy: Policy, code: int | None, sig: int | None, now: float
+) -> Step:
+    if inst.pid is None:
+        return _nothing(inst)  # no process of ours is live: a stale report
+    exit_code = -sig if sig is not None else code
+    if inst.state is State.STOPPING:
+        if inst.then_start:
+            # The stop was the first half of a restart: start the second half.
+            return _spawn(
+                replace(inst, exit_code=exit_code),
+                restarts=inst.restarts,
+                unstable=inst.unstable,
+            )
+        if inst.failed_run:
+            # We stopped a failed run (not ready in time): the policy decides what follows.
+            return _ended(inst, policy, exit_code, inst.reason or "failed", now, failed=True)
+        # A requested stop completed: stopped, no reason needed.
+        return replace(
+            inst,
+            state=State.STOPPED,
+            pid=None,
+            ready=False,
+            exit_code=exit_code,
+            reason=None,
+            deadline=None,
+        ), ()
+    # STARTING/RUNNING: it ended on its own.
+    return _ended(inst, policy, exit_code, _exit_text(code, sig), now, failed=False)
+
+
+def _ended(
+    inst: Instance, policy: Policy, exit_code: int | None, why: str, now: float, *, failed: bool
+) -> Step:
+    """Apply the restart policy to a run that ended without being asked to (or failed)."""
+    run = now - inst.started_at if inst.started_at is not None else 0.0
+    # Stable = lived min_uptime and reached readiness ("started" readiness is min_uptime
+    # itself, even if its Tick has not arrived yet). A run that never got ready is a crash
+    # loop too, or a never-ready app would restart forever every ready_timeout.
+    reached = inst.ready or policy.ready == READY_STARTED
+    stable = not failed and reached and run >= policy.min_uptime
+    unstable = 0 if stable else inst.unstable + 1
+    ended = replace(
+        inst,
+        pid=None,
+        ready=False,
+        exit_code=exit_code,
+        deadline=None,
+        then_start=False,
+        failed_run=False,
+        unstable=unstable,
+    )
+    failure = failed or exit_code != 0  # a signal (negative) or an unknown status is a failure
+    wanted = policy.autorestart is RestartPolicy.ALWAYS or (
+        policy.autorestart is RestartPolicy.ON_FAILURE and failure
+    )
+    if not wanted:
+        # The policy does not restart this kind of end: exited, with why.
+        return replace(ended, state=State.EXITED, reason=why), ()
+    if unstable > policy.max_restarts:
+        # max_restarts restarts in a row after unstable runs were not enough: give up.
+        return replace(ended, state=State.ERRORED, reason=_gave_up(policy, unstable, why)), ()
+    restarts = inst.restarts + 1
+    delay = _delay(policy, unstable)
+    if delay <= 0:
+        # No delay: spawn in this very step (restart latency matters).
+        return _spawn(ended, restarts=restarts, unstable=unstable)
+    # Wait before the next run; BACKOFF's deadline brings the Tick that spawns it.
+    return replace(
+        ended,
+        state=State.BACKOFF,
+        restarts=restarts,
+        deadline=now + delay,
+        reason=f"restarting in {_secs(delay)} ({why})",
+    ), ()
+
+
+def _delay(policy: Policy, unstable: int) -> float:
+    """Seconds to wait before the next restart after `unstable` unstable runs in a row.
+
+    With exp_backoff_restart_delay the first delay is the base, doubling per further unstable
+    run, capped at 15 s (or at the base when that is larger); after a stable run (unstable 0)
+    it is the base again.
+    """
+    base = policy.exp_backoff_restart_delay
+    if base is None:
+        return policy.restart_delay
+    doublings = min(max(unstable - 1, 0), _MAX_DOUBLINGS)
+    return min(math.ldexp(base, doublings), max(BACKOFF_CAP, base))  # base * 2**doublings
+
+
+def _gave_up(policy: Policy, unstable: int, why: str) -> str:
+    restarts = unstable - 1  # the restarts in a row between those unstable runs
+    noun = "restart" if restarts == 1 else "restarts"
+    if policy.ready == READY_STARTED:
+        short = f"each run was shorter than min_uptime {_secs(policy.min_uptime)}"
+    else:
+        short = (
+            f"each run ended before it was ready or within min_uptime {_secs(policy.min_uptime)}"
+        )
+    return f"gave up after {restarts} {noun}: {short} (last: {why})"
+
+
+def _exit_text(code: int | None, sig: int | None) -> str:
+    if sig is not None:
+        return f"killed by {_signal_name(sig)}"
+    if code is not None:
+        return f"exited with code {code}"
+    return "exited (status unknown)"  # e.g. an adopted process, whose status we cannot reap
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _secs(seconds: float) -> str:
+    # `g` drops float noise (0.30000000000000004 -> "0.3") and trailing zeros ("1s", "0.4s").
+    return f"{seconds:g}s"
