@@ -1,0 +1,225 @@
+"""The reconcile planner (layer 1: pure, no I/O, no clock).
+
+`plan(running, apps, old_daemon, new_daemon)` compares what runs with what the config asks for and
+returns a `Plan`: an ordered tuple of `Action`s plus the `[procsup]` keys that only a daemon
+restart applies. `reread` prints it (`Plan.describe()`, `Plan.to_json()`); `update` hands the same
+plan to the supervisor, which executes the actions in order and decides nothing itself.
+
+Contract (CONTRACT.md §3 "Reconcile"):
+- An app whose effective definition is unchanged (`AppSpec` equality, ignoring `instances`;
+  `source`/`line` never compare) and whose slot count equals the configured count gets no action:
+  it keeps its processes and pids.
+- A new app is started (`start`, ids `0..n-1`, reason "new app"); nothing is emitted for a new app
+  with 0 instances, since no process has to start.
+- A removed app is stopped (`stop`, all its current ids, reason "removed from config"). It is
+  emitted even when the app has no slots (e.g. after `procsup scale app 0`), with an empty id
+  tuple, so the executor always learns that the app and any app-level resource (its listening
+  sockets) goes away.
+- A changed definition restarts the instances that remain, ids `< min(current, new count)`:
+  `reload` (rolling) when both the old and the new spec are cluster apps, else `restart`. The
+  reason names the changed keys in `AppSpec` field order: "cwd, env changed". Nothing is emitted
+  when no instance remains (the new instances start from the new spec anyway).
+- A count change only starts or stops the difference: `scale` with the ids that are added
+  (going up) or the ids that go (going down; always the highest ones), reason "instances 4 -> 2".
+  The current count is `Running.instances`, so a runtime `procsup scale` lasts only until the
+  next apply, as the contract says.
+
+Order of the whole plan, chosen so resources are freed before anything new needs them and no
+process is started only to be restarted or stopped by a later action:
+1. `stop` of removed apps, in the order of `running`;
+2. every `scale` down, then every `restart`/`reload`, then every `scale` up, then every `start`
+   of a new app, each group in the order of `apps` (the new file order).
+So for one app whose definition and count both change: going down, the extra instances stop
+first and then fewer restart; going up, the existing instances restart and then the new ones
+start (from the new spec, so they never need a restart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from procsup.model import AppSpec, DaemonSpec, ExecMode
+
+START = "start"
+STOP = "stop"
+RESTART = "restart"
+RELOAD = "reload"
+SCALE = "scale"
+ACTIONS = frozenset({START, STOP, RESTART, RELOAD, SCALE})
+
+#: `[procsup]` keys that a running daemon cannot apply: it already bound the control socket,
+#: locked the pidfile and recorded its instances under `state_dir`. Every other key
+#: (`log_dir`, `include`, `env`, `watch_config`, `shutdown_timeout`, `config_path`) is live.
+RESTART_DAEMON_KEYS = frozenset({"socket", "socket_mode", "socket_group", "pidfile", "state_dir"})
+
+# Never part of the "definition changed" comparison: `instances` is handled as a scale, and
+# `source`/`line` (compare=False in the model) only say where the app was written.
+_NOT_DEFINITION = frozenset({"instances"})
+
+
+@dataclass(frozen=True)
+class Running:
+    """An app as it runs now.
+
+    `spec` is the definition its instances were started from (the one last applied);
+    `instances` is how many instance slots exist now, ids `0..instances-1`, which may differ from
+    `spec.instances` after `procsup scale`.
+    """
+
+    spec: AppSpec
+    instances: int
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan: do `action` to the instances `instances` (ascending) of `app`.
+
+    For `stop` and a `scale` down the ids are the ones that go; for `start` and a `scale` up the
+    ids that are added; for `restart`/`reload` the ids that are replaced. A `scale` goes down
+    exactly when its ids exist at the time it runs (see `scales_down`).
+    """
+
+    action: str
+    app: str
+    instances: tuple[int, ...]
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown action {self.action!r}")
+        if list(self.instances) != sorted(set(self.instances)):
+            raise ValueError(f"instance ids must be ascending and unique: {self.instances}")
+
+    def to_json(self) -> dict[str, object]:
+        """`{"action", "app", "instances": [...], "reason"}` (CONTRACT.md §1, `reread --json`)."""
+        return {
+            "action": self.action,
+            "app": self.app,
+            "instances": list(self.instances),
+            "reason": self.reason,
+        }
+
+    def describe(self) -> str:
+        """`start web:0-3 (new app)`; without ids: `stop old (removed from config)`."""
+        target = f"{self.app}:{format_ids(self.instances)}" if self.instances else self.app
+        return f"{self.action} {target} ({self.reason})"
+
+
+def scales_down(action: Action, current: int) -> bool:
+    """Whether a `scale` action removes instances, given the app's slot count when it runs."""
+    return action.action == SCALE and bool(action.instances) and action.instances[0] < current
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What applying a config does: `actions` in execution order, and `restart_daemon`, the
+    `[procsup]` keys (in `DaemonSpec` field order) that changed but take effect only when the
+    daemon restarts. A plan is truthy when it has any action."""
+
+    actions: tuple[Action, ...] = ()
+    restart_daemon: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """`{"actions": [...], "restart_daemon": [...]}` (CONTRACT.md §1, `reread --json`)."""
+        return {
+            "actions": [a.to_json() for a in self.actions],
+            "restart_daemon": list(self.restart_daemon),
+        }
+
+    def describe(self) -> list[str]:
+        """One human line per action, then one for `restart_daemon` if any; `["no changes"]`
+        when there is neither."""
+        lines = [a.describe() for a in self.actions]
+        if self.restart_daemon:
+            keys = ", ".join(self.restart_daemon)
+            lines.append(f"restart procsupd to apply [procsup] {keys}")
+        return lines or ["no changes"]
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+
+def format_ids(ids: Iterable[int]) -> str:
+    """Ascending ids as runs: (0, 1, 2, 3) -> "0-3", (0, 2, 3) -> "0,2-3", () -> ""."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def changed_fields(old: AppSpec, new: AppSpec) -> tuple[str, ...]:
+    """Names of the `AppSpec` fields that differ, in field order, leaving out `instances` and the
+    fields the model excludes from equality (`source`, `line`). Empty exactly when the two specs
+    define the same app apart from its instance count."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(AppSpec)
+        if f.compare
+        and f.name not in _NOT_DEFINITION
+        and getattr(old, f.name) != getattr(new, f.name)
+    )
+
+
+def daemon_restart_keys(old: DaemonSpec | None, new: DaemonSpec | None) -> tuple[str, ...]:
+    """The `RESTART_DAEMON_KEYS` whose value differs, in `DaemonSpec` field order; empty when
+    either side is unknown."""
+    if old is None or new is None:
+        return ()
+    return tuple(
+        f.name
+        for f in dataclasses.fields(DaemonSpec)
+        if f.name in RESTART_DAEMON_KEYS and getattr(old, f.name) != getattr(new, f.name)
+    )
+
+
+def plan(
+    running: Mapping[str, Running],
+    apps: Mapping[str, AppSpec],
+    old_daemon: DaemonSpec | None = None,
+    new_daemon: DaemonSpec | None = None,
+) -> Plan:
+    """The plan that takes `running` to `apps` (name -> spec, in file order); see the module
+    docstring for the rules and the order. Pure: same inputs, same plan."""
+    stops = [
+        Action(STOP, name, tuple(range(run.instances)), "removed from config")
+        for name, run in running.items()
+        if name not in apps
+    ]
+    downs: list[Action] = []
+    replaces: list[Action] = []
+    ups: list[Action] = []
+    starts: list[Action] = []
+    for name, spec in apps.items():
+        run = running.get(name)
+        if run is None:
+            if spec.instances > 0:
+                starts.append(Action(START, name, tuple(range(spec.instances)), "new app"))
+            continue
+        current, wanted = run.instances, spec.instances
+        keys = changed_fields(run.spec, spec)
+        remaining = min(current, wanted)
+        if keys and remaining > 0:
+            rolling = run.spec.exec_mode == ExecMode.CLUSTER == spec.exec_mode
+            replaces.append(
+                Action(
+                    RELOAD if rolling else RESTART,
+                    name,
+                    tuple(range(remaining)),
+                    f"{', '.join(keys)} changed",
+                )
+            )
+        if wanted != current:
+            reason = f"instances {current} -> {wanted}"
+            if wanted < current:
+                downs.append(Action(SCALE, name, tuple(range(wanted, current)), reason))
+            else:
+                ups.append(Action(SCALE, name, tuple(range(current, wanted)), reason))
+    return Plan(
+        actions=(*stops, *downs, *replaces, *ups, *starts),
+        restart_daemon=daemon_restart_keys(old_daemon, new_daemon),
+    )
