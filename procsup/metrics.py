@@ -1,0 +1,155 @@
+"""CPU and memory of process groups, and process-table queries (layer 2 leaf).
+
+Every instance is its own session and process group, so "the instance with its children" is
+exactly the set of processes whose pgid is the instance leader's pid. This module is the only
+one importing psutil. It imports nothing from procsup and signals nothing: `group_alive` uses
+signal 0, which delivers nothing.
+
+Cost: one pass over the process table per call (list the pids, one `getpgid` system call each),
+then psutil reads only for the processes that belong to a requested group. `status` with
+hundreds of instances therefore stays cheap. The psutil calls used exist since psutil 5.9.4.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection, Mapping
+
+import psutil
+
+__all__ = ["Metrics", "group_alive", "group_members", "scan_groups"]
+
+# Processes that vanish or turn unreadable between listing and reading are simply not counted.
+_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
+
+
+def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
+    """Map each pgid in `pgids` to the pids currently in that process group (one table pass).
+
+    Every requested pgid is a key, with an empty list when no process has it. Zombies that
+    are not yet reaped still belong to their group. Pids are in ascending order.
+    """
+    wanted = set(pgids)
+    found: dict[int, list[int]] = {pgid: [] for pgid in wanted}
+    if not wanted:
+        return found
+    for pid in sorted(psutil.pids()):
+        try:
+            pgid = os.getpgid(pid)
+        except OSError:  # exited since the listing (ESRCH)
+            continue
+        if pgid in wanted:
+            found[pgid].append(pid)
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids whose process group is `pgid`, ascending; [] when the group is gone."""
+    return scan_groups((pgid,))[pgid]
+
+
+def group_alive(pgid: int) -> bool:
+    """True while at least one process (a zombie counts) has process group `pgid`.
+
+    Uses `killpg(pgid, 0)`: nothing is delivered. EPERM means the group exists but belongs to
+    another user, so it is alive too.
+    """
+    if pgid <= 1:
+        # killpg(0, ...) means "my own group" and pgid 1 is init's; neither is an instance.
+        raise ValueError(f"not an instance process group: {pgid}")
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Reading:
+    """One group's totals from a single scan."""
+
+    __slots__ = ("cpu", "rss", "started")
+
+    def __init__(self) -> None:
+        self.cpu = 0.0  # cpu seconds, user + system, including reaped children
+        self.rss = 0  # bytes
+        self.started: float | None = None  # earliest create_time (epoch seconds) of a member
+
+
+class Metrics:
+    """CPU percent (of one core) and RSS per process group, sampled on demand.
+
+    Keeps, per group, the cpu total and `now` of the previous sample, so a sample reports the
+    average over the interval since the previous one. The first sample of a group reports the
+    average since the group's oldest member (normally the leader) was created.
+
+    CPU time counts each member's own user+system time plus the time of its children it has
+    already reaped (`children_user`/`children_system`). That keeps a group's total continuous
+    when a member exits and is reaped by another member (a shell running short commands is
+    not shown idle). A total that drops (a member reaped from outside the group) reads as 0 %
+    for that interval.
+    """
+
+    def __init__(self) -> None:
+        # pgid -> (cpu seconds total, `now` of that sample)
+        self._last: dict[int, tuple[float, float]] = {}
+        self._max_percent = 100.0 * float(os.cpu_count() or 1)
+
+    def sample(self, groups: Mapping[int, float], now: float) -> dict[int, tuple[float, int]]:
+        """Return pgid -> (cpu percent of one core, rss bytes) for every pgid in `groups`.
+
+        `groups` maps each live instance's pgid to its leader's start time on the caller's
+        monotonic clock (unused here; kept so callers pass what they have). `now` is the
+        caller's monotonic clock. A group with no process left reads (0.0, 0). Groups not
+        passed any more are forgotten, so a pgid reused later starts afresh.
+        """
+        members = scan_groups(groups.keys())
+        result: dict[int, tuple[float, int]] = {}
+        wall_now = time.time()
+        for pgid, pids in members.items():
+            previous = self._last.get(pgid)
+            reading = _read_group(pids, want_start=previous is None)
+            if not pids:
+                percent = 0.0
+            elif previous is not None:
+                percent = _percent(reading.cpu - previous[0], now - previous[1])
+            elif reading.started is not None:
+                percent = _percent(reading.cpu, wall_now - reading.started)
+            else:
+                percent = 0.0
+            if pids:
+                self._last[pgid] = (reading.cpu, now)
+            else:
+                self._last.pop(pgid, None)
+            result[pgid] = (min(percent, self._max_percent), reading.rss)
+        for pgid in list(self._last):
+            if pgid not in members:
+                del self._last[pgid]
+        return result
+
+
+def _percent(cpu: float, wall: float) -> float:
+    if wall <= 0.0 or cpu <= 0.0:
+        return 0.0
+    return cpu / wall * 100.0
+
+
+def _read_group(pids: list[int], *, want_start: bool) -> _Reading:
+    reading = _Reading()
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                times = proc.cpu_times()
+                rss = proc.memory_info().rss
+                # create_time() re-reads the boot time each call: only pay for it when needed.
+                started = proc.create_time() if want_start else None
+        except _GONE:
+            continue
+        reading.cpu += times.user + times.system + times.children_user + times.children_system
+        reading.rss += rss
+        if started is not None and (reading.started is None or started < reading.started):
+            reading.started = started
+    return reading

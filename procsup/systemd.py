@@ -1,0 +1,61 @@
+"""procsupd's own sd_notify client (layer 2 leaf).
+
+With `Type=notify`, systemd waits for `READY=1` on the datagram socket named by
+`$NOTIFY_SOCKET` before it considers procsupd started. Telling the service manager is a
+courtesy that must never take the daemon down, so every function here reports failure as
+False instead of raising.
+
+(The other direction, the `$NOTIFY_SOCKET` procsupd offers its instances, is `notify.py`.)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+__all__ = ["notify", "ready", "status", "stopping"]
+
+# A service manager that does not read its socket must not stall the daemon's loop for long.
+_SEND_TIMEOUT = 1.0
+
+
+def notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Send `message` (e.g. "READY=1", or several "K=V" lines) to `$NOTIFY_SOCKET`.
+
+    `environ` defaults to `os.environ`. The socket is a filesystem path, or an abstract
+    address when it starts with "@". Returns True when the datagram was sent; False when
+    `NOTIFY_SOCKET` is unset or empty, not an absolute path or "@" name, or sending failed.
+    Never raises.
+    """
+    env = os.environ if environ is None else environ
+    target = env.get("NOTIFY_SOCKET", "")
+    if target.startswith("@"):
+        address = "\0" + target[1:]
+    elif target.startswith("/"):
+        address = target
+    else:
+        return False
+    try:
+        data = message.encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(_SEND_TIMEOUT)
+            sock.sendto(data, address)
+    except (OSError, UnicodeError, ValueError):
+        return False
+    return True
+
+
+def ready(environ: Mapping[str, str] | None = None) -> bool:
+    """Tell the service manager that procsupd serves: `READY=1`."""
+    return notify("READY=1", environ)
+
+
+def stopping(environ: Mapping[str, str] | None = None) -> bool:
+    """Tell the service manager that procsupd is shutting down: `STOPPING=1`."""
+    return notify("STOPPING=1", environ)
+
+
+def status(text: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Set the one-line status `systemctl status` shows: `STATUS=<text>`."""
+    return notify("STATUS=" + text.replace("\n", " "), environ)
