@@ -1,0 +1,500 @@
+"""`procsup`: the control CLI (layer 4). Every line procsup prints for people is formatted here.
+
+`procsup [-c CONFIG] [-s SOCKET] COMMAND ...` (CONTRACT.md §1). Exit codes: 0 success, 1 the
+request failed, 2 usage error, 3 the daemon cannot be reached (the message names the socket).
+
+Start-up time matters (`procsup status` in scripts and prompts): this module imports only the
+client, the protocol and `errors` at start; `config` (socket discovery, only without `-s`) and
+`units` (signal names) are imported where needed. Never asyncio, psutil or daemon machinery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from procsup import __version__, protocol
+from procsup.client import Client, Unreachable
+from procsup.errors import ExitCode, ProcsupError, ProtocolError, RemoteError
+
+TYPE_CHECKING = False  # mypy treats this name as true; `typing` is not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
+#: Seconds to wait for a reply that needs no waiting on processes.
+QUICK_TIMEOUT = 30.0
+_APPS_HELP = 'app name, "app:i" for one instance, or "all"'
+
+
+class _UsageError(Exception):
+    """Arguments argparse accepted but the command table refuses (exit 2)."""
+
+
+class _NoSocket(ProcsupError):
+    """The socket path cannot be determined (exit 3: the daemon cannot be reached)."""
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_duration(seconds: float | None) -> str:
+    """Uptime for people: "12s", "5m3s", "2h4m", "3d2h"; "-" for None."""
+    if seconds is None:
+        return "-"
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def format_size(n: int | None) -> str:
+    """Memory for people: "512B", "1.5K", "24.0M", "2.0G"; "-" for None."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n}B"
+    value = float(n)
+    for unit in ("K", "M", "G", "T"):
+        value /= 1024
+        if value < 1024 or unit == "T":
+            break
+    return f"{value:.1f}{unit}"
+
+
+def format_cpu(percent: float | None) -> str:
+    """CPU for people: "0.3%"; "-" for None."""
+    return "-" if percent is None else f"{percent:.1f}%"
+
+
+def format_exit(exit_code: int | None) -> str:
+    """"exit 1" for a code, the signal name for -N (killed by signal N), "-" for None."""
+    if exit_code is None:
+        return "-"
+    if exit_code < 0:
+        from procsup.units import signal_name
+
+        return signal_name(-exit_code)
+    return f"exit {exit_code}"
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    table = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(headers) - 1)]
+    lines = []
+    for row in table:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)] + row[-1:]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+STATUS_HEADERS = ("APP", "ID", "PID", "STATE", "UPTIME", "RESTARTS", "CPU", "MEM",
+                  "LAST EXIT/REASON")
+
+
+def format_status(result: object, *, filtered: bool = False) -> str:
+    """The `status` table, preceded by a line when the config on disk is not applied."""
+    res = _obj(result)
+    out = []
+    config = _obj(res.get("config"))
+    if config.get("applied") is False:
+        error = config.get("error")
+        if isinstance(error, dict):
+            error = error.get("text") or error.get("message")
+        path = config.get("path") or "the config"
+        out.append(f"config {path} is not applied: {error}\n" if error else
+                   f"config {path} is not applied\n")
+    instances = [_obj(i) for i in _seq(res.get("instances"))]
+    if not instances:
+        out.append("no matching instances\n" if filtered else "no apps configured\n")
+        return "".join(out)
+    rows = []
+    for inst in instances:
+        reason = inst.get("reason")
+        rows.append((
+            str(inst.get("app", "?")),
+            _text(inst.get("instance")),
+            _text(inst.get("pid")),
+            str(inst.get("state", "?")),
+            format_duration(_num(inst.get("uptime"))),
+            _text(inst.get("restarts")),
+            format_cpu(_num(inst.get("cpu"))),
+            format_size(_int(inst.get("memory"))),
+            str(reason) if reason else format_exit(_int(inst.get("exit_code"))),
+        ))
+    out.append(format_table(STATUS_HEADERS, rows))
+    return "".join(out)
+
+
+def format_outcome(result: object) -> str:
+    """One line per instance of a start/stop/restart/reload/scale result:
+    `web:0  running  pid 4242` or `web:1  errored  executable not found: foo`."""
+    rows = []
+    for inst in (_obj(i) for i in _seq(_obj(result).get("instances"))):
+        detail = []
+        if inst.get("pid") is not None:
+            detail.append(f"pid {inst['pid']}")
+        if inst.get("reason"):
+            detail.append(str(inst["reason"]))
+        rows.append((_instance_name(inst), str(inst.get("state", "?")), "  ".join(detail)))
+    if not rows:
+        return "no instances\n"
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "".join(
+        f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip() + "\n" for r in rows
+    )
+
+
+def format_signalled(result: object, signame: str) -> str:
+    """`sent SIGUSR2 to web:0 (pid 4242)` per instance, or a line saying nothing was sent."""
+    done = [_obj(i) for i in _seq(_obj(result).get("signalled"))]
+    if not done:
+        return f"{signame} was not sent: no selected instance is running\n"
+    return "".join(f"sent {signame} to {_instance_name(i)} (pid {i.get('pid')})\n" for i in done)
+
+
+def format_plan(result: object) -> str:
+    """A `reread`/`update` plan: `restart  web (0, 1): command changed`, one action a line."""
+    res = _obj(result)
+    out = []
+    for action in (_obj(a) for a in _seq(res.get("actions"))):
+        ids = ", ".join(str(i) for i in _seq(action.get("instances")))
+        line = f"{action.get('action', '?'):<8} {action.get('app', '?')}"
+        if ids:
+            line += f" ({ids})"
+        if action.get("reason"):
+            line += f": {action['reason']}"
+        out.append(line + "\n")
+    if not out:
+        out.append("no changes\n")
+    keys = [str(k) for k in _seq(res.get("restart_daemon"))]
+    if keys:
+        out.append(f"takes effect when procsupd restarts: {', '.join(keys)}\n")
+    return "".join(out)
+
+
+class LogPrinter:
+    """Prints `logs` frames: plain text when every line comes from one file, else each line as
+    `app:i | text` (`app | text` for a file shared by all instances).
+
+    Without follow the whole reply is known, so the choice is exact. With follow the first
+    frame (the last N lines) decides, and a line from a second file switches to prefixes.
+    """
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self._write = write
+        self._sources: set[tuple[object, object, object]] = set()
+
+    def feed(self, frame: object) -> None:
+        lines = [_obj(line) for line in _seq(_obj(frame).get("lines"))]
+        self._sources.update((ln.get("app"), ln.get("instance"), ln.get("stream")) for ln in lines)
+        prefixed = len(self._sources) > 1
+        for ln in lines:
+            text = str(ln.get("text", ""))
+            if prefixed:
+                inst = ln.get("instance")
+                name = f"{ln.get('app')}:{inst}" if inst is not None else str(ln.get("app"))
+                self._write(f"{name} | {text}\n")
+            else:
+                self._write(text + "\n")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class _Context:
+    """What a command handler needs: the parsed arguments and a way to call the daemon."""
+
+    def __init__(self, ns: argparse.Namespace) -> None:
+        self.ns = ns
+
+    def socket_path(self) -> str:
+        ns = self.ns
+        if ns.socket:
+            return str(ns.socket)
+        # Only now: the config module (TOML, schema) costs start-up time `-s` users skip.
+        from procsup import config
+
+        try:
+            return config.find_socket(
+                socket=None, config=ns.config, environ=os.environ, uid=os.getuid()
+            )
+        except (ProcsupError, OSError) as exc:
+            raise _NoSocket(f"cannot determine the control socket: {exc}") from exc
+
+    def client(self, cmd: str, args: dict[str, Any], timeout: float | None) -> Client:
+        try:
+            protocol.validate_args(cmd, args)
+        except protocol.ProtocolViolation as exc:
+            raise _UsageError(exc.message) from None
+        return Client(self.socket_path(), timeout)
+
+    def call(self, cmd: str, timeout: float | None = QUICK_TIMEOUT, **args: Any) -> dict[str, Any]:
+        """The result of `cmd`; a non-object result (a newer daemon?) reads as an empty one."""
+        return _obj(self.client(cmd, args, timeout).call(cmd, **args))
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def cmd_status(ctx: _Context) -> int:
+    res = ctx.call("status", apps=ctx.ns.apps)
+    if ctx.ns.json:
+        _out(json.dumps(res, sort_keys=False) + "\n")
+    else:
+        _out(format_status(res, filtered=bool(ctx.ns.apps)))
+    return ExitCode.OK
+
+
+def cmd_outcome(ctx: _Context) -> int:
+    """start, stop, restart, reload: the instances, exit 1 when something asked for failed."""
+    wait = not ctx.ns.no_wait
+    cmd = ctx.ns.cmd
+    res = ctx.call(cmd, None if wait else QUICK_TIMEOUT, apps=ctx.ns.apps, wait=wait)
+    _out(format_outcome(res))
+    return ExitCode.FAILED if res.get("failed") else ExitCode.OK
+
+
+def cmd_scale(ctx: _Context) -> int:
+    wait = not ctx.ns.no_wait
+    res = ctx.call("scale", None if wait else QUICK_TIMEOUT, app=ctx.ns.app,
+                   instances=ctx.ns.instances, wait=wait)
+    _out(format_outcome(res))
+    return ExitCode.FAILED if res.get("failed") else ExitCode.OK
+
+
+def cmd_signal(ctx: _Context) -> int:
+    from procsup.units import signal_name
+
+    res = ctx.call("signal", signal=ctx.ns.sig, apps=ctx.ns.apps)
+    _out(format_signalled(res, signal_name(ctx.ns.sig)))
+    return ExitCode.FAILED if res.get("failed") else ExitCode.OK
+
+
+def cmd_logs(ctx: _Context) -> int:
+    ns = ctx.ns
+    stream = "err" if ns.err else "out" if ns.out else "both"
+    args: dict[str, Any] = {"app": ns.app, "lines": ns.lines, "stream": stream,
+                            "follow": ns.follow}
+    printer = LogPrinter(sys.stdout.write)
+    end: object = None
+    # A follower may wait forever for the next line: no timeout.
+    client = ctx.client("logs", args, None if ns.follow else QUICK_TIMEOUT)
+    frames = client.stream("logs", **args)
+    try:
+        for frame in frames:
+            printer.feed(frame)
+            sys.stdout.flush()
+            end = _obj(frame).get("end")
+    except KeyboardInterrupt:
+        if not ns.follow:
+            raise
+        return ExitCode.OK  # Ctrl-C is how one stops following
+    finally:
+        frames.close()
+    if end:  # the daemon ended the stream early, e.g. this follower fell too far behind
+        print(f"procsup: {end}", file=sys.stderr)
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+def cmd_shutdown(ctx: _Context) -> int:
+    wait = not ctx.ns.no_wait
+    res = ctx.call("shutdown", None if wait else QUICK_TIMEOUT, wait=wait)
+    if wait:
+        _out(f"procsupd stopped {res.get('stopped', '?')} instance(s) and exited\n")
+    else:
+        _out("procsupd is shutting down\n")
+    return ExitCode.OK
+
+
+def cmd_version(ctx: _Context) -> int:
+    _out(f"procsup {__version__} (protocol {protocol.VERSION})\n")
+    res = ctx.call("version")
+    _out(f"procsupd {res.get('version', '?')} (protocol {res.get('protocol', '?')})\n")
+    return ExitCode.OK
+
+
+def cmd_ping(ctx: _Context) -> int:
+    res = ctx.call("ping")
+    _out(f"pong from procsupd {res.get('version', '?')} (pid {res.get('pid', '?')})\n")
+    return ExitCode.OK
+
+
+def cmd_reread(ctx: _Context) -> int:
+    res = ctx.call("reread")
+    _out(json.dumps(res, sort_keys=False) + "\n" if ctx.ns.json else format_plan(res))
+    return ExitCode.OK
+
+
+def cmd_update(ctx: _Context) -> int:
+    wait = not ctx.ns.no_wait
+    res = ctx.call("update", None if wait else QUICK_TIMEOUT, wait=wait)
+    _out(format_plan(res))
+    return ExitCode.FAILED if res.get("failed") else ExitCode.OK
+
+
+def cmd_dump(ctx: _Context) -> int:
+    text = str(ctx.call("dump").get("toml", ""))
+    _out(text if text.endswith("\n") or not text else text + "\n")
+    return ExitCode.OK
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_signal_arg(text: str) -> int:
+    """A signal for `procsup signal`: "SIGUSR2", "USR2", "usr2" or "12"."""
+    from procsup.units import parse_signal
+
+    try:
+        return parse_signal(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="procsup", description="Control a running procsupd.",
+        epilog="exit status: 0 ok, 1 the request failed, 2 usage error, "
+        "3 cannot reach the daemon",
+    )
+    p.add_argument("-c", "--config", metavar="CONFIG",
+                   help="find the socket from this config file's [procsup] socket")
+    p.add_argument("-s", "--socket", metavar="SOCKET", help="the control socket of procsupd")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Callable[[_Context], int], help: str,
+            aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help, aliases=list(aliases))
+        sp.set_defaults(handler=handler, cmd=name)
+        return sp
+
+    def no_wait(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--no-wait", action="store_true", help="return at once, do not wait")
+
+    sp = add("status", cmd_status, "one row per instance", aliases=["ls"])
+    sp.add_argument("apps", nargs="*", metavar="APP", help="only these apps")
+    sp.add_argument("--json", action="store_true", help="print the daemon's JSON object")
+    for name, text in (
+        ("start", "start stopped or errored instances"),
+        ("stop", "stop instances (they stay stopped)"),
+        ("restart", "stop then start; resets the restart counter"),
+        ("reload", "graceful rolling restart"),
+    ):
+        sp = add(name, cmd_outcome, text)
+        sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
+        no_wait(sp)
+    sp = add("scale", cmd_scale, "run N instances of APP now (until the next config apply)")
+    sp.add_argument("app", metavar="APP")
+    sp.add_argument("instances", metavar="N", type=_count)
+    no_wait(sp)
+    sp = add("signal", cmd_signal, "send a signal to every instance's process group")
+    sp.add_argument("sig", metavar="SIG", type=parse_signal_arg, help="SIGUSR2, USR2 or 12")
+    sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
+    sp = add("reread", cmd_reread, "read the config and print the plan; changes nothing")
+    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sp = add("update", cmd_update, "read the config and apply the plan")
+    no_wait(sp)
+    sp = add("logs", cmd_logs, "print the last lines of the logs")
+    sp.add_argument("app", nargs="?", metavar="APP", help="only this app (default: all)")
+    sp.add_argument("-n", "--lines", type=int, default=20, metavar="N",
+                    help="lines per file (default 20)")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    which = sp.add_mutually_exclusive_group()
+    which.add_argument("--err", action="store_true", help="only stderr")
+    which.add_argument("--out", action="store_true", help="only stdout")
+    add("dump", cmd_dump, "print the effective config as TOML")
+    sp = add("shutdown", cmd_shutdown, "stop every app, then the daemon")
+    no_wait(sp)
+    add("version", cmd_version, "print the client's and the daemon's version")
+    add("ping", cmd_ping, "check that the daemon answers")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `procsup` with `argv` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 for usage errors, 0 for --help
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    handler: Callable[[_Context], int] = ns.handler
+    try:
+        return int(handler(_Context(ns)))
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"procsup: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except (Unreachable, _NoSocket) as exc:
+        print(f"procsup: {exc}", file=sys.stderr)
+        return ExitCode.UNREACHABLE
+    except RemoteError as exc:
+        print(f"procsup: {exc.message}", file=sys.stderr)
+        return ExitCode.FAILED
+    except ProtocolError as exc:
+        print(f"procsup: {exc.message}", file=sys.stderr)
+        return ExitCode.FAILED
+    except ProcsupError as exc:
+        print(f"procsup: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout went away (`procsup logs | head`): not an error worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return ExitCode.FAILED
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _seq(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _instance_name(inst: dict[str, Any]) -> str:
+    i = inst.get("instance")
+    return f"{inst.get('app', '?')}:{i}" if i is not None else str(inst.get("app", "?"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
