@@ -1,0 +1,613 @@
+"""Log capture: child pipes -> whole lines -> files; rotation, reopen, tail and follow (layer 2).
+
+This is the only module that opens log files. It imports nothing from procsup above layer 0
+and reports back only through the callbacks it is given.
+
+Threading: everything here runs on the supervisor's one asyncio loop thread. There are no locks;
+a line is never split or interleaved mid-line within one file because each chunk of whole lines
+reaches the file in a single `LogSink.write` call (one write(2) or writev(2), continued only
+after a short write) and nothing else runs on the loop in between.
+
+Flow control: writes are synchronous. When the disk is slow the loop is slow, the pipe fills
+and the child blocks in write(2); nothing is queued in memory and nothing is dropped. The only
+data that can be lost is data the kernel refuses (ENOSPC, EIO...): that is reported through
+`on_error` and the chunk is discarded, because holding it would mean an unbounded queue.
+
+Symlink safety: a directory is trusted when it is owned by root or by the daemon's own user and
+is neither group- nor world-writable. A log file in any other directory (e.g. a sticky 1777 one,
+or Ubuntu's root:syslog 0775 /var/log, where any group member could plant a link) is opened with
+O_NOFOLLOW, so a symlink planted there cannot redirect the log (or `tail`) to another file:
+the open fails with ELOOP. Symlinked log files in a trusted directory are followed, as
+administrators make them on purpose. Only the immediate parent is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import errno
+import fcntl
+import logging
+import os
+import stat
+from collections.abc import Callable
+
+__all__ = [
+    "LINE_MAX",
+    "PIPE_SIZE",
+    "READ_SIZE",
+    "LogSink",
+    "LogSinks",
+    "PipeReader",
+    "open_pipe",
+    "tail",
+]
+
+_log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+"""Bytes read from a pipe per readable event (one os.read, then back to the loop)."""
+
+LINE_MAX = 64 * 1024
+"""Once this much of a line is buffered without its newline, it is written out in pieces of
+exactly LINE_MAX bytes, each as a line of its own (newline appended), so that a child that never
+writes a newline cannot make the daemon's memory grow. Lines shorter than LINE_MAX (newline not
+counted) are never cut; a longer one may be, depending on how the pipe delivered it."""
+
+PIPE_SIZE = 1024 * 1024
+"""Capacity requested for each capture pipe (F_SETPIPE_SZ); fewer wake-ups under load."""
+
+_TAIL_BLOCK = 64 * 1024
+_TAIL_MAX_BYTES = 16 * 1024 * 1024
+_CLOSE_DRAIN_BYTES = PIPE_SIZE  # what close() still reads from a pipe before giving up on it
+_NL = b"\n"
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_FILE_MODE = 0o640
+_DIR_MODE = 0o755
+
+ErrorCallback = Callable[[str, OSError], None]
+Follower = Callable[[bytes], None]
+
+
+def _log_error(path: str, exc: OSError) -> None:
+    _log.error("log file %s: %s", path, exc)
+
+
+def _parent_is_shared(path: str) -> bool:
+    """True when someone other than the parent directory's owner may create entries in it, or
+    the owner is neither root nor us: then a symlink at `path` may have been planted."""
+    parent = os.path.dirname(path) or "."
+    try:
+        st = os.stat(parent)
+    except OSError:
+        return True  # cannot tell: be safe; the open will report the real problem
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return True
+    return st.st_uid not in (0, os.geteuid())
+
+
+def _open_log(path: str, *, truncate: bool = False) -> int:
+    """Open `path` for appending (creating it and its parent directory), safely. Raises OSError
+    with the path in the message."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=_DIR_MODE, exist_ok=True)
+    flags = _OPEN_FLAGS | (os.O_TRUNC if truncate else 0)
+    nofollow = _parent_is_shared(path)
+    if nofollow:
+        flags |= os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, _FILE_MODE)
+    except OSError as exc:
+        if nofollow and exc.errno == errno.ELOOP:
+            raise OSError(
+                exc.errno,
+                "refusing to follow a symlink in a directory others can write",
+                path,
+            ) from exc
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        raise
+
+
+def _date_prefix(fmt: str) -> bytes:
+    text = datetime.datetime.now().astimezone().strftime(fmt)
+    return text.encode("utf-8", "replace") + b" "
+
+
+class LogSink:
+    """One open log file, shared by every stream that writes to it (out+err of an instance when
+    both paths are the same; every instance of an app with merge_logs). Writes whole lines only.
+
+    The file is opened O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, mode 0o640 (before umask), by the
+    constructor, which raises OSError (path in the message) when that fails; later failures
+    (write, reopen, rotation) never raise: they go to `on_error(path, exc)`, once per kind of
+    failure until something succeeds again. When the file could not be reopened, the next write
+    tries again, so the sink heals itself once the cause is fixed; the chunks in between are lost.
+
+    Rotation (when `max_size` is set and a write takes the file past it): the file is closed,
+    `<path>.k` becomes `<path>.k+1` for k = retain-1..1, `<path>` becomes `<path>.1`, files
+    beyond `<path>.retain` left from a larger retain are deleted, and a new file is opened.
+    `retain = 0` truncates the file instead. Rotation happens between writes, so never inside a
+    line; a file may exceed `max_size` by up to one chunk. Files that are not regular (a tty,
+    /dev/stdout in a container) are never rotated.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        date_format: str | None = None,
+        max_size: int | None = None,
+        retain: int = 5,
+        on_error: ErrorCallback | None = None,
+        followers: list[Follower] | None = None,
+    ) -> None:
+        if date_format is not None:
+            _date_prefix(date_format)  # a bad format fails here, not on every chunk later
+        if retain < 0:
+            raise ValueError(f"retain must be >= 0, got {retain}")
+        self.path = path
+        self.date_format = date_format
+        self.max_size = max_size
+        self.retain = retain
+        self._on_error = on_error if on_error is not None else _log_error
+        self._followers: list[Follower] = followers if followers is not None else []
+        self._fd: int | None = None
+        self._closed = False
+        self._size = 0
+        self._rotate_at: int | None = max_size
+        self._last_error: tuple[str, int | None] | None = None
+        self._open(truncate=False)
+
+    # -- public --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, data: bytes) -> None:
+        """Append `data`: one or more complete lines (a missing final newline is added).
+
+        Adds the date prefix to every line (one timestamp per call: the lines of one call
+        arrived together), rotates when the file passes `max_size`, then hands the bytes as
+        written to the followers of this path. Followers see the chunk even if the disk refused
+        it. Writing to a closed sink discards the data (and logs it at debug level).
+        """
+        if not data:
+            return
+        if self._closed:
+            _log.debug("write to closed log sink %s dropped (%d bytes)", self.path, len(data))
+            return
+        if data[-1] != 10:  # b"\n"
+            data += _NL
+        parts: tuple[bytes | memoryview, ...]
+        if self.date_format is None:
+            parts = (data,)
+        else:
+            # One timestamp per chunk, and no per-line Python loop: a single C-level replace
+            # puts the prefix after every newline (one too many after the last, cut off by the
+            # view), and writev sends the first line's prefix with it, without more copies.
+            prefix = _date_prefix(self.date_format)
+            body = data.replace(_NL, _NL + prefix)
+            parts = (prefix, memoryview(body)[: len(body) - len(prefix)])
+        if self._fd is None:
+            self._open(truncate=False, reporting=True)
+        if self._fd is not None:
+            try:
+                written = self._write_all(self._fd, parts)
+            except OSError as exc:
+                self._report("write", exc)
+            else:
+                self._last_error = None
+                self._size += written
+                if self._rotate_at is not None and self._size > self._rotate_at:
+                    self._rotate()
+        if self._followers:
+            chunk = data if len(parts) == 1 else b"".join(parts)
+            for follower in tuple(self._followers):
+                self._notify(follower, chunk)
+
+    def reopen(self) -> None:
+        """Close the file and open `path` again (SIGUSR1 after logrotate moved it away: the
+        new file is created). Errors go to `on_error`."""
+        if self._closed:
+            return
+        self._close_fd()
+        self._open(truncate=False, reporting=True)
+
+    def close(self) -> None:
+        """Close the file for good; later writes are dropped. Idempotent."""
+        self._closed = True
+        self._close_fd()
+
+    # -- internals -----------------------------------------------------------------------
+
+    @staticmethod
+    def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> int:
+        """Write all of `parts` (one syscall unless the kernel writes short); return the size."""
+        written = os.write(fd, parts[0]) if len(parts) == 1 else os.writev(fd, parts)
+        total = sum(len(part) for part in parts) if len(parts) > 1 else len(parts[0])
+        if written < total:
+            view = memoryview(b"".join(parts))
+            while written < total:
+                n = os.write(fd, view[written:])
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += n
+        return total
+
+    def _open(self, *, truncate: bool, reporting: bool = False) -> None:
+        """Open the file; with `reporting` errors go to on_error, else they raise."""
+        try:
+            fd = _open_log(self.path, truncate=truncate)
+        except OSError as exc:
+            if not reporting:
+                raise
+            self._report("open", exc)
+            return
+        st = os.fstat(fd)
+        regular = stat.S_ISREG(st.st_mode)
+        self._fd = fd
+        self._size = st.st_size if regular else 0
+        self._rotate_at = self.max_size if regular else None
+        self._last_error = None
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:  # EIO from delayed write-back: report, the fd is gone anyway
+                self._report("close", exc)
+
+    def _rotate(self) -> None:
+        assert self._fd is not None and self.max_size is not None
+        try:
+            real = os.fstat(self._fd).st_size
+        except OSError:
+            real = self._size
+        if real <= self.max_size:
+            # Someone truncated the file behind our back (copytruncate): trust the file.
+            self._size = real
+            return
+        self._close_fd()
+        shifted = True
+        if self.retain > 0:
+            try:
+                self._shift()
+            except OSError as exc:
+                shifted = False
+                self._report("rotate", exc)
+        self._open(truncate=self.retain == 0, reporting=True)
+        if not shifted and self._rotate_at is not None:
+            # The file is still the big one: try again after another max_size bytes rather
+            # than on every write.
+            self._rotate_at = self._size + self.max_size
+
+    def _shift(self) -> None:
+        path, retain = self.path, self.retain
+        for k in range(retain - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{path}.{k}", f"{path}.{k + 1}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, f"{path}.1")
+        k = retain + 1  # left over from a larger log_retain
+        while True:
+            try:
+                os.unlink(f"{path}.{k}")
+            except FileNotFoundError:
+                break
+            k += 1
+
+    def _report(self, op: str, exc: OSError) -> None:
+        key = (op, exc.errno)
+        if key == self._last_error:
+            return
+        self._last_error = key
+        try:
+            self._on_error(self.path, exc)
+        except Exception:
+            _log.exception("log error callback failed for %s", self.path)
+
+    def _notify(self, follower: Follower, data: bytes) -> None:
+        try:
+            follower(data)
+        except Exception:
+            # A broken follower must not stop the logging; drop it.
+            _log.exception("log follower of %s failed; unsubscribed", self.path)
+            with contextlib.suppress(ValueError):
+                self._followers.remove(follower)
+
+
+def _key(path: str) -> str:
+    """Registry key: absolute, with the directory's symlinks resolved (the file's own name is
+    kept, so a symlinked log file is not resolved here)."""
+    path = os.path.abspath(path)
+    head, name = os.path.split(path)
+    return os.path.join(os.path.realpath(head), name)
+
+
+class LogSinks:
+    """Registry of sinks by path, reference-counted.
+
+    Paths are compared after making them absolute and resolving the directory's symlinks.
+    The first `acquire` of a path decides its settings (date format, max size, retain); later
+    acquirers of the same path share that sink and its settings until the last one releases it
+    (a changed app is restarted, so its old instances release before the new ones acquire).
+    """
+
+    def __init__(self, on_error: ErrorCallback | None = None) -> None:
+        self._on_error = on_error
+        self._sinks: dict[str, LogSink] = {}
+        self._refs: dict[str, int] = {}
+        self._followers: dict[str, list[Follower]] = {}
+
+    def acquire(
+        self, path: str, *, date_format: str | None, max_size: int | None, retain: int
+    ) -> LogSink:
+        """The sink for `path`, opening the file if nobody holds it. Raises OSError (with the
+        path in the message) when the file or its directory cannot be created or opened, and
+        ValueError for a date format strftime rejects."""
+        key = _key(path)
+        sink = self._sinks.get(key)
+        if sink is not None and sink.closed:  # closed directly instead of released: replace it
+            sink = None
+        if sink is None:
+            followers = self._followers.setdefault(key, [])
+            try:
+                sink = LogSink(
+                    path,
+                    date_format=date_format,
+                    max_size=max_size,
+                    retain=retain,
+                    on_error=self._on_error,
+                    followers=followers,
+                )
+            except (OSError, ValueError):
+                if not followers:
+                    del self._followers[key]
+                raise
+            self._sinks[key] = sink
+            self._refs[key] = 0
+        elif (date_format, max_size, retain) != (sink.date_format, sink.max_size, sink.retain):
+            _log.debug("log %s already open with other settings; keeping them", path)
+        self._refs[key] += 1
+        return sink
+
+    def release(self, sink: LogSink) -> None:
+        """Drop one reference; the last one closes the file. Releasing a sink this registry
+        does not hold (or holds no more) is a no-op."""
+        key = next((k for k, s in self._sinks.items() if s is sink), None)
+        if key is None:
+            return
+        self._refs[key] -= 1
+        if self._refs[key] > 0:
+            return
+        del self._sinks[key], self._refs[key]
+        sink.close()
+        if not self._followers.get(key, True):
+            del self._followers[key]
+
+    def reopen_all(self) -> None:
+        """Reopen every open file (SIGUSR1). Errors go to `on_error`, never raise."""
+        for sink in tuple(self._sinks.values()):
+            sink.reopen()
+
+    def close_all(self) -> None:
+        """Close every file and forget every sink (daemon exit)."""
+        for sink in tuple(self._sinks.values()):
+            sink.close()
+        self._sinks.clear()
+        self._refs.clear()
+
+    def follow(self, path: str, callback: Follower) -> Callable[[], None]:
+        """Call `callback(chunk)` synchronously with every chunk written to `path` from now on
+        (prefixed, whole lines), whether or not the path is open yet. The callback must be
+        cheap and must not raise (one that raises is dropped). Returns the unsubscribe
+        function (idempotent)."""
+        key = _key(path)
+        followers = self._followers.setdefault(key, [])
+        followers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                followers.remove(callback)
+            if not followers and key not in self._sinks and self._followers.get(key) is followers:
+                del self._followers[key]
+
+        return unsubscribe
+
+    def __contains__(self, path: str) -> bool:
+        return _key(path) in self._sinks
+
+    def __len__(self) -> int:
+        return len(self._sinks)
+
+
+class PipeReader:
+    """Reads one child pipe (non-blocking fd) on the asyncio loop and writes whole lines into a
+    sink.
+
+    One os.read of at most READ_SIZE per readable event, then back to the loop, so a flooding
+    child cannot starve the control socket or other instances. The partial trailing line stays
+    in a buffer until its newline arrives; once LINE_MAX bytes of a line are buffered they are
+    written out as a line of their own (newline appended; see LINE_MAX), so the buffer stays
+    below LINE_MAX + READ_SIZE bytes. At EOF the partial last line is written with a newline
+    appended, the fd is closed, and `on_eof()` is called once.
+
+    `sink = None` discards the output but still drains the pipe, so the child never blocks.
+    The reader owns `fd` from construction on and starts reading at once.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        sink: LogSink | None,
+        on_eof: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._sink = sink
+        self._on_eof = on_eof
+        self._partial = b""
+        self._closed = False
+        try:
+            loop.add_reader(fd, self._on_readable)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop reading, write what is already in the pipe (at most about 1 MiB, so a
+        grandchild that still floods it cannot hold us) and the partial line, close the fd.
+        `on_eof` is not called. Idempotent."""
+        if self._closed:
+            return
+        drained = 0
+        while drained < _CLOSE_DRAIN_BYTES:
+            try:
+                data = os.read(self._fd, READ_SIZE)
+            except OSError:  # EAGAIN: nothing more buffered; anything else: the pipe is gone
+                break
+            if not data:
+                break
+            drained += len(data)
+            self._feed(data)
+        self._finish()
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except BlockingIOError:
+            return  # spurious wake-up
+        except OSError as exc:
+            _log.warning("reading child output failed: %s; treating as end of output", exc)
+            data = b""
+        if not data:
+            self._finish()
+            self._on_eof()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        end = data.rfind(_NL) + 1
+        if end == 0:
+            self._partial += data
+        else:
+            if end == len(data):
+                chunk = self._partial + data if self._partial else data
+                self._partial = b""
+            else:
+                chunk = (
+                    b"".join((self._partial, memoryview(data)[:end]))
+                    if self._partial
+                    else data[:end]
+                )
+                self._partial = data[end:]
+            sink.write(chunk)
+        if len(self._partial) >= LINE_MAX:
+            self._cut(sink)
+
+    def _cut(self, sink: LogSink) -> None:
+        """Write the buffered partial line out in LINE_MAX pieces, each as a line of its own
+        (one write, so one timestamp); keep the rest, shorter than LINE_MAX, buffered."""
+        partial = self._partial
+        cut = len(partial) - len(partial) % LINE_MAX
+        pieces = [partial[i : i + LINE_MAX] for i in range(0, cut, LINE_MAX)]
+        self._partial = partial[cut:]
+        sink.write(_NL.join(pieces) + _NL)
+
+    def _finish(self) -> None:
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        if self._partial and self._sink is not None:
+            chunk, self._partial = self._partial, b""
+            self._sink.write(chunk + _NL)
+        try:
+            os.close(self._fd)
+        except OSError as exc:  # pragma: no cover - closing a pipe read end does not fail
+            _log.debug("closing pipe fd %d: %s", self._fd, exc)
+
+
+def open_pipe() -> tuple[int, int]:
+    """A capture pipe: (read_fd, write_fd).
+
+    Both ends are close-on-exec (non-inheritable); the spawner dup2s the write end onto the
+    child's 1 or 2 (dup2 clears the flag on the copy) and closes its own copy after the spawn.
+    The read end is non-blocking (for the loop), the write end blocking (a child that outruns
+    the disk waits in write(2)). The pipe is enlarged to 1 MiB where the kernel allows it.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(read_fd, False)
+        setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+        if setpipe is not None:
+            # EPERM: above /proc/sys/fs/pipe-max-size or the user's pipe quota; keep the default.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(read_fd, setpipe, PIPE_SIZE)
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+    return read_fd, write_fd
+
+
+def tail(path: str, n: int, *, max_bytes: int = _TAIL_MAX_BYTES) -> list[bytes]:
+    """The last `n` lines of the file at `path`, without their newlines, oldest first.
+
+    Reads backwards in 64 KiB blocks and stops as soon as it has `n` lines, so a large file is
+    not read whole; it also stops after `max_bytes`, in which case the first line returned may
+    be the end of a longer line. A missing file gives []. Returns bytes: log lines are whatever
+    the app wrote, decode with errors="replace". Opens the file like a sink does (no symlink
+    following in a directory others can write) and reads only this file, not `<path>.1`.
+    """
+    if n <= 0:
+        return []
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # non-blocking: never hang on a fifo
+    if _parent_is_shared(path):
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return []
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        pos = st.st_size
+        blocks: list[bytes] = []
+        newlines = 0
+        total = 0
+        trailing: bool | None = None
+        while pos > 0 and total < max_bytes:
+            size = min(_TAIL_BLOCK, pos, max_bytes - total)
+            pos -= size
+            block = os.pread(fd, size, pos)
+            if not block:  # the file shrank under us
+                break
+            if trailing is None:
+                trailing = block.endswith(_NL)
+            blocks.append(block)
+            total += len(block)
+            newlines += block.count(_NL)
+            # n full lines are certain once n newlines precede the last line's end.
+            if newlines - (1 if trailing else 0) >= n:
+                break
+    finally:
+        os.close(fd)
+    data = b"".join(reversed(blocks))
+    if data.endswith(_NL):
+        data = data[:-1]
+    elif not data:
+        return []
+    return data.split(_NL)[-n:]
