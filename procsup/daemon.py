@@ -1,0 +1,273 @@
+"""`procsupd`: arguments, `--check`, daemonizing, and the serve loop (layer 4).
+
+Daemon mode follows python-daemon's rules, in this order: validate the config in the
+foreground; open a readiness pipe and fork; the parent waits on the pipe and exits 0 or 1 with
+the daemon's message; the child enters `DaemonContext` (which detaches again, closes every other
+fd and takes the flock'd pidfile) and only then creates the event loop, signal handlers and
+sockets. So `procsupd` returns exactly when the control socket serves, or fails with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import grp
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import sys
+from collections.abc import Sequence
+
+from procsup import __version__, config, pidfile, systemd
+from procsup.control import ControlServer
+from procsup.errors import ConfigError, ExitCode, ProcsupError
+from procsup.model import Desired
+from procsup.supervisor import Supervisor
+
+#: Open-files limit we try to reach so that 1000 instances (2 pipes, a pidfd and up to 2 log
+#: files each) fit with room to spare.
+WANT_NOFILE = 16384
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="procsupd", description="procsup daemon: runs the apps of a TOML config"
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: $PROCSUP_CONFIG, else the per-user or system default)",
+    )
+    p.add_argument(
+        "-n",
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground and log to stderr (systemd Type=notify, containers)",
+    )
+    p.add_argument("--env", metavar="PROFILE", help="active env profile (overrides [procsup] env)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, print the apps it would run, and exit",
+    )
+    p.add_argument("--version", action="version", version=f"procsupd {__version__}")
+    return p.parse_args(argv)
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = WANT_NOFILE if hard == resource.RLIM_INFINITY else min(WANT_NOFILE, hard)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def prepare_dirs(desired: Desired) -> None:
+    d = desired.daemon
+    os.makedirs(d.log_dir, 0o755, exist_ok=True)
+    os.makedirs(d.state_dir, 0o700, exist_ok=True)
+
+
+def socket_gid(desired: Desired) -> int | None:
+    name = desired.daemon.socket_group
+    if name is None:
+        return None
+    try:
+        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        raise ProcsupError(f"[procsup] socket_group: unknown group {name!r}") from None
+
+
+def setup_logging(desired: Desired, foreground: bool) -> logging.Logger:
+    logger = logging.getLogger("procsupd")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler: logging.Handler
+    if foreground:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.handlers.WatchedFileHandler(desired.daemon.daemon_log)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(handler)
+    return logger
+
+
+async def serve(desired: Desired, logger: logging.Logger, on_ready: ReadyCallback) -> int:
+    """Serve until SIGTERM/SIGINT or `procsup shutdown`, then stop every app; the exit code."""
+    loop = asyncio.get_running_loop()
+    sup = Supervisor(desired, loop=loop, logger=logger)
+    server = ControlServer(
+        desired.daemon.socket,
+        sup,
+        mode=desired.daemon.socket_mode,
+        group_gid=socket_gid(desired),
+        logger=logger,
+    )
+    await server.start()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, sup.request_shutdown)
+        loop.add_signal_handler(signal.SIGINT, sup.request_shutdown)
+        loop.add_signal_handler(signal.SIGUSR1, sup.reopen_logs)
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: logger.warning(
+                "SIGHUP: re-reading the config is not supported by this version; "
+                "restart procsupd to apply changes"
+            ),
+        )
+        await sup.start()
+        logger.info(
+            "procsupd %s serving %s (pid %d, %d apps)",
+            __version__,
+            desired.daemon.socket,
+            os.getpid(),
+            len(desired.apps),
+        )
+        on_ready(None)
+        await sup.wait_exit()
+    finally:
+        await server.close()
+        sup.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    logger.info("procsupd exiting")
+    return 0
+
+
+class ReadyCallback:
+    """Reports start-up success or failure once: to systemd (-n) or to the waiting parent."""
+
+    def __init__(self, fd: int | None, foreground: bool) -> None:
+        self.fd = fd
+        self.foreground = foreground
+        self.done = False
+
+    def __call__(self, error: str | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.fd is not None:
+            msg = b"ok\n" if error is None else f"error: {error}\n".encode()
+            try:
+                os.write(self.fd, msg)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+        elif error is None and self.foreground:
+            systemd.ready()
+
+
+def run(
+    desired: Desired, *, foreground: bool, ready: ReadyCallback, lock: pidfile.PidFile | None
+) -> int:
+    """Everything after the process is what it will stay (foreground, or daemonized)."""
+    try:
+        raise_nofile()
+        prepare_dirs(desired)
+        logger = setup_logging(desired, foreground)
+    except (OSError, ProcsupError) as exc:
+        ready(f"cannot prepare directories or the log: {exc}")
+        print(f"procsupd: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    try:
+        if lock is not None:
+            lock.acquire()
+        try:
+            return asyncio.run(serve(desired, logger, ready))
+        finally:
+            if lock is not None:
+                lock.release()
+    except ProcsupError as exc:
+        logger.error("%s", exc)
+        ready(str(exc))
+        return ExitCode.FAILED
+    except OSError as exc:
+        logger.error("cannot start: %s", exc)
+        ready(f"cannot start: {exc}")
+        return ExitCode.FAILED
+
+
+def daemonize(desired: Desired) -> int:
+    """Fork; the parent returns the daemon's verdict, the child becomes the daemon."""
+    import daemon as python_daemon  # python-daemon
+
+    holder = pidfile.PidFile(desired.daemon.pidfile).is_locked()
+    if holder is not None:
+        print(
+            f"procsupd: already running (pid {holder}, pidfile {desired.daemon.pidfile})",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILED
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+        os.close(r)
+        os.waitpid(pid, 0)
+        answer = b"".join(chunks).decode(errors="replace").strip()
+        if answer == "ok":
+            return ExitCode.OK
+        reason = answer.removeprefix("error: ") or (
+            f"the daemon exited during start-up; see {desired.daemon.daemon_log}"
+        )
+        print(f"procsupd: {reason}", file=sys.stderr)
+        return ExitCode.FAILED
+    os.close(r)
+    ready = ReadyCallback(w, foreground=False)
+    try:
+        os.makedirs(os.path.dirname(desired.daemon.pidfile), 0o755, exist_ok=True)
+        ctx = python_daemon.DaemonContext(
+            files_preserve=[w],
+            umask=0o022,
+            working_directory="/",
+            pidfile=pidfile.PidFile(desired.daemon.pidfile),
+            detach_process=True,
+            signal_map={},
+            prevent_core=False,
+        )
+        ctx.open()
+    except Exception as exc:  # the boundary: whatever stops the start is the reason shown
+        ready(str(exc))
+        os._exit(1)
+    code = run(desired, foreground=False, ready=ready, lock=None)
+    ctx.close()
+    os._exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = args.config or config.default_config_path()
+    try:
+        # As root, refuse config files that anyone but root could have written (contract §3).
+        desired = config.load(path, profile=args.env, require_root_owned=os.geteuid() == 0)
+    except ConfigError as exc:
+        print(f"procsupd: invalid config: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    except OSError as exc:
+        print(f"procsupd: cannot read config: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    if args.check:
+        print(config.describe(desired))
+        return ExitCode.OK
+    if args.foreground:
+        return run(
+            desired,
+            foreground=True,
+            ready=ReadyCallback(None, foreground=True),
+            lock=pidfile.PidFile(desired.daemon.pidfile),
+        )
+    return daemonize(desired)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

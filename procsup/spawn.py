@@ -1,0 +1,253 @@
+"""Start and signal instance process groups (layer 2: the only module that creates processes).
+
+No Python runs between fork and exec: everything the child needs (new session, uid, gid,
+supplementary groups, umask, cwd, fds) is done by `subprocess.Popen`'s C code. Exit is observed
+through a pidfd (Linux >= 5.3) that the caller registers on its event loop, so there is no
+watcher thread per child and no SIGCHLD handler; an idle daemon makes no wakeups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import grp
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from procsup.errors import ProcsupError
+
+#: Variables kept from the daemon's environment when `inherit_env = false`.
+MINIMAL_ENV = ("PATH", "LANG", "HOME", "USER", "LOGNAME")
+#: procsupd's own service-manager variables: an instance must never speak for the daemon.
+PRIVATE_ENV = (
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "INVOCATION_ID",
+)
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class SpawnError(ProcsupError):
+    """The command cannot be executed. `reason` is what `status` shows for the errored instance."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who the child runs as: resolved from names when the instance starts (not at config load,
+    so a user created after the config was written works)."""
+
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] | None = None
+    name: str | None = None
+    home: str | None = None
+
+    @classmethod
+    def resolve(cls, user: str | None, group: str | None) -> Identity:
+        """Look the names up; a user gets its primary group and its supplementary groups unless
+        `group` names another primary group. Raises SpawnError naming what is unknown."""
+        if user is None and group is None:
+            return cls()
+        uid = gid = None
+        groups: tuple[int, ...] | None = None
+        name = home = None
+        if user is not None:
+            try:
+                pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            except (KeyError, ValueError):
+                raise SpawnError(f"unknown user: {user}") from None
+            uid, gid, name, home = pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir
+        if group is not None:
+            try:
+                gid = (
+                    grp.getgrgid(int(group)).gr_gid
+                    if group.isdigit()
+                    else grp.getgrnam(group).gr_gid
+                )
+            except (KeyError, ValueError):
+                raise SpawnError(f"unknown group: {group}") from None
+        if name is not None and gid is not None:
+            groups = tuple(sorted(set(os.getgrouplist(name, gid))))
+        elif gid is not None:
+            groups = (gid,)
+        me = os.geteuid()
+        if me != 0 and (
+            (uid is not None and uid != me) or (gid is not None and gid != os.getegid())
+        ):
+            raise SpawnError(
+                f"cannot run as user {user or '-'} group {group or '-'}: procsupd is not root"
+            )
+        if me != 0:  # running as ourselves: nothing to switch
+            return cls(name=name, home=home)
+        return cls(uid=uid, gid=gid, groups=groups, name=name, home=home)
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Everything needed to start one instance."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str | None = None
+    identity: Identity = Identity()
+    umask: int | None = None
+    stdout: int | None = None  # fd to dup onto 1; None = /dev/null
+    stderr: int | None = None  # fd to dup onto 2; None = /dev/null
+    pass_fds: tuple[int, ...] = ()
+
+
+def build_env(
+    base: Mapping[str, str],
+    *,
+    inherit: bool,
+    app_env: Mapping[str, str],
+    identity: Identity,
+    extra: Mapping[str, str],
+) -> dict[str, str]:
+    """The child's environment: inherited (all, or the minimal set), then the app's env, then
+    procsup's own variables. HOME/USER/LOGNAME follow `user` when one is set, as systemd does."""
+    env = dict(base) if inherit else {k: base[k] for k in MINIMAL_ENV if k in base}
+    for key in PRIVATE_ENV:
+        env.pop(key, None)
+    env.setdefault("PATH", _DEFAULT_PATH)
+    if identity.name is not None:
+        env["USER"] = env["LOGNAME"] = identity.name
+        if identity.home:
+            env["HOME"] = identity.home
+    env.update(app_env)
+    env.update(extra)
+    return env
+
+
+def _explain(exc: OSError, launch: Launch) -> str:
+    """Turn Popen's exec/chdir failure into the reason shown in `status`."""
+    exe = launch.argv[0]
+    if launch.cwd is not None and exc.filename == launch.cwd:
+        if exc.errno == errno.ENOENT:
+            return f"cwd not found: {launch.cwd}"
+        if exc.errno == errno.ENOTDIR:
+            return f"cwd is not a directory: {launch.cwd}"
+        return f"cannot enter cwd {launch.cwd}: {exc.strerror}"
+    if exc.errno == errno.ENOENT:
+        return f"executable not found: {exe}"
+    if exc.errno == errno.EACCES:
+        return f"permission denied: {exe}"
+    if exc.errno == errno.ENOEXEC:
+        return f"not an executable format: {exe}"
+    return f"cannot execute {exe}: {exc.strerror or exc}"
+
+
+def start(launch: Launch) -> subprocess.Popen[bytes]:
+    """Start the instance in a new session (so its own process group, pgid == pid).
+
+    Raises SpawnError when the command cannot be executed at all. The caller owns the returned
+    Popen and must reap it (see `reap`)."""
+    ident = launch.identity
+    try:
+        return subprocess.Popen(
+            launch.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=launch.stdout if launch.stdout is not None else subprocess.DEVNULL,
+            stderr=launch.stderr if launch.stderr is not None else subprocess.DEVNULL,
+            cwd=launch.cwd,
+            env=dict(launch.env),
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=launch.pass_fds,
+            restore_signals=True,
+            user=ident.uid,
+            group=ident.gid,
+            extra_groups=list(ident.groups) if ident.groups is not None else None,
+            umask=launch.umask if launch.umask is not None else -1,
+        )
+    except SpawnError:
+        raise
+    except OSError as exc:
+        raise SpawnError(_explain(exc, launch)) from None
+    except (ValueError, subprocess.SubprocessError) as exc:
+        raise SpawnError(f"cannot start {launch.argv[0]}: {exc}") from None
+
+
+def pidfd(pid: int) -> int:
+    """A pidfd that becomes readable when `pid` exits (non-blocking, close-on-exec)."""
+    return os.pidfd_open(pid)
+
+
+def reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, int | None] | None:
+    """Collect the exit status if the process has ended: (code, None) or (None, signal).
+    None while it still runs."""
+    try:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        status, pid = 0, proc.pid  # already reaped elsewhere: report a plain exit
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.WEXITSTATUS(status), None
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to the whole process group. False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # members we may not signal (setuid): they exist
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists (zombies included)."""
+    return kill_group(pgid, 0)
+
+
+def signal_pids(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
+    """Signal individual processes (used for leftovers found by scanning the process table)."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the group's processes that are not zombies.
+
+    A zombie holds nothing but its pid, and whether it is reaped soon depends on its parent (a
+    container's PID 1 may never reap), so a group of only zombies counts as gone. The cheap
+    `killpg(pgid, 0)` answers the common case; the process table is scanned only when it says
+    the group still has members."""
+    if not group_alive(pgid):
+        return []
+    members = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return [pgid]
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ..." — comm may hold spaces and parens: split at the last ")".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(name))
+    return members

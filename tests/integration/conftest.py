@@ -1,0 +1,179 @@
+"""Integration harness: a real `procsupd` in a temporary directory, driven by the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+APPS = Path(__file__).resolve().parent.parent / "apps"
+PY = sys.executable
+
+
+def app_cmd(name: str, *args: str) -> str:
+    """A TOML array literal running tests/apps/<name>.py with this interpreter."""
+    return json.dumps([PY, str(APPS / f"{name}.py"), *args])
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `cond` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Daemon:
+    """One procsupd under test: its directory, config, process and CLI."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.run_dir = Path(tempfile.mkdtemp(prefix="ps-", dir="/tmp"))  # short: AF_UNIX limit
+        self.socket = str(self.run_dir / "procsup.sock")
+        self.pidfile = str(self.run_dir / "procsupd.pid")
+        self.log_dir = root / "logs"
+        self.state_dir = root / "state"
+        self.config = root / "apps.toml"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path = root / "procsupd.stderr"
+        self.env = dict(os.environ)
+        self.env.pop("PROCSUP_SOCKET", None)
+        self.env.pop("PROCSUP_CONFIG", None)
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.env["PROCSUP_TEST_RUN"] = str(root)  # marks every process this test starts
+
+    def header(self, extra: str = "") -> str:
+        return textwrap.dedent(f"""\
+            [procsup]
+            socket = "{self.socket}"
+            pidfile = "{self.pidfile}"
+            log_dir = "{self.log_dir}"
+            state_dir = "{self.state_dir}"
+            {extra}
+            """)
+
+    def write(self, apps: str, daemon_extra: str = "") -> None:
+        self.config.write_text(self.header(daemon_extra) + textwrap.dedent(apps))
+        os.chmod(self.config, 0o644)
+
+    def start(self, *args: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start `procsupd -n` and wait until it answers `ping`."""
+        if not hasattr(self, "_stderr"):
+            self._stderr = open(self.stderr_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [PY, "-m", "procsup.daemon", "-n", "-c", str(self.config), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            env=self.env,
+        )
+        if wait:
+            wait_for(
+                lambda: self.proc is not None and (self.proc.poll() is not None or self.ping()),
+                15,
+                "procsupd to serve",
+            )
+            assert self.proc.poll() is None, f"procsupd exited: {self.daemon_log()}"
+        return self.proc
+
+    def daemon_log(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "procsup.cli", "-s", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
+
+    def ping(self) -> bool:
+        return self.cli("ping", timeout=10).returncode == 0
+
+    def status(self) -> dict[str, Any]:
+        r = self.cli("status", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+    def instances(self, app: str | None = None) -> list[dict[str, Any]]:
+        return [i for i in self.status()["instances"] if app is None or i["app"] == app]
+
+    def wait_states(
+        self, app: str, state: str, count: int | None = None, timeout: float = 10
+    ) -> list[dict[str, Any]]:
+        def ok() -> list[dict[str, Any]] | None:
+            rows = self.instances(app)
+            if (
+                rows
+                and all(r["state"] == state for r in rows)
+                and (count is None or len(rows) == count)
+            ):
+                return rows
+            return None
+
+        return wait_for(ok, timeout, f"{app} all {state}")  # type: ignore[no-any-return]
+
+    def stop_daemon(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        """Last resort after a failed test: no process of ours outlives it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        state = self.state_dir / "instances.json"
+        if state.exists():
+            try:
+                records = json.loads(state.read_text()).get("instances", [])
+            except ValueError:
+                records = []
+            for rec in records:
+                try:
+                    os.killpg(int(rec["pgid"]), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, KeyError, ValueError):
+                    pass
+        if hasattr(self, "_stderr"):
+            self._stderr.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.cleanup()

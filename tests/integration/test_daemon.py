@@ -1,0 +1,300 @@
+"""The daemon itself: start-up, readiness, pidfile, shutdown, recovery, control socket abuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import PY, Daemon, app_cmd, pid_alive, wait_for
+
+
+def _two_apps(daemon: Daemon, extra: str = "") -> None:
+    daemon.write(
+        f"""
+        [apps.a]
+        command = {app_cmd("sleeper")}
+        instances = 2
+        min_uptime = "100ms"
+        [apps.b]
+        command = ["sleep", "1000"]
+        min_uptime = "100ms"
+        """,
+        extra,
+    )
+
+
+def test_sigterm_stops_every_app_and_cleans_up(daemon: Daemon) -> None:
+    _two_apps(daemon)
+    daemon.start()
+    pids = [r["pid"] for r in daemon.wait_states("a", "running", 2)]
+    pids += [r["pid"] for r in daemon.wait_states("b", "running", 1)]
+    assert Path(daemon.pidfile).read_text().strip() == str(daemon.proc.pid)  # type: ignore[union-attr]
+    assert daemon.stop_daemon() == 0
+    assert not any(pid_alive(p) for p in pids)
+    assert not os.path.exists(daemon.socket)
+    assert not os.path.exists(daemon.pidfile)
+
+
+def test_sigkill_of_daemon_then_restart_leaves_no_duplicates(daemon: Daemon) -> None:
+    _two_apps(daemon)
+    daemon.start()
+    old = [r["pid"] for r in daemon.wait_states("a", "running", 2)]
+    old += [r["pid"] for r in daemon.wait_states("b", "running", 1)]
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait(5)
+    assert all(pid_alive(p) for p in old)  # orphans survive the daemon's death
+    daemon.start()  # stale socket and unlocked pidfile must not block this
+    rows = daemon.wait_states("a", "running", 2) + daemon.wait_states("b", "running", 1)
+    wait_for(lambda: not any(pid_alive(p) for p in old), 10, "old instances gone")
+    assert not {r["pid"] for r in rows} & set(old)
+
+    # exactly the configured instances run: count processes carrying this test's marker
+    def ours() -> list[int]:
+        found = []
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                env = Path(f"/proc/{name}/environ").read_bytes()
+            except OSError:
+                continue
+            if marker in env and b"PROCSUP_APP=" in env and pid_alive(int(name)):
+                found.append(int(name))
+        return found
+
+    marker = f"PROCSUP_TEST_RUN={daemon.root}".encode()
+    assert sorted(ours()) == sorted(r["pid"] for r in rows)
+
+
+def test_second_daemon_on_same_config_refuses(daemon: Daemon) -> None:
+    _two_apps(daemon)
+    daemon.start()
+    r = subprocess.run(
+        [PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=daemon.env,
+    )
+    assert r.returncode == 1
+    assert "already running" in r.stderr and str(daemon.proc.pid) in r.stderr  # type: ignore[union-attr]
+    assert daemon.ping()
+    assert len(daemon.instances("a")) == 2
+
+
+def test_daemon_mode_returns_once_serving_and_shutdown_waits(daemon: Daemon) -> None:
+    _two_apps(daemon)
+    r = subprocess.run(
+        [PY, "-m", "procsup.daemon", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=daemon.env,
+    )
+    assert r.returncode == 0, r.stderr
+    # no sleep loop needed: it serves now
+    assert daemon.cli("ping").returncode == 0
+    pid = int(Path(daemon.pidfile).read_text())
+    assert pid_alive(pid)
+    assert os.getsid(pid) != os.getsid(0)  # detached from our session
+    rows = daemon.wait_states("a", "running", 2)
+    assert (daemon.log_dir / "procsupd.log").exists()
+    r = daemon.cli("shutdown")
+    assert r.returncode == 0, r.stderr
+    assert not pid_alive(pid) or wait_for(lambda: not pid_alive(pid), 5, "daemon gone")
+    assert not any(pid_alive(x["pid"]) for x in rows)
+    assert not os.path.exists(daemon.socket) and not os.path.exists(daemon.pidfile)
+
+
+def test_daemon_mode_reports_failure_on_stderr(daemon: Daemon) -> None:
+    daemon.write("""
+        [apps.a]
+        comand = "sleep 1"
+        """)
+    r = subprocess.run(
+        [PY, "-m", "procsup.daemon", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=daemon.env,
+    )
+    assert r.returncode == 1
+    assert "comand" in r.stderr and "did you mean" in r.stderr and "apps.toml:" in r.stderr
+    # a socket held by a live foreign server is refused with the reason
+    _two_apps(daemon)
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(daemon.socket)
+    srv.listen()
+    try:
+        r = subprocess.run(
+            [PY, "-m", "procsup.daemon", "-c", str(daemon.config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=daemon.env,
+        )
+        assert r.returncode == 1
+        assert daemon.socket in r.stderr
+    finally:
+        srv.close()
+
+
+def test_check_validates_without_starting(daemon: Daemon) -> None:
+    _two_apps(daemon)
+    r = subprocess.run(
+        [PY, "-m", "procsup.daemon", "--check", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=daemon.env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "a" in r.stdout and "b" in r.stdout
+    assert not os.path.exists(daemon.socket)
+
+
+def test_ready_is_sent_to_notify_socket(daemon: Daemon) -> None:
+    _two_apps(daemon)
+    path = str(daemon.run_dir / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(15)
+    daemon.env["NOTIFY_SOCKET"] = path
+    try:
+        daemon.start(wait=False)
+        msg = sock.recv(4096)
+        assert b"READY=1" in msg
+        assert daemon.ping()  # serving when READY=1 arrived
+    finally:
+        sock.close()
+
+
+def test_control_socket_mode_and_garbage(daemon: Daemon) -> None:
+    _two_apps(daemon, 'socket_mode = "0600"')
+    daemon.start()
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+    # a 10 MB garbage line is refused and the daemon still answers
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(daemon.socket)
+        s.settimeout(10)
+        try:
+            s.sendall(b"x" * (10 * 1024 * 1024) + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            data = b""
+    if data:
+        (n,) = struct.unpack(">I", data[:4])
+        reply = json.loads(data[4 : 4 + n])
+        assert reply["ok"] is False and reply["error"]["code"] == "too_large"
+    assert daemon.ping()
+    # a half-sent request does not block other clients
+    with socket.socket(socket.AF_UNIX) as half:
+        half.connect(daemon.socket)
+        half.sendall(struct.pack(">I", 100) + b'{"v": 1')
+        t0 = time.monotonic()
+        assert daemon.ping()
+        assert time.monotonic() - t0 < 5
+    assert len(daemon.instances()) == 3
+
+
+def test_flooding_child_does_not_block_status(daemon: Daemon) -> None:
+    daemon.write(f"""
+        [apps.flood]
+        command = {app_cmd("flood")}
+        min_uptime = "100ms"
+        log_date_format = "%Y-%m-%d %H:%M:%S"
+        log_max_size = "20M"
+        log_retain = 1
+        """)
+    daemon.start()
+    daemon.wait_states("flood", "running", 1)
+    wait_for(
+        lambda: (daemon.log_dir / "flood-out.log").stat().st_size > 1_000_000,
+        10,
+        "flood to fill the log",
+    )
+    for _ in range(5):
+        t0 = time.monotonic()
+        r = daemon.cli("status", "--json")
+        elapsed = time.monotonic() - t0
+        assert r.returncode == 0
+        assert elapsed < 1.0, f"status took {elapsed:.2f}s under a flood"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+def test_peer_of_another_user_is_refused(daemon: Daemon) -> None:
+    _two_apps(daemon, 'socket_mode = "0666"')
+    daemon.start()
+    code = (
+        "import os, socket, struct, json\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({daemon.socket!r})\n"
+        "b = json.dumps({'v': 1, 'cmd': 'ping', 'args': {}}).encode()\n"
+        "try:\n    s.sendall(struct.pack('>I', len(b)) + b)\n"
+        "except BrokenPipeError:\n    pass\n"
+        "d = s.recv(65536); print(d[4:].decode())\n"
+    )
+    os.chmod(daemon.run_dir, 0o755)
+    r = subprocess.run(
+        ["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=20, cwd="/"
+    )
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["ok"] is False and reply["error"]["code"] == "forbidden"
+    assert daemon.ping()
+
+
+def test_cli_cannot_reach_daemon_exit_3(daemon: Daemon) -> None:
+    r = daemon.cli("status")
+    assert r.returncode == 3
+    assert daemon.socket in r.stderr
+
+
+def test_shutdown_stops_in_parallel_within_kill_timeout(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.write(f"""
+        [apps.s1]
+        command = {app_cmd("stubborn", str(tmp_path / "g1"))}
+        kill_timeout = "1s"
+        min_uptime = "100ms"
+        [apps.s2]
+        command = {app_cmd("stubborn", str(tmp_path / "g2"))}
+        kill_timeout = "1s"
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    daemon.wait_states("s1", "running", 1)
+    daemon.wait_states("s2", "running", 1)
+    wait_for(lambda: (tmp_path / "g1").exists() and (tmp_path / "g2").exists(), 5, "grandkids")
+    grandkids = [int((tmp_path / g).read_text()) for g in ("g1", "g2")]
+    t0 = time.monotonic()
+    assert daemon.stop_daemon() == 0
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.9, f"stops ran one after the other ({elapsed:.2f}s)"
+    assert not any(pid_alive(p) for p in grandkids)
+
+
+def test_sigusr1_reopens_logs(daemon: Daemon) -> None:
+    daemon.write("""
+        [apps.tick]
+        command = ["/bin/sh", "-c", "while true; do echo tick; sleep 0.05; done"]
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    log = daemon.log_dir / "tick-out.log"
+    wait_for(lambda: log.exists() and log.stat().st_size > 0, 5, "first ticks")
+    os.rename(log, str(log) + ".old")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: log.exists() and "tick" in log.read_text(), 5, "reopened log")
+    assert Path(str(log) + ".old").read_text().count("tick") >= 1
