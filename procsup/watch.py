@@ -1,0 +1,270 @@
+"""Watch the config files for changes and report them on the event loop (layer 2).
+
+The only module that uses watchdog; imports nothing from procsup. `ConfigWatch` watches the
+*directories* that hold the config files (non-recursively), because editors save in ways that a
+watch on the file itself misses: write a temporary file and rename it over the original (the
+original inode, and a watch on it, are gone), truncate and rewrite, delete and create. Every
+event is handed to the loop as is (STYLE.md §2: the watchdog thread only enqueues) and filtered
+there against what is watched: an exact file (main config and included files) or an include
+glob (with the `glob.glob(..., recursive=True)` rules config.py uses: `*` and `?` stay within
+one name and skip names starting with "."; `**` spans directories). Other names in the same
+directories (editor swap and backup files: `.apps.toml.swp`, `apps.toml~`, `4913`) are ignored.
+
+`on_change(path)` is called, on the loop, once per relevant path of each event: created,
+modified (also attribute changes such as `touch`), closed after writing, deleted, and both ends
+of a rename. Opening or reading a file is not a change (newer watchdog versions report those
+too; ignoring them matters, since loading the config reads it). There is no debouncing here: one
+save usually yields several calls, and the caller (the supervisor) debounces.
+
+Directories come and go: a directory that does not exist is watched through its nearest
+existing ancestor, so its creation is reported (as `on_change(<the directory>)`) and it is
+watched from then on without another `watch()` call. A watched directory that is deleted or
+renamed away is reported the same way (the files it held may not be reported one by one) and
+watched again when it reappears. A directory named by a glob with wildcards in its directory
+part (`conf.d/*/app.toml`, `apps.d/**/*.toml`) is found when `watch()` runs and again whenever
+a directory below the glob's fixed prefix appears.
+
+Watchdog >= 2.2.1 (Debian 12): only `Observer`, `FileSystemEventHandler`, `schedule(handler,
+path, recursive=False)` and `unschedule(watch)` are used. Event paths may be str or bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import glob
+import os
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+#: Event types that mean a file's content or presence may have changed. Not "opened" nor
+#: "closed_no_write" (watchdog >= 5 reports reads).
+_CHANGES = frozenset({"created", "modified", "attrib", "closed", "deleted", "moved"})
+#: Event types that change which directories exist.
+_STRUCTURE = frozenset({"created", "deleted", "moved"})
+_MAGIC = re.compile(r"[*?[]")
+#: Bound on close(). stop() takes milliseconds in practice (watchdog 2.2.1 and 7.x).
+_JOIN_TIMEOUT = 5.0
+
+
+class _Handler(FileSystemEventHandler):  # type: ignore[misc, unused-ignore]  # untyped in 2.x
+    """Runs on watchdog's thread: hands every event to the loop, decides nothing."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, receive: Callable[[FileSystemEvent], None]
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._receive = receive
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._loop.call_soon_threadsafe(self._receive, event)
+
+
+class ConfigWatch:
+    """Reports changes of the config files to `on_change(path)`, called on `loop`.
+
+    Create it on the loop's thread after daemonizing (it starts a thread on the first
+    `watch()`); call `watch()` and `close()` from the loop's thread too, and `close()` before
+    the loop is closed: the watchdog thread must not outlive the loop it posts to.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_change: Callable[[str], None]
+    ) -> None:
+        self._loop = loop
+        self._on_change = on_change
+        self._handler = _Handler(loop, self._receive)
+        self._observer: Any = None  # started by the first watch()
+        self._scheduled: dict[str, Any] = {}  # directory -> watchdog ObservedWatch
+        self._files: frozenset[str] = frozenset()
+        self._globs: tuple[tuple[str, ...], ...] = ()  # absolute patterns, split at "/"
+        self._wanted: frozenset[str] = frozenset()  # directories that hold what is watched
+        self._structure: frozenset[str] = frozenset()  # _wanted and all their ancestors
+        self._trees: tuple[str, ...] = ()  # fixed prefixes of globs with wildcard directories
+        self._closed = False
+
+    @property
+    def directories(self) -> frozenset[str]:
+        """The directories observed now (each non-recursively)."""
+        return frozenset(self._scheduled)
+
+    def watch(self, files: Iterable[str], globs: Iterable[str]) -> None:
+        """Watch exactly `files` (absolute: the main config and the included files) and any file
+        matching one of `globs` (absolute include patterns, e.g. /etc/procsup/apps.d/*.toml),
+        replacing what was watched before. Directories no longer needed stop being observed.
+        Raises RuntimeError after close(), OSError when the OS refuses a watch (e.g. the
+        inotify watch limit), never for a directory that does not exist.
+        """
+        if self._closed:
+            raise RuntimeError("ConfigWatch is closed")
+        self._files = frozenset(_normalize(f) for f in files)
+        patterns = [_normalize(g) for g in globs]
+        self._globs = tuple(tuple(p.split("/")) for p in patterns)
+        self._trees = tuple(t for t in (_fixed_prefix(p) for p in patterns) if t is not None)
+        self._find_directories()
+        if self._observer is None:
+            self._observer = Observer()
+            self._observer.daemon = True
+            # Started before any schedule(): watchdog 2.x starts (and so checks) an emitter
+            # in schedule() only when the observer is alive.
+            self._observer.start()
+        self._reschedule()
+
+    def close(self) -> None:
+        """Stop observing and join the watchdog thread (bounded). Idempotent; events still
+        queued on the loop are dropped."""
+        self._closed = True
+        self._scheduled.clear()
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()  # unschedules (and joins) every emitter
+            observer.join(_JOIN_TIMEOUT)
+
+    # -- on the loop ------------------------------------------------------------------------
+
+    def _receive(self, event: FileSystemEvent) -> None:
+        if self._closed or event.event_type not in _CHANGES:
+            return
+        paths = [event.src_path]
+        if event.event_type == "moved":
+            paths.append(getattr(event, "dest_path", ""))
+        hits: list[str] = []
+        for index, raw in enumerate(paths):
+            if not raw:  # watchdog reports "" for the unknown end of an unpaired move
+                continue
+            path = _normalize(os.fsdecode(raw))
+            if event.is_directory:
+                if event.event_type not in _STRUCTURE or not self._is_structure(path):
+                    continue  # a directory's "modified" is any change of its entries
+                if index == 0 and event.event_type != "created":  # gone from `path`
+                    self._drop(path)
+                self._find_directories()  # a glob's directories may have come or gone
+                self._reschedule()
+            elif not (path in self._files or any(_glob_match(path, g) for g in self._globs)):
+                continue
+            if path not in hits:
+                hits.append(path)
+        for path in hits:
+            self._on_change(path)
+
+    def _is_structure(self, path: str) -> bool:
+        return path in self._structure or any(_below(path, t) for t in self._trees)
+
+    def _find_directories(self) -> None:
+        wanted = {os.path.dirname(f) for f in self._files}
+        for parts in self._globs:
+            wanted |= _glob_directories("/".join(parts))
+        self._wanted = frozenset(wanted)
+        self._structure = frozenset(a for d in wanted for a in _self_and_ancestors(d))
+
+    def _drop(self, gone: str) -> None:
+        """Forget the watches on `gone` and below: their inotify watch died with the directory,
+        or (renamed) follows it elsewhere and would report wrong paths."""
+        for directory in [d for d in self._scheduled if d == gone or _below(d, gone)]:
+            self._unschedule(directory)
+
+    def _reschedule(self) -> None:
+        """Observe each wanted directory, or its nearest existing ancestor while it is missing."""
+        targets = {_existing(d) for d in self._wanted}
+        for directory in [d for d in self._scheduled if d not in targets]:
+            self._unschedule(directory)
+        for directory in sorted(targets - self._scheduled.keys()):
+            try:
+                self._scheduled[directory] = self._observer.schedule(
+                    self._handler, directory, recursive=False
+                )
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # removed since _existing() looked; its deletion event comes next
+
+    def _unschedule(self, directory: str) -> None:
+        watch = self._scheduled.pop(directory)
+        try:
+            self._observer.unschedule(watch)
+        except KeyError:  # watchdog already dropped it
+            pass
+
+
+# -- paths and globs (pure) ----------------------------------------------------------------------
+
+
+def _normalize(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _below(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/") and path != directory
+
+
+def _self_and_ancestors(path: str) -> list[str]:
+    out = [path]
+    while (parent := os.path.dirname(path)) != path:
+        out.append(parent)
+        path = parent
+    return out
+
+
+def _existing(directory: str) -> str:
+    while not os.path.isdir(directory) and directory != "/":
+        directory = os.path.dirname(directory)
+    return directory
+
+
+def _fixed_prefix(pattern: str) -> str | None:
+    """For a glob whose directories are not fixed (a wildcard before the last name, or `**`),
+    the directory before the first wildcard; None when only the last name has wildcards."""
+    parts = pattern.split("/")
+    magic = [i for i, part in enumerate(parts) if _MAGIC.search(part)]
+    if not magic or ("**" not in parts and magic[0] == len(parts) - 1):
+        return None
+    return "/".join(parts[: magic[0]]) or "/"
+
+
+def _glob_directories(pattern: str) -> set[str]:
+    """The directories that may hold files matching `pattern`, as they exist now (plus the
+    fixed directory of a pattern, which may not exist yet)."""
+    prefix = _fixed_prefix(pattern)
+    if prefix is None:
+        return {os.path.dirname(pattern)}
+    found = {prefix}
+    parts = pattern.split("/")
+    if "**" in parts:
+        candidates = glob.glob(os.path.join(glob.escape(prefix), "**"), recursive=True)
+    else:  # every level of the directory part, so that a new subdirectory is watched too
+        start = len(prefix.rstrip("/").split("/"))
+        candidates = []
+        for end in range(start + 1, len(parts)):
+            candidates.extend(glob.glob("/".join(parts[:end])))
+    found.update(os.path.normpath(c) for c in candidates if os.path.isdir(c))
+    return found
+
+
+def _glob_match(path: str, pattern: tuple[str, ...]) -> bool:
+    """Whether `glob.glob(pattern, recursive=True)` could return `path` (both absolute and
+    normalized, split at "/" for the pattern)."""
+    return _match_parts(tuple(path.split("/")), pattern)
+
+
+def _match_parts(names: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not names
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":  # zero or more names, none hidden
+        for skip in range(len(names) + 1):
+            if skip and names[skip - 1].startswith("."):
+                return False
+            if _match_parts(names[skip:], rest):
+                return True
+        return False
+    if not names:
+        return False
+    name = names[0]
+    if not _MAGIC.search(head):
+        return name == head and _match_parts(names[1:], rest)
+    if name.startswith(".") and not head.startswith("."):
+        return False  # glob's wildcards skip hidden names
+    return fnmatch.fnmatchcase(name, head) and _match_parts(names[1:], rest)
