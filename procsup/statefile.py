@@ -1,70 +1,104 @@
-"""The daemon's record of its instances in `state_dir` (layer 2 leaf).
+"""The daemon's record of its instances in `state_dir`, and how to find them again (layer 2 leaf).
 
 After the daemon dies, even by SIGKILL, its instances keep running in their own sessions. The
-next daemon reads this record and stops (or adopts) what is left, so nothing runs twice. A
-record identifies a process by pid *and* start time, because a pid alone may have been reused
-by an unrelated process since it was written.
+next daemon reads this record and stops what is left, so nothing runs twice, and it must never
+touch an unrelated process. Two independent means, both exact:
 
-Linux only: start times and process groups come from `/proc`. This module reads and writes one
-file, `<state_dir>/instances.json`; it never signals a process.
+- **The record** (`write`, `read`, `leftovers`): each instance leader by pid *and* start time in
+  clock ticks after boot (field 22 of `/proc/<pid>/stat`), a value the kernel fixes at fork and
+  that no wall-clock step moves (epoch start times derived from `btime` do move). A pid alone may
+  have been reused; pid plus start ticks within one boot cannot be. The file names the boot it
+  was written in (`/proc/sys/kernel/random/boot_id`); a record from another boot describes no
+  process of this one and reads as empty.
+- **The environment marker** (`daemon_marker`, `marked_processes`): the supervisor puts
+  `PROCSUP_DAEMON_ID=<marker>` into every instance's environment, children inherit it, and
+  `marked_processes` finds them in `/proc/*/environ` even after their leader exited or they
+  moved to a group of their own (double-forked daemons). A process holding the exact entry was
+  started from a procsupd with this `state_dir`; nothing else is guessed from group numbers.
+  What the marker cannot see: a process that replaced its environment (`env -i`, `sudo`) or
+  overwrote the memory `/proc/<pid>/environ` shows (some `setproctitle` implementations), and
+  processes of other users when the daemon is not root (their environ is unreadable).
+
+Linux only. This module reads and writes one file, `<state_dir>/instances.json`, and reads
+`/proc`; it never signals a process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 __all__ = [
     "FILENAME",
+    "MARKER_VAR",
+    "Marked",
     "Record",
-    "leader_create_time",
+    "daemon_marker",
+    "leader_start_ticks",
     "leftovers",
+    "marked_processes",
     "read",
     "read_checked",
     "write",
 ]
 
 FILENAME = "instances.json"
-_VERSION = 1
-# Start times have clock-tick resolution (usually 10 ms); below this two times are "the same".
-_SAME_START = 0.05
+#: Environment variable naming the daemon (by `daemon_marker`) an instance was started from.
+MARKER_VAR = "PROCSUP_DAEMON_ID"
+# 1: epoch `create_time` floats, no boot id. 2: `start_ticks` and `boot_id`.
+_VERSION = 2
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+# Set by the supervisor next to the marker (CONTRACT: every instance gets them).
+_APP_VAR = b"PROCSUP_APP="
+_INSTANCE_VAR = b"PROCSUP_INSTANCE="
+_DIGITS = re.compile(rb"[0-9]+")
+# Read size for /proc files: a stat line is far shorter, an environ usually is.
+_CHUNK = 65536
 
 _log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """One running instance: its app and index, leader pid, process group, leader start time.
+    """One running instance: its app and index, leader pid, process group, leader start ticks.
 
-    `create_time` is the leader's start in epoch seconds, computed as psutil's
-    `Process.create_time()` does (see `leader_create_time`).
+    `start_ticks` is the leader's start in clock ticks after boot, as `leader_start_ticks`
+    returns it for the leader right after the spawn.
     """
 
     app: str
     index: int
     pid: int
     pgid: int
-    create_time: float
+    start_ticks: int
+
+
+# --- the file -------------------------------------------------------------------------------
 
 
 def write(state_dir: str, records: Iterable[Record], daemon_pid: int) -> None:
     """Replace `<state_dir>/instances.json` atomically with `records` (mode 0600).
 
-    Creates `state_dir` with mode 0700 when missing. Write then rename over the old file: a
-    reader (the next daemon, after this one was killed) sees the old or the new record, whole.
-    No fsync: the record only has to outlive the daemon, not the machine (a machine crash takes
-    the instances with it), and it is written on every spawn and exit.
-    Raises OSError when the directory or file cannot be written.
+    The file also names the current boot (`boot_id`), so that `read` after a reboot finds
+    nothing. Creates `state_dir` with mode 0700 when missing. Write then rename over the old
+    file: a reader (the next daemon, after this one was killed) sees the old or the new record,
+    whole. No fsync: the record only has to outlive the daemon, not the machine (a machine crash
+    takes the instances with it, and the boot id then voids the record anyway), and it is written
+    on every spawn and exit.
+    Raises OSError when the directory or file cannot be written or the boot id cannot be read.
     """
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     payload = {
         "version": _VERSION,
+        "boot_id": _boot_id(),
         "daemon_pid": daemon_pid,
         "instances": [dataclasses.asdict(r) for r in records],
     }
@@ -82,10 +116,13 @@ def write(state_dir: str, records: Iterable[Record], daemon_pid: int) -> None:
 
 
 def read_checked(state_dir: str) -> list[Record]:
-    """The records in `<state_dir>/instances.json`; [] when the file does not exist.
+    """The records in `<state_dir>/instances.json` that can describe live processes.
 
-    Raises ValueError when the file is not a valid record (bad JSON, wrong version, fields
-    missing or of the wrong type), OSError when it exists but cannot be read.
+    [] when the file does not exist, and [] (logged at info level) when it is a valid record
+    that is stale: written by an older procsupd (an older format version) or in another boot.
+    Raises ValueError when the file is not a valid record (bad JSON, unknown version, fields
+    missing or of the wrong type), OSError when it exists but cannot be read or the current
+    boot id cannot be read.
     """
     path = os.path.join(state_dir, FILENAME)
     try:
@@ -97,16 +134,31 @@ def read_checked(state_dir: str) -> list[Record]:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not JSON: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("version") != _VERSION:
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not an instance record")
+    version = payload.get("version")
+    if type(version) is int and 0 < version < _VERSION:
+        _log.info("ignoring instance record %s: format version %d is older than %d",
+                  path, version, _VERSION)
+        return []
+    if version != _VERSION:
         raise ValueError(f"{path}: not a version {_VERSION} instance record")
+    boot = payload.get("boot_id")
+    if not isinstance(boot, str):
+        raise ValueError(f"{path}: 'boot_id' is not a string")
     items = payload.get("instances")
     if not isinstance(items, list):
         raise ValueError(f"{path}: 'instances' is not a list")
-    return [_record(path, item) for item in items]
+    records = [_record(path, item) for item in items]
+    if boot != _boot_id():
+        _log.info("ignoring instance record %s: written before the last reboot", path)
+        return []
+    return records
 
 
 def read(state_dir: str) -> list[Record]:
-    """Like `read_checked`, but never raises: a corrupt or unreadable file logs and gives []."""
+    """Like `read_checked`, but never raises: a corrupt or unreadable file logs a warning and
+    gives []."""
     try:
         return read_checked(state_dir)
     except (ValueError, OSError) as exc:
@@ -119,20 +171,25 @@ def _record(path: str, item: Any) -> Record:
         raise ValueError(f"{path}: an instance entry is not an object")
     try:
         app, index, pid, pgid = item["app"], item["index"], item["pid"], item["pgid"]
-        create_time = item["create_time"]
+        ticks = item["start_ticks"]
     except KeyError as exc:
         raise ValueError(f"{path}: an instance entry lacks {exc}") from None
-    ints_ok = all(type(v) is int and v > 0 for v in (pid, pgid))
+    # type() rather than isinstance(): JSON true/false load as bool, a subclass of int.
     if not (
         isinstance(app, str)
-        and type(index) is int
+        and all(type(v) is int for v in (index, pid, pgid, ticks))
         and index >= 0
-        and ints_ok
-        and isinstance(create_time, int | float)
-        and not isinstance(create_time, bool)
+        and pid > 0
+        and pgid > 0
+        and ticks >= 0
     ):
         raise ValueError(f"{path}: an instance entry has a field of the wrong type: {item!r}")
-    return Record(app=app, index=index, pid=pid, pgid=pgid, create_time=float(create_time))
+    return Record(app=app, index=index, pid=pid, pgid=pgid, start_ticks=ticks)
+
+
+def _boot_id() -> str:
+    with open(_BOOT_ID_PATH, encoding="ascii") as f:
+        return f.read().strip()
 
 
 # --- /proc ----------------------------------------------------------------------------------
@@ -141,99 +198,184 @@ def _record(path: str, item: Any) -> Record:
 @dataclasses.dataclass(frozen=True)
 class _Stat:
     state: str  # one letter: R S D Z T ...
+    ppid: int
     pgrp: int
     starttime: int  # clock ticks since boot
 
 
-def _parse_stat(text: str) -> _Stat:
-    # "pid (comm) state ppid pgrp ..." where comm may hold spaces and parentheses: only the
+def _parse_stat(data: bytes) -> _Stat:
+    # b"pid (comm) state ppid pgrp ..." where comm may hold spaces and parentheses: only the
     # last ")" closes it.
-    fields = text[text.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state) of proc(5); pgrp is field 5, starttime field 22.
-    return _Stat(state=fields[0], pgrp=int(fields[2]), starttime=int(fields[19]))
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state) of proc(5); ppid is field 4, pgrp field 5, starttime field 22.
+    return _Stat(
+        state=fields[0].decode("ascii", "replace"),
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        starttime=int(fields[19]),
+    )
+
+
+def _read_proc(pid: int, name: str) -> bytes | None:
+    """The whole of /proc/<pid>/<name>, or None when it cannot be read.
+
+    Unbuffered os.read: a scan reads hundreds of these, and an `open()` file object costs more
+    than the read itself.
+    """
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # ENOENT/ESRCH once gone, EACCES for other users' environ
+    try:
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+    except OSError:
+        return None  # the process went away between open and read
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _read_stat(pid: int) -> _Stat | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            return _parse_stat(f.read())
-    except (FileNotFoundError, ProcessLookupError):
+    data = _read_proc(pid, "stat")
+    if data is None:
         return None
+    try:
+        return _parse_stat(data)
     except (ValueError, IndexError):
         return None  # a task torn down mid-read can give a short line
 
 
-def _boot_time() -> float:
-    # Read each time, as psutil does: the kernel derives btime from the wall clock, so it
-    # follows clock changes, and psutil's create_time follows it too.
-    with open("/proc/stat", "rb") as f:
-        for line in f:
-            if line.startswith(b"btime"):
-                return float(line.split()[1])
-    raise OSError("no btime line in /proc/stat")
+def _is_dead(stat: _Stat) -> bool:
+    # Z: zombie, X: dead (seen only in the instant of the reap). Neither holds anything.
+    return stat.state in ("Z", "X")
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+def leader_start_ticks(pid: int) -> int | None:
+    """Start time of process `pid` in clock ticks after boot, or None when there is no such
+    process.
 
-
-def _epoch(starttime: int, boot_time: float) -> float:
-    return starttime / _CLOCK_TICKS + boot_time
-
-
-def leader_create_time(pid: int) -> float | None:
-    """Start time of process `pid` in epoch seconds, or None when there is no such process.
-
-    Same value as `psutil.Process(pid).create_time()` (starttime of /proc/<pid>/stat in clock
-    ticks after boot, plus btime of /proc/stat). A zombie still has a start time.
+    Field 22 (starttime) of /proc/<pid>/stat: fixed at fork, untouched by wall-clock steps;
+    psutil's `create_time()` is this divided by `SC_CLK_TCK` plus `btime`. A zombie still has a
+    start time.
     """
     stat = _read_stat(pid)
-    if stat is None:
-        return None
-    return _epoch(stat.starttime, _boot_time())
-
-
-def _live_groups() -> dict[int, list[float]]:
-    """pgrp -> start times (epoch) of every non-zombie process, from one /proc pass."""
-    boot = _boot_time()
-    groups: dict[int, list[float]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        stat = _read_stat(int(name))
-        if stat is None or stat.state in ("Z", "X"):
-            continue
-        groups.setdefault(stat.pgrp, []).append(_epoch(stat.starttime, boot))
-    return groups
+    return None if stat is None else stat.starttime
 
 
 def leftovers(records: Iterable[Record]) -> list[Record]:
-    """The records whose process group still has live (non-zombie) processes.
+    """The records whose leader is still alive: same pid, same start ticks, not a zombie.
 
-    A record is left over when its leader is alive with the recorded start time (within
-    0.05 s), or when the leader is gone but some process still has the recorded pgid and
-    started no earlier than the leader did. A live process with the leader's pid but another
-    start time is a reused pid: Linux does not hand out a pid that is still in use as a
-    process group id, so the recorded group cannot exist any more, and the record is not
-    left over. The one case this cannot tell apart: the whole group ended, the pid was reused
-    by a process that made its own group, and that process died leaving its children.
-
-    Order follows `records`.
+    Exact: a live process with the recorded pid but other start ticks is a reused pid and is not
+    left over. A leader that is gone or a zombie is not left over either, even when members of
+    its group outlived it; find those with `marked_processes`. Order follows `records`.
     """
     result: list[Record] = []
-    groups: dict[int, list[float]] | None = None
-    boot = _boot_time()
     for rec in records:
         stat = _read_stat(rec.pid)
-        if stat is not None:
-            if abs(_epoch(stat.starttime, boot) - rec.create_time) >= _SAME_START:
-                continue  # pid reused by an unrelated process
-            if stat.state not in ("Z", "X"):
-                result.append(rec)
-                continue
-        # The leader is gone (or a zombie): look for the rest of its group.
-        if groups is None:
-            groups = _live_groups()
-        starts = groups.get(rec.pgid, ())
-        if any(start >= rec.create_time - _SAME_START for start in starts):
+        if stat is not None and stat.starttime == rec.start_ticks and not _is_dead(stat):
             result.append(rec)
     return result
+
+
+# --- the environment marker ----------------------------------------------------------------
+
+
+def daemon_marker(state_dir: str) -> str:
+    """The value of `PROCSUP_DAEMON_ID` for instances of the daemon using `state_dir`.
+
+    The first 16 hex digits of the SHA-256 of `os.path.realpath(state_dir)` (as file system
+    bytes): stable across daemon restarts and however the path is spelled, distinct for daemons
+    with different state dirs, so one daemon never claims another's processes. Pure apart from
+    resolving symlinks; the directory need not exist.
+    """
+    real = os.fsencode(os.path.realpath(state_dir))
+    return hashlib.sha256(real).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Marked:
+    """A live process whose environment holds the daemon's marker.
+
+    `app` and `index` come from `PROCSUP_APP` and `PROCSUP_INSTANCE` in the same environment;
+    None when absent or unparsable (empty or not UTF-8; not a decimal number).
+    """
+
+    pid: int
+    pgid: int
+    app: str | None
+    index: int | None
+
+
+def marked_processes(marker: str, *, exclude: Collection[int] = ()) -> list[Marked]:
+    """Every live process whose environment holds the exact entry `PROCSUP_DAEMON_ID=<marker>`.
+
+    Scans `/proc/*/environ` once, in pid order. Skips the pids in `exclude`, the calling process
+    and its ancestors (a daemon started from inside an instance inherits the marker), zombies
+    (their environ reads empty), and processes whose environ cannot be read (other users' when
+    not root, or gone meanwhile). The environ shown is the one the process was exec'd with,
+    unless it overwrote that memory itself.
+
+    A snapshot, not a barrier: a process in the middle of execve shows no environ for an
+    instant, and one forked while the scan runs may be missed. A caller that must find them all
+    (stopping what a previous daemon left) acts on the result and scans again, until a scan
+    finds nothing.
+    """
+    needle = b"\0" + os.fsencode(f"{MARKER_VAR}={marker}") + b"\0"
+    skip = set(exclude) | _self_and_ancestors()
+    found: list[Marked] = []
+    for pid in _pids():
+        if pid in skip:
+            continue
+        env = _read_proc(pid, "environ")
+        # The leading NUL makes the first entry match like the others; the kernel's environ
+        # ends every entry, the last too, with a NUL.
+        if env is None or needle not in b"\0" + env:
+            continue
+        stat = _read_stat(pid)
+        if stat is None or _is_dead(stat):
+            continue
+        found.append(Marked(pid, stat.pgrp, _app(env), _index(env)))
+    return found
+
+
+def _pids() -> list[int]:
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def _self_and_ancestors() -> set[int]:
+    result: set[int] = set()
+    pid = os.getpid()
+    while pid > 0 and pid not in result:
+        result.add(pid)
+        stat = _read_stat(pid)
+        if stat is None:
+            break
+        pid = stat.ppid  # 0 above init (or above a pid namespace's init)
+    return result
+
+
+def _entry(env: bytes, prefix: bytes) -> bytes | None:
+    # The first definition wins, as for getenv(3).
+    for entry in env.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :]
+    return None
+
+
+def _app(env: bytes) -> str | None:
+    value = _entry(env, _APP_VAR)
+    if not value:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _index(env: bytes) -> int | None:
+    value = _entry(env, _INSTANCE_VAR)
+    if value is None or not _DIGITS.fullmatch(value):
+        return None
+    return int(value)
