@@ -172,6 +172,9 @@ def format_plan(result: object) -> str:
         if action.get("reason"):
             line += f": {action['reason']}"
         out.append(line + "\n")
+    for live in (_obj(x) for x in _seq(res.get("live"))):
+        changed = ", ".join(str(k) for k in _seq(live.get("keys")))
+        out.append(f"{'update':<8} {live.get('app', '?')}: {changed} changed (live, no restart)\n")
     if not out:
         out.append("no changes\n")
     keys = [str(k) for k in _seq(res.get("restart_daemon"))]

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from procsup import __version__, config, pidfile, systemd
+from procsup.commands import Commands
 from procsup.control import ControlServer
 from procsup.errors import ConfigError, ExitCode, ProcsupError
 from procsup.model import Desired
@@ -84,58 +85,71 @@ def socket_gid(desired: Desired) -> int | None:
 
 
 def setup_logging(desired: Desired, foreground: bool) -> logging.Logger:
-    logger = logging.getLogger("procsupd")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
+    """The daemon's log: stderr with -n, else <log_dir>/procsupd.log. Installed on the root
+    logger so that every module's messages (and asyncio's) land there too: after DaemonContext
+    stderr is /dev/null, and a diagnostic that goes nowhere is how things die silently."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
     handler: logging.Handler
     if foreground:
         handler = logging.StreamHandler(sys.stderr)
     else:
         handler = logging.handlers.WatchedFileHandler(desired.daemon.daemon_log)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logger.addHandler(handler)
-    return logger
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return logging.getLogger("procsupd")
 
 
-async def serve(desired: Desired, logger: logging.Logger, on_ready: ReadyCallback) -> int:
+async def serve(
+    desired: Desired, logger: logging.Logger, on_ready: ReadyCallback, profile: str | None
+) -> int:
     """Serve until SIGTERM/SIGINT or `procsup shutdown`, then stop every app; the exit code."""
     loop = asyncio.get_running_loop()
-    sup = Supervisor(desired, loop=loop, logger=logger)
+    loop.set_exception_handler(
+        lambda _loop, ctx: logger.error(
+            "unexpected error: %s", ctx.get("message"), exc_info=ctx.get("exception")
+        )
+    )
+    sup = Supervisor(desired, loop=loop, logger=logger, profile_override=profile)
     server = ControlServer(
         desired.daemon.socket,
-        sup,
+        Commands(sup),
         mode=desired.daemon.socket_mode,
         group_gid=socket_gid(desired),
         logger=logger,
     )
     await server.start()
+    signals = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP]
     try:
         loop.add_signal_handler(signal.SIGTERM, sup.request_shutdown)
         loop.add_signal_handler(signal.SIGINT, sup.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, sup.reopen_logs)
-        loop.add_signal_handler(
-            signal.SIGHUP,
-            lambda: logger.warning(
-                "SIGHUP: re-reading the config is not supported by this version; "
-                "restart procsupd to apply changes"
-            ),
-        )
+        loop.add_signal_handler(signal.SIGHUP, sup.request_reload)
+        if os.getpid() == 1:  # a container's init: orphans are ours to reap
+            loop.add_signal_handler(signal.SIGCHLD, sup.reap_orphans)
+            signals.append(signal.SIGCHLD)
         await sup.start()
-        logger.info(
-            "procsupd %s serving %s (pid %d, %d apps)",
-            __version__,
-            desired.daemon.socket,
-            os.getpid(),
-            len(desired.apps),
-        )
-        on_ready(None)
+        if sup.shutting_down:
+            on_ready("stopped by a signal or `procsup shutdown` during start-up")
+        else:
+            logger.info(
+                "procsupd %s serving %s (pid %d, %d apps)",
+                __version__, desired.daemon.socket, os.getpid(), len(desired.apps),
+            )
+            on_ready(None)
         await sup.wait_exit()
+    except BaseException:
+        # Whatever went wrong, the apps must not outlive the daemon unrecorded.
+        logger.exception("procsupd failed; stopping every app")
+        sup.request_shutdown()
+        await sup.wait_exit()
+        raise
     finally:
         await server.close()
         sup.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+        for sig in signals:
             loop.remove_signal_handler(sig)
     logger.info("procsupd exiting")
     return 0
@@ -157,6 +171,8 @@ class ReadyCallback:
             msg = b"ok\n" if error is None else f"error: {error}\n".encode()
             try:
                 os.write(self.fd, msg)
+            except OSError as exc:  # the waiting parent is gone (Ctrl-C): serve anyway
+                logging.getLogger("procsupd").warning("start-up report not delivered: %s", exc)
             finally:
                 os.close(self.fd)
                 self.fd = None
@@ -165,7 +181,12 @@ class ReadyCallback:
 
 
 def run(
-    desired: Desired, *, foreground: bool, ready: ReadyCallback, lock: pidfile.PidFile | None
+    desired: Desired,
+    *,
+    foreground: bool,
+    ready: ReadyCallback,
+    lock: pidfile.PidFile | None,
+    profile: str | None = None,
 ) -> int:
     """Everything after the process is what it will stay (foreground, or daemonized)."""
     try:
@@ -180,7 +201,7 @@ def run(
         if lock is not None:
             lock.acquire()
         try:
-            return asyncio.run(serve(desired, logger, ready))
+            return asyncio.run(serve(desired, logger, ready, profile))
         finally:
             if lock is not None:
                 lock.release()
@@ -188,13 +209,13 @@ def run(
         logger.error("%s", exc)
         ready(str(exc))
         return ExitCode.FAILED
-    except OSError as exc:
-        logger.error("cannot start: %s", exc)
+    except Exception as exc:  # the boundary: report whatever stopped the daemon
+        logger.exception("cannot start")
         ready(f"cannot start: {exc}")
         return ExitCode.FAILED
 
 
-def daemonize(desired: Desired) -> int:
+def daemonize(desired: Desired, profile: str | None) -> int:
     """Fork; the parent returns the daemon's verdict, the child becomes the daemon."""
     import daemon as python_daemon  # python-daemon
 
@@ -239,7 +260,7 @@ def daemonize(desired: Desired) -> int:
     except Exception as exc:  # the boundary: whatever stops the start is the reason shown
         ready(str(exc))
         os._exit(1)
-    code = run(desired, foreground=False, ready=ready, lock=None)
+    code = run(desired, foreground=False, ready=ready, lock=None, profile=profile)
     ctx.close()
     os._exit(code)
 
@@ -265,8 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             foreground=True,
             ready=ReadyCallback(None, foreground=True),
             lock=pidfile.PidFile(desired.daemon.pidfile),
+            profile=args.env,
         )
-    return daemonize(desired)
+    return daemonize(desired, args.env)
 
 
 if __name__ == "__main__":

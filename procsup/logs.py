@@ -254,6 +254,18 @@ class LogSink:
         self._rotate_at = self.max_size if regular else None
         self._last_error = None
 
+    def configure(self, *, date_format: str | None, max_size: int | None, retain: int) -> None:
+        """Change the prefix and rotation settings of the open file (a config apply)."""
+        if date_format is not None:
+            _date_prefix(date_format)
+        if retain < 0:
+            raise ValueError(f"retain must be >= 0, got {retain}")
+        self.date_format, self.retain = date_format, retain
+        if max_size != self.max_size:
+            self.max_size = max_size
+            regular = self._fd is not None and stat.S_ISREG(os.fstat(self._fd).st_mode)
+            self._rotate_at = max_size if regular else None
+
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
@@ -372,7 +384,9 @@ class LogSinks:
             self._sinks[key] = sink
             self._refs[key] = 0
         elif (date_format, max_size, retain) != (sink.date_format, sink.max_size, sink.retain):
-            _log.debug("log %s already open with other settings; keeping them", path)
+            # A config apply changed how this file is written: the newest settings win, for
+            # every stream writing to it (they all come from one app's spec).
+            sink.configure(date_format=date_format, max_size=max_size, retain=retain)
         self._refs[key] += 1
         return sink
 
@@ -463,6 +477,16 @@ class PipeReader:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def sink(self) -> LogSink | None:
+        return self._sink
+
+    @sink.setter
+    def sink(self, sink: LogSink | None) -> None:
+        """Write from now on into another file (a config apply moved the instance's log); the
+        partial line buffered so far goes to the new one."""
+        self._sink = sink
 
     def close(self) -> None:
         """Stop reading, write what is already in the pipe (at most about 1 MiB, so a

@@ -54,6 +54,15 @@ ACTIONS = frozenset({START, STOP, RESTART, RELOAD, SCALE})
 #: (`log_dir`, `include`, `env`, `watch_config`, `shutdown_timeout`, `config_path`) is live.
 RESTART_DAEMON_KEYS = frozenset({"socket", "socket_mode", "socket_group", "pidfile", "state_dir"})
 
+#: App keys the daemon applies to running instances without restarting them: where and how their
+#: output is logged, and the restart policy (it only matters when a process ends). A change of
+#: only these keys never restarts an app; a change of any other key restarts it.
+LIVE_FIELDS = frozenset({
+    "out_file", "error_file", "merge_logs", "log_date_format", "log_max_size", "log_retain",
+    "autorestart", "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay",
+    "kill_signal", "kill_timeout",
+})
+
 # Never part of the "definition changed" comparison: `instances` is handled as a scale, and
 # `source`/`line` (compare=False in the model) only say where the app was written.
 _NOT_DEFINITION = frozenset({"instances"})
@@ -65,11 +74,14 @@ class Running:
 
     `spec` is the definition its instances were started from (the one last applied);
     `instances` is how many instance slots exist now, ids `0..instances-1`, which may differ from
-    `spec.instances` after `procsup scale`.
+    `spec.instances` after `procsup scale`. `stopped` are the ids stopped by a `stop` command:
+    they stay stopped until started or the config is applied anew (contract §1), so a plan
+    starts them again.
     """
 
     spec: AppSpec
     instances: int
+    stopped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,25 +132,31 @@ class Plan:
 
     actions: tuple[Action, ...] = ()
     restart_daemon: tuple[str, ...] = ()
+    live: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (app, LIVE_FIELDS changed) w/o restart
 
     def to_json(self) -> dict[str, object]:
-        """`{"actions": [...], "restart_daemon": [...]}` (CONTRACT.md §1, `reread --json`)."""
+        """`{"actions": [...], "restart_daemon": [...], "live": [{"app", "keys"}]}`
+        (CONTRACT.md §1, `reread --json`; `live` is procsup's addition: apps whose changed keys
+        apply without a restart)."""
         return {
             "actions": [a.to_json() for a in self.actions],
             "restart_daemon": list(self.restart_daemon),
+            "live": [{"app": app, "keys": list(keys)} for app, keys in self.live],
         }
 
     def describe(self) -> list[str]:
         """One human line per action, then one for `restart_daemon` if any; `["no changes"]`
         when there is neither."""
         lines = [a.describe() for a in self.actions]
+        lines += [f"update {app} live, no restart ({', '.join(keys)} changed)"
+                  for app, keys in self.live]
         if self.restart_daemon:
             keys = ", ".join(self.restart_daemon)
             lines.append(f"restart procsupd to apply [procsup] {keys}")
         return lines or ["no changes"]
 
     def __bool__(self) -> bool:
-        return bool(self.actions)
+        return bool(self.actions or self.live)
 
 
 def format_ids(ids: Iterable[int]) -> str:
@@ -194,6 +212,7 @@ def plan(
     replaces: list[Action] = []
     ups: list[Action] = []
     starts: list[Action] = []
+    live: list[tuple[str, tuple[str, ...]]] = []
     for name, spec in apps.items():
         run = running.get(name)
         if run is None:
@@ -201,8 +220,15 @@ def plan(
                 starts.append(Action(START, name, tuple(range(spec.instances)), "new app"))
             continue
         current, wanted = run.instances, spec.instances
-        keys = changed_fields(run.spec, spec)
+        changed = changed_fields(run.spec, spec)
+        keys = tuple(k for k in changed if k not in LIVE_FIELDS)
         remaining = min(current, wanted)
+        if not keys and changed:
+            live.append((name, changed))
+        if not keys:
+            stopped = tuple(i for i in run.stopped if i < remaining)
+            if stopped:
+                starts.append(Action(START, name, stopped, "stopped by command; config applied"))
         if keys and remaining > 0:
             rolling = run.spec.exec_mode == ExecMode.CLUSTER == spec.exec_mode
             replaces.append(
@@ -222,4 +248,5 @@ def plan(
     return Plan(
         actions=(*stops, *downs, *replaces, *ups, *starts),
         restart_daemon=daemon_restart_keys(old_daemon, new_daemon),
+        live=tuple(live),
     )

@@ -15,7 +15,7 @@ import os
 import pwd
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from procsup.errors import ProcsupError
 
@@ -179,24 +179,60 @@ def start(launch: Launch) -> subprocess.Popen[bytes]:
         raise SpawnError(f"cannot start {launch.argv[0]}: {exc}") from None
 
 
-def pidfd(pid: int) -> int:
-    """A pidfd that becomes readable when `pid` exits (non-blocking, close-on-exec)."""
-    return os.pidfd_open(pid)
-
-
-def reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, int | None] | None:
-    """Collect the exit status if the process has ended: (code, None) or (None, signal).
-    None while it still runs."""
+def pidfd(pid: int) -> int | None:
+    """A pidfd that becomes readable when `pid` exits (non-blocking, close-on-exec), or None
+    where pidfds are not available (kernel < 5.3, a seccomp filter): then poll `exit_status`."""
     try:
-        pid, status = os.waitpid(proc.pid, os.WNOHANG)
-    except ChildProcessError:
-        status, pid = 0, proc.pid  # already reaped elsewhere: report a plain exit
-    if pid == 0:
+        return os.pidfd_open(pid)
+    except OSError:
         return None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if os.WIFSIGNALED(status):
-        return None, os.WTERMSIG(status)
-    return os.WEXITSTATUS(status), None
+
+
+ExitStatus = tuple[int | None, int | None]  # (code, None) | (None, signal) | (None, None)
+
+
+def exit_status(pid: int, fd: int | None) -> ExitStatus | None:
+    """The exit status of our child `pid` once it has ended, WITHOUT reaping it (None while it
+    runs). The leader stays a zombie until `reap`, so its pid, which is also the process-group
+    id, cannot be given to another process while the rest of its group is still being stopped.
+    """
+    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+    try:
+        info = os.waitid(os.P_PIDFD, fd, flags) if fd is not None else os.waitid(
+            os.P_PID, pid, flags)
+    except ChildProcessError:
+        return None, None  # reaped elsewhere: the status is unknown
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status, None
+    return None, info.si_status  # CLD_KILLED / CLD_DUMPED
+
+
+def reap(proc: subprocess.Popen[bytes], status: ExitStatus) -> None:
+    """Collect the zombie of an ended child (after `exit_status` said it ended)."""
+    try:
+        os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    code, sig = status
+    proc.returncode = code if code is not None else (-sig if sig is not None else -1)
+
+
+def reap_orphans(keep: Collection[int]) -> int:
+    """Reap zombie children that are not ours to watch: when procsupd is PID 1 (a container),
+    orphaned grandchildren of instances are re-parented to it and nobody else would. `keep`:
+    the pids whose status the caller still needs (instance leaders). Returns how many."""
+    me = os.getpid()
+    reaped = 0
+    for pid, ppid, state in _proc_table():
+        if ppid == me and state == b"Z" and pid not in keep:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+                reaped += 1
+            except ChildProcessError:
+                pass
+    return reaped
 
 
 def kill_group(pgid: int, sig: int) -> bool:
@@ -228,16 +264,21 @@ def live_members(pgid: int) -> list[int]:
     """Pids of the group's processes that are not zombies.
 
     A zombie holds nothing but its pid, and whether it is reaped soon depends on its parent (a
-    container's PID 1 may never reap), so a group of only zombies counts as gone. The cheap
-    `killpg(pgid, 0)` answers the common case; the process table is scanned only when it says
-    the group still has members."""
+    container's PID 1 may never reap; procsupd keeps a leader's zombie on purpose), so a group of
+    only zombies counts as gone. The cheap `killpg(pgid, 0)` answers the common case; the process
+    table is scanned only when it says the group still has members."""
     if not group_alive(pgid):
         return []
-    members = []
+    return [pid for pid, grp_, state in _proc_groups() if grp_ == pgid and state != b"Z"]
+
+
+def _stat_fields() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, fields after the command name) of every process: state is fields[0], ppid
+    fields[1], pgrp fields[2]. The name may hold spaces and parens: split at the last ")"."""
     try:
         names = os.listdir("/proc")
     except OSError:
-        return [pgid]
+        return
     for name in names:
         if not name.isdigit():
             continue
@@ -246,8 +287,26 @@ def live_members(pgid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        # "pid (comm) state ppid pgrp ..." — comm may hold spaces and parens: split at the last ")".
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(name))
-    return members
+        if len(fields) > 2:
+            yield int(name), fields
+
+
+def _proc_groups() -> Iterator[tuple[int, int, bytes]]:
+    for pid, fields in _stat_fields():
+        yield pid, int(fields[2]), fields[0]
+
+
+def _proc_table() -> Iterator[tuple[int, int, bytes]]:
+    for pid, fields in _stat_fields():
+        yield pid, int(fields[1]), fields[0]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] != b"Z"

@@ -1,38 +1,52 @@
 """The supervisor: one asyncio loop that owns the actual state (layer 3).
 
-It is the only place where the pure decisions (`lifecycle.step`) meet the OS (layer 2). Every
-outside stimulus (a pidfd becoming readable, a timer, a control command, a signal) becomes an
-event fed to `_feed`, which applies the state machine and executes the effects it returns;
-nothing here decides what an instance should do next.
+It is the only place where the pure decisions (`lifecycle.step`, `reconcile.plan`) meet the OS
+(layer 2). Every outside stimulus (a pidfd becoming readable, a timer, a control command, a
+signal, a saved config file) becomes an event fed to `_feed`, which applies the state machine and
+executes the effects it returns; nothing here decides what an instance should do next, and
+executing a plan makes no decision the planner did not make.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
-from procsup import __version__, lifecycle, logs, metrics, spawn, statefile
-from procsup.errors import RemoteError, WireError
+from procsup import config, lifecycle, logs, metrics, reconcile, spawn, statefile, watch
+from procsup.errors import ConfigError
 from procsup.lifecycle import Instance, Policy
-from procsup.model import LIVE_STATES, AppSpec, Desired, InstanceId, InstanceView, State
-
-#: Pushes one streamed reply frame to the client (`control.Send`; the daemon wires the two).
-Send = Callable[[object], Awaitable[None]]
+from procsup.model import LIVE_STATES, AppSpec, Desired, ExecMode, InstanceId, State
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
 _DRAIN_POLL = 0.02
-#: States in which a `start`/`restart` command considers its work done.
-_SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED, State.BACKOFF})
-#: Queue bound for one `logs -f` follower; a follower that falls this far behind is dropped.
-_FOLLOW_QUEUE = 4096
+#: States in which a `start`/`restart` considers its work done.
+SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED, State.BACKOFF})
+#: Exit polling interval where pidfds are unavailable.
+_EXIT_POLL = 0.05
+#: During a large start, yield to the loop this often so the instance record is written and
+#: the control socket answers.
+_YIELD_EVERY = 16
+#: A save of a watched file is applied this long after the last event of a burst.
+_DEBOUNCE = 0.2
+#: A watched file that reads as invalid is read again this long after, before it is reported
+#: (an editor may still be writing it).
+_RECHECK = 0.5
+
+
+@dataclasses.dataclass(eq=False)
+class Capture:
+    """One output stream of one run: the pipe reader and the log file it writes to (held for
+    as long as the reader lives, so a file is closed only when its last writer is done)."""
+
+    stream: str  # "out" | "err"
+    reader: logs.PipeReader | None = None
+    sink: logs.LogSink | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -46,14 +60,15 @@ class Slot:
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
     pgid: int | None = None
-    create_time: float | None = None
+    start_ticks: int | None = None
     exit_status: tuple[int | None, int | None] | None = None
-    readers: list[logs.PipeReader] = dataclasses.field(default_factory=list)
-    sinks: tuple[logs.LogSink | None, logs.LogSink | None] | None = None
+    captures: list[Capture] = dataclasses.field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     drain: asyncio.TimerHandle | None = None
+    poll: asyncio.TimerHandle | None = None  # exit polling where pidfds are unavailable
     generation: int = 0  # incremented on every spawn
+    retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,7 +78,7 @@ class _Waiter:
 
 
 class Supervisor:
-    """Owns the instances of every app; implements the control `Commands` interface."""
+    """Owns the instances of every app and drives them towards the desired state."""
 
     def __init__(
         self,
@@ -72,74 +87,121 @@ class Supervisor:
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
         environ: Mapping[str, str] | None = None,
+        profile_override: str | None = None,
     ) -> None:
         self.desired = desired
         self.loop = loop
         self.log = logger
         self.environ = dict(os.environ if environ is None else environ)
+        self.profile_override = profile_override
         self.slots: dict[str, dict[int, Slot]] = {}
+        self.specs: dict[str, AppSpec] = {}  # the applied definition of every app
         self.sinks = logs.LogSinks(on_error=self._log_error)
         self.metrics = metrics.Metrics()
-        self.config_error: dict[str, object] | None = None
+        self.config_error: str | None = None
+        self.restart_daemon: tuple[str, ...] = ()
+        self.shutting_down = False
         self._waiters: list[_Waiter] = []
         self._dirty = False
         self._exit = asyncio.Event()
-        self._shutting_down = False
+        self.started_up = asyncio.Event()  # set once recovery and the first apply are done
+        self.marker = statefile.daemon_marker(desired.daemon.state_dir)
+        self._apply_lock = asyncio.Lock()
+        self._watch: watch.ConfigWatch | None = None
+        self._debounce: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------------ start-up and shutdown
 
     async def start(self) -> None:
-        """Stop what a previous daemon left behind, then start every configured instance."""
-        await self.recover()
-        for spec in self.desired.apps.values():
-            self._add_app(spec)
-            for slot in self.slots[spec.name].values():
-                self._feed(slot, lifecycle.Start())
+        """Stop what a previous daemon left behind, then start every configured instance.
+        A shutdown asked for meanwhile waits for this to end, then stops what was started."""
+        try:
+            await self.recover()
+            if not self.shutting_down:
+                await self.apply(self.desired, wait=False)
+                self._update_watch()
+        finally:
+            self.started_up.set()
 
     async def recover(self) -> None:
         """Processes recorded by a previous daemon that are still alive cannot be adopted (their
         stdout/stderr pipes died with that daemon), so they are stopped: kill_signal to the group,
-        then SIGKILL after the app's kill_timeout."""
-        d = self.desired.daemon
-        left = statefile.leftovers(statefile.read(d.state_dir))
-        if not left:
-            return
-        self.log.warning(
-            "stopping %d instance(s) left running by a previous procsupd: %s",
-            len(left),
-            ", ".join(f"{r.app}:{r.index} (pid {r.pid})" for r in left),
-        )
-        await asyncio.gather(*(self._stop_leftover(r) for r in left))
-        statefile.write(d.state_dir, (), os.getpid())
+        then SIGKILL after the app's kill_timeout. A process forked (or exec'ing) during a scan
+        can be missed by it, so scan again until a scan finds nothing (a few rounds at most)."""
+        records = statefile.leftovers(statefile.read(self.desired.daemon.state_dir))
+        for _ in range(3):
+            if not await self._recover_once(records):
+                break
+            records = []
+        statefile.write(self.desired.daemon.state_dir, (), os.getpid())
 
-    async def _stop_leftover(self, rec: statefile.Record) -> None:
-        spec = self.desired.apps.get(rec.app)
+    async def _recover_once(self, records: list[statefile.Record]) -> bool:
+        """One round of `recover`; whether it found anything to stop."""
+        groups: dict[int, str] = {}  # pgid -> app
+        for rec in records:
+            groups[rec.pgid] = rec.app
+        # Every instance carries the marker in its environment, and so do its children: that
+        # also finds what the record missed (a daemon killed before it wrote it) and the
+        # children of a leader that is gone, without ever matching an unrelated process.
+        strays: list[int] = []
+        for m in statefile.marked_processes(self.marker):
+            if m.pgid == m.pid or m.pgid in groups:
+                groups.setdefault(m.pgid, m.app or "?")
+            else:
+                strays.append(m.pid)
+        if not groups and not strays:
+            return False
+        self.log.warning(
+            "stopping what a previous procsupd left running: %s",
+            ", ".join(f"{app} (process group {g})" for g, app in groups.items())
+            + (f", {len(strays)} more process(es)" if strays else ""),
+        )
+        await asyncio.gather(
+            *(self._stop_leftover(pgid, app) for pgid, app in groups.items()),
+            self._stop_pids(strays),
+        )
+        return True
+
+    async def _stop_leftover(self, pgid: int, app: str) -> None:
+        spec = self.desired.apps.get(app)
         sig = spec.kill_signal if spec else signal.SIGTERM
         timeout = spec.kill_timeout if spec else 5.0
-        spawn.kill_group(rec.pgid, sig)
+        spawn.kill_group(pgid, sig)
         deadline = self.loop.time() + timeout
-        while spawn.live_members(rec.pgid):
+        while spawn.live_members(pgid):
             if self.loop.time() >= deadline:
-                spawn.kill_group(rec.pgid, signal.SIGKILL)
+                spawn.kill_group(pgid, signal.SIGKILL)
+                deadline = float("inf")
+            await asyncio.sleep(_DRAIN_POLL)
+
+    async def _stop_pids(self, pids: list[int]) -> None:
+        """Marked processes outside any recorded group (they called setsid): SIGTERM, then
+        SIGKILL after 5 s."""
+        spawn.signal_pids(pids, signal.SIGTERM)
+        deadline = self.loop.time() + 5.0
+        while pids := [p for p in pids if spawn.pid_alive(p)]:
+            if self.loop.time() >= deadline:
+                spawn.signal_pids(pids, signal.SIGKILL)
                 deadline = float("inf")
             await asyncio.sleep(_DRAIN_POLL)
 
     def request_shutdown(self) -> None:
-        """SIGTERM/SIGINT: stop everything, then let the daemon exit."""
-        if not self._shutting_down:
-            self._shutting_down = True
+        """SIGTERM/SIGINT/`procsup shutdown`: stop everything, then let the daemon exit."""
+        if not self.shutting_down:
+            self.shutting_down = True
             self.log.info("shutting down: stopping every app")
-            self.loop.create_task(self._shutdown())
+            self._spawn_task(self._shutdown())
 
     async def _shutdown(self) -> None:
+        timeout = self.desired.daemon.shutdown_timeout
         try:
-            await asyncio.wait_for(self.stop_all(), self.desired.daemon.shutdown_timeout)
+            await self.started_up.wait()  # recovery first: its slots must exist to be stopped
+            async with self._apply_lock:  # let a running apply finish its step first
+                await asyncio.wait_for(self.stop_all(), timeout)
         except TimeoutError:
-            self.log.error(
-                "shutdown_timeout (%.1fs) passed: killing what is left",
-                self.desired.daemon.shutdown_timeout,
-            )
-            for slot in self._all_slots():
+            self.log.error("shutdown_timeout (%.1fs) passed: killing what is left", timeout)
+            for slot in self.all_slots():
                 if slot.pgid is not None:
                     spawn.kill_group(slot.pgid, signal.SIGKILL)
         finally:
@@ -147,46 +209,50 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         """Stop every instance in parallel, each within its own kill_timeout."""
-        slots = list(self._all_slots())
+        slots = list(self.all_slots())
         for slot in slots:
-            self._feed(slot, lifecycle.Stop())
-        await self._wait(lambda: all(s.inst.state not in LIVE_STATES for s in slots))
+            self.feed(slot, lifecycle.Stop())
+        await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in slots))
 
     async def wait_exit(self) -> None:
         await self._exit.wait()
 
     def close(self) -> None:
-        """Release what is left after the loop's work is done (log files, state record)."""
-        for slot in self._all_slots():
+        """Release what is left once the loop's work is done (watcher, readers, files, record)."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._write_state()  # while the handles still say what (if anything) is left
+        for slot in self.all_slots():
             self._release_run(slot)
-            self._release_sinks(slot)
+            for cap in slot.captures:
+                if cap.reader is not None:
+                    cap.reader.close()
         self.sinks.close_all()
-        self._write_state()
+
+    def reap_orphans(self) -> None:
+        """SIGCHLD when procsupd is PID 1: reap re-parented orphans (never an instance leader,
+        whose status is read through its pidfd and which is reaped once its group is gone)."""
+        keep = {s.proc.pid for s in self.all_slots() if s.proc is not None}
+        spawn.reap_orphans(keep)
 
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen every log file (after logrotate moved them)."""
         self.sinks.reopen_all()
         self.log.info("log files reopened")
 
+    def _spawn_task(self, coro: asyncio.Future[object] | object) -> None:
+        task: asyncio.Task[object] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ------------------------------------------------------------------ the event core
 
-    def _add_app(self, spec: AppSpec) -> None:
-        policy = Policy.of(spec)
-        self.slots[spec.name] = {
-            i: Slot(
-                id=InstanceId(spec.name, i),
-                inst=Instance(id=InstanceId(spec.name, i)),
-                policy=policy,
-                spec=spec,
-            )
-            for i in range(spec.instances)
-        }
-
-    def _all_slots(self) -> Iterable[Slot]:
+    def all_slots(self) -> Iterable[Slot]:
         for app in self.slots.values():
             yield from app.values()
 
-    def _feed(self, slot: Slot, event: lifecycle.Event) -> None:
+    def feed(self, slot: Slot, event: lifecycle.Event) -> None:
         """Apply one event to one instance and execute the resulting effects."""
         old = slot.inst
         new, effects = lifecycle.step(old, slot.policy, event, self.loop.time())
@@ -199,7 +265,20 @@ class Supervisor:
             elif isinstance(effect, lifecycle.Kill) and slot.pgid is not None:
                 spawn.kill_group(slot.pgid, effect.signal)
         self._arm_timer(slot)
+        if slot.retiring and slot.inst.state not in LIVE_STATES:
+            self._forget(slot)
         self._mark_dirty()
+
+    def _forget(self, slot: Slot) -> None:
+        """A retired slot is stopped: it leaves the table (and its app, if it was the last)."""
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+        app = self.slots.get(slot.id.app)
+        if app is not None and app.get(slot.id.index) is slot:
+            del app[slot.id.index]
+            if not app and slot.id.app not in self.specs:
+                del self.slots[slot.id.app]
 
     def _log_transition(self, slot: Slot, old: Instance, new: Instance) -> None:
         level = logging.WARNING if new.state in (State.ERRORED, State.BACKOFF) else logging.INFO
@@ -223,7 +302,7 @@ class Supervisor:
     def _on_deadline(self, slot: Slot) -> None:
         slot.timer = None
         slot.timer_at = None
-        self._feed(slot, lifecycle.Tick())
+        self.feed(slot, lifecycle.Tick())
 
     def _mark_dirty(self) -> None:
         if not self._dirty:
@@ -246,16 +325,17 @@ class Supervisor:
 
     def _write_state(self) -> None:
         records = [
-            statefile.Record(s.id.app, s.id.index, s.proc.pid, s.pgid, s.create_time)
-            for s in self._all_slots()
-            if s.proc is not None and s.pgid is not None and s.create_time is not None
+            statefile.Record(s.id.app, s.id.index, s.proc.pid, s.pgid, s.start_ticks)
+            for s in self.all_slots()
+            if s.proc is not None and s.pgid is not None and s.start_ticks is not None
         ]
         try:
             statefile.write(self.desired.daemon.state_dir, records, os.getpid())
         except OSError as exc:
             self.log.error("cannot record instances in %s: %s", self.desired.daemon.state_dir, exc)
 
-    async def _wait(self, done: Callable[[], bool]) -> None:
+    async def wait(self, done: Callable[[], bool]) -> None:
+        """Return once `done()` holds; it is checked after every change of state."""
         if done():
             return
         waiter = _Waiter(done, self.loop.create_future())
@@ -270,26 +350,27 @@ class Supervisor:
 
     def _spawn(self, slot: Slot) -> None:
         spec = slot.spec
+        captures: list[Capture] = []
+        write_ends: list[int] = []  # closed in the parent once the child has them
         try:
+            if spec.exec_mode is ExecMode.CLUSTER:
+                raise spawn.SpawnError("cluster mode is not available in this procsupd version")
+            if spec.ready != "started":
+                raise spawn.SpawnError(
+                    f"ready = {spec.ready!r} is not available in this procsupd version")
             ident = spawn.Identity.resolve(spec.user, spec.group)
-            out_sink, err_sink = self._sinks_for(slot)
-        except spawn.SpawnError as exc:
-            self._feed(slot, lifecycle.SpawnFailed(exc.reason))
-            return
-        fds: list[int] = []  # write ends, closed in the parent once the child has them
-        readers: list[tuple[int, logs.LogSink]] = []
-        try:
-            out_w = err_w = None
-            for sink in (out_sink, err_sink):
-                if sink is None:
-                    continue
+            fds: dict[str, int | None] = {"out": None, "err": None}
+            for stream, path in zip(("out", "err"), spec.log_paths(slot.id.index), strict=True):
+                if path is None:
+                    continue  # discarded: the child writes to /dev/null, no pipe at all
+                cap = Capture(stream, sink=self._acquire(spec, path))
+                captures.append(cap)
                 r, w = logs.open_pipe()
-                readers.append((r, sink))
-                fds.append(w)
-            if out_sink is not None:
-                out_w = fds[0]
-            if err_sink is not None:
-                err_w = fds[-1]
+                write_ends.append(w)
+                fds[stream] = w
+                cap.reader = logs.PipeReader(
+                    self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap)
+                )
             env = spawn.build_env(
                 self.environ,
                 inherit=spec.inherit_env,
@@ -299,75 +380,92 @@ class Supervisor:
                     "PROCSUP_APP": spec.name,
                     "PROCSUP_INSTANCE": str(slot.id.index),
                     "PROCSUP_INSTANCES": str(spec.instances),
+                    statefile.MARKER_VAR: self.marker,
                 },
             )
             proc = spawn.start(
                 spawn.Launch(
-                    argv=spec.command,
-                    env=env,
-                    cwd=spec.cwd,
-                    identity=ident,
-                    umask=spec.umask,
-                    stdout=out_w,
-                    stderr=err_w,
+                    argv=spec.command, env=env, cwd=spec.cwd, identity=ident,
+                    umask=spec.umask, stdout=fds["out"], stderr=fds["err"],
                 )
             )
-        except spawn.SpawnError as exc:
-            for r, _ in readers:
-                os.close(r)
-            self._feed(slot, lifecycle.SpawnFailed(exc.reason))
+        except (spawn.SpawnError, OSError) as exc:
+            reason = (
+                exc.reason
+                if isinstance(exc, spawn.SpawnError)
+                else f"cannot set up output pipes: {exc}"
+            )
+            for cap in captures:
+                if cap.reader is not None:
+                    cap.reader.close()
+                self._capture_done(cap)
+            self.feed(slot, lifecycle.SpawnFailed(reason))
             return
         finally:
-            for w in fds:
+            for w in write_ends:
                 os.close(w)
         slot.proc = proc
         slot.pgid = proc.pid
         slot.exit_status = None
-        slot.create_time = statefile.leader_create_time(proc.pid)
+        slot.start_ticks = statefile.leader_start_ticks(proc.pid)
         slot.generation += 1
-        slot.readers = [
-            logs.PipeReader(self.loop, r, sink, on_eof=lambda: None) for r, sink in readers
-        ]
-        slot.pidfd = spawn.pidfd(proc.pid)
-        self.loop.add_reader(slot.pidfd, self._on_leader_exit, slot, proc)
-        self._feed(slot, lifecycle.Spawned(proc.pid))
+        slot.captures = [c for c in slot.captures if c.reader is not None] + captures
+        self._watch_exit(slot, proc)
+        self.feed(slot, lifecycle.Spawned(proc.pid))
 
-    def _sinks_for(self, slot: Slot) -> tuple[logs.LogSink | None, logs.LogSink | None]:
-        """The instance's log files, opened on its first start and kept across restarts."""
-        if slot.sinks is None:
-            spec = slot.spec
-            out_path, err_path = spec.log_paths(slot.id.index)
-            opened: list[logs.LogSink | None] = []
+    def _watch_exit(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
+        fd = spawn.pidfd(proc.pid)
+        if fd is not None:
             try:
-                for path in (out_path, err_path):
-                    opened.append(
-                        None
-                        if path is None
-                        else self.sinks.acquire(
-                            path,
-                            date_format=spec.log_date_format,
-                            max_size=spec.log_max_size,
-                            retain=spec.log_retain,
-                        )
-                    )
-            except OSError as exc:
-                for sink in opened:
-                    if sink is not None:
-                        self.sinks.release(sink)
-                raise spawn.SpawnError(f"cannot open log file: {exc}") from None
-            slot.sinks = (opened[0], opened[1])
-        return slot.sinks
+                self.loop.add_reader(fd, self._on_leader_exit, slot, proc)
+                slot.pidfd = fd
+                return
+            except OSError:
+                os.close(fd)
+        slot.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, slot, proc)
 
-    def _release_sinks(self, slot: Slot) -> None:
-        if slot.sinks is not None:
-            for sink in slot.sinks:
-                if sink is not None:
-                    self.sinks.release(sink)
-            slot.sinks = None
+    def _acquire(self, spec: AppSpec, path: str) -> logs.LogSink:
+        try:
+            return self.sinks.acquire(
+                path, date_format=spec.log_date_format, max_size=spec.log_max_size,
+                retain=spec.log_retain,
+            )
+        except (OSError, ValueError) as exc:
+            raise spawn.SpawnError(f"cannot open log file: {exc}") from None
+
+    def _capture_done(self, cap: Capture) -> None:
+        """The stream ended (EOF, or the run never started): let go of its log file."""
+        cap.reader = None
+        if cap.sink is not None:
+            self.sinks.release(cap.sink)
+            cap.sink = None
+
+    def _retarget(self, slot: Slot) -> None:
+        """The instance's log files or their settings changed (a live apply): the running
+        streams continue into the new files at once, without a restart."""
+        paths = dict(zip(("out", "err"), slot.spec.log_paths(slot.id.index), strict=True))
+        for cap in slot.captures:
+            if cap.reader is None or cap.reader.closed:
+                continue
+            path = paths[cap.stream]
+            try:
+                new = None if path is None else self._acquire(slot.spec, path)
+            except spawn.SpawnError as exc:
+                self.log.error("%s: keeps its old log file: %s", slot.id, exc.reason)
+                continue
+            old, cap.sink = cap.sink, new
+            cap.reader.sink = new
+            if old is not None:
+                self.sinks.release(old)
 
     def _on_leader_exit(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
-        status = spawn.reap(proc)
+        slot.poll = None
+        if slot.proc is not proc:  # a stale callback of an earlier run
+            return
+        status = spawn.exit_status(proc.pid, slot.pidfd)
         if status is None:
+            if slot.pidfd is None:
+                slot.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, slot, proc)
             return
         if slot.pidfd is not None:
             self.loop.remove_reader(slot.pidfd)
@@ -391,237 +489,240 @@ class Supervisor:
             slot.drain = self.loop.call_later(_DRAIN_POLL, self._drain, slot)
             return
         code, sig = slot.exit_status
-        self._release_run(slot)
-        self._feed(slot, lifecycle.Exited(code, sig))
+        self._release_run(slot)  # reaps the leader: only now may its pid (= pgid) be reused
+        self.feed(slot, lifecycle.Exited(code, sig))
 
     def _release_run(self, slot: Slot) -> None:
         """Forget the OS handles of the current run (readers finish on their own at EOF)."""
         if slot.drain is not None:
             slot.drain.cancel()
             slot.drain = None
+        if slot.poll is not None:
+            slot.poll.cancel()
+            slot.poll = None
         if slot.pidfd is not None:
             self.loop.remove_reader(slot.pidfd)
             os.close(slot.pidfd)
             slot.pidfd = None
-        slot.readers = [r for r in slot.readers if not r.closed]
+        if slot.proc is not None and slot.exit_status is not None:
+            spawn.reap(slot.proc, slot.exit_status)
+        slot.captures = [c for c in slot.captures if c.reader is not None]
         slot.proc = None
         slot.pgid = None
-        slot.create_time = None
+        slot.start_ticks = None
 
     def _log_error(self, what: str, exc: OSError) -> None:
         self.log.error("%s: %s", what, exc)
 
-    # ------------------------------------------------------------------ commands
+    # ------------------------------------------------------------------ desired state
 
-    async def dispatch(self, cmd: str, args: dict[str, Any], peer: object, send: Send) -> object:
-        handler = getattr(self, f"cmd_{cmd}", None)
-        if handler is None:
-            raise RemoteError(
-                WireError.UNKNOWN_COMMAND.value,
-                f"this procsupd ({__version__}) does not support {cmd!r}",
-            )
-        if self._shutting_down and cmd not in ("ping", "version", "status", "logs"):
-            raise RemoteError(WireError.SHUTTING_DOWN.value, "procsupd is shutting down")
-        result: object = await handler(args, send)
-        return result
+    def running(self) -> dict[str, reconcile.Running]:
+        """What runs, as the planner sees it."""
+        out = {}
+        for name, spec in self.specs.items():
+            slots = [s for s in self.slots.get(name, {}).values() if not s.retiring]
+            stopped = tuple(s.id.index for s in slots if s.inst.state is State.STOPPED)
+            out[name] = reconcile.Running(spec, len(slots), stopped)
+        return out
 
-    async def cmd_ping(self, args: dict[str, Any], send: Send) -> object:
-        return {"pong": True, "pid": os.getpid(), "version": __version__}
-
-    async def cmd_version(self, args: dict[str, Any], send: Send) -> object:
-        from procsup.protocol import VERSION
-
-        return {"version": __version__, "protocol": VERSION}
-
-    def _select(self, names: Iterable[str]) -> list[Slot]:
-        """Resolve `all`, `app` and `app:i` into slots, or raise unknown_app."""
-        chosen: dict[InstanceId, Slot] = {}
-        for name in names:
-            if name == "all":
-                chosen.update((s.id, s) for s in self._all_slots())
-                continue
-            app, _, idx = name.partition(":")
-            slots = self.slots.get(app)
-            if slots is None or (idx and (not idx.isdigit() or int(idx) not in slots)):
-                known = ", ".join(self.slots) or "none"
-                raise RemoteError(
-                    WireError.UNKNOWN_APP.value, f"unknown app or instance: {name} (apps: {known})"
-                )
-            for i, slot in slots.items():
-                if not idx or int(idx) == i:
-                    chosen[slot.id] = slot
-        return list(chosen.values())
-
-    def _outcome(self, slots: list[Slot], ok: Callable[[Slot], bool]) -> dict[str, object]:
-        rows = [
-            {
-                "app": s.id.app,
-                "instance": s.id.index,
-                "state": s.inst.state.value,
-                "pid": s.inst.pid,
-                "reason": s.inst.reason,
-            }
-            for s in slots
-        ]
-        return {"instances": rows, "failed": not all(ok(s) for s in slots)}
-
-    def _started(self, slot: Slot, generation: int) -> bool:
-        """A start is done once the instance runs, or its new run ended (the reason tells why)."""
-        st = slot.inst.state
-        return st in _SETTLED or (st is State.STARTING and slot.generation > generation + 1)
-
-    async def cmd_start(self, args: dict[str, Any], send: Send) -> object:
-        slots = self._select(args["apps"])
-        gens = {s.id: s.generation for s in slots}
-        for slot in slots:
-            self._feed(slot, lifecycle.Start())
-        if args.get("wait", True):
-            await self._wait(lambda: all(self._started(s, gens[s.id]) for s in slots))
-        return self._outcome(slots, lambda s: s.inst.state in (State.RUNNING, State.STARTING))
-
-    async def cmd_restart(self, args: dict[str, Any], send: Send) -> object:
-        slots = self._select(args["apps"])
-        gens = {s.id: s.generation for s in slots}
-        for slot in slots:
-            self._feed(slot, lifecycle.Restart())
-        if args.get("wait", True):
-            await self._wait(
-                lambda: all(
-                    (s.generation > gens[s.id] and self._started(s, gens[s.id] + 1))
-                    or s.inst.state is State.ERRORED
-                    for s in slots
-                )
-            )
-        return self._outcome(slots, lambda s: s.inst.state in (State.RUNNING, State.STARTING))
-
-    async def cmd_stop(self, args: dict[str, Any], send: Send) -> object:
-        slots = self._select(args["apps"])
-        for slot in slots:
-            self._feed(slot, lifecycle.Stop())
-        if args.get("wait", True):
-            await self._wait(lambda: all(s.inst.state not in LIVE_STATES for s in slots))
-        return self._outcome(
-            slots, lambda s: s.inst.state not in LIVE_STATES or not args.get("wait", True)
-        )
-
-    async def cmd_signal(self, args: dict[str, Any], send: Send) -> object:
-        slots = self._select(args["apps"])
-        sig = int(args["signal"])
-        done = []
-        for slot in slots:
-            if slot.pgid is not None and slot.inst.state in LIVE_STATES:
-                spawn.kill_group(slot.pgid, sig)
-                done.append({"app": slot.id.app, "instance": slot.id.index, "pid": slot.pgid})
-        return {"signalled": done, "failed": not done}
-
-    async def cmd_shutdown(self, args: dict[str, Any], send: Send) -> object:
-        slots = list(self._all_slots())
-        self.request_shutdown()
-        if args.get("wait", True):
-            await self._exit.wait()
-        return {"stopped": len(slots)}
-
-    async def cmd_status(self, args: dict[str, Any], send: Send) -> object:
-        slots = self._select(args.get("apps") or ["all"])
-        now = self.loop.time()
-        live = {s.pgid: now for s in slots if s.pgid is not None}
-        usage = self.metrics.sample(live, now) if live else {}
-        rows = []
-        for s in slots:
-            cpu, mem = usage.get(s.pgid, (None, None)) if s.pgid is not None else (None, None)
-            inst = s.inst
-            up = now - inst.started_at if inst.started_at is not None and inst.pid else None
-            rows.append(
-                InstanceView(
-                    app=s.id.app,
-                    instance=s.id.index,
-                    pid=inst.pid,
-                    state=inst.state,
-                    uptime=round(up, 3) if up is not None else None,
-                    restarts=inst.restarts,
-                    cpu=round(cpu, 1) if cpu is not None else None,
-                    memory=mem,
-                    exit_code=inst.exit_code,
-                    reason=inst.reason,
-                ).to_json()
-            )
-        d = self.desired
-        return {
-            "config": {
-                "path": d.daemon.config_path,
-                "applied": self.config_error is None,
-                "error": self.config_error,
-                "profile": d.profile,
-            },
-            "instances": rows,
-        }
-
-    def _log_files(self, app: str | None, stream: str) -> list[tuple[str, int | None, str, str]]:
-        """(app, instance or None for a shared file, stream, path) of the selected logs."""
-        slots = self._select([app] if app else ["all"])
-        seen: dict[str, tuple[str, int | None, str, str]] = {}
-        for s in slots:
-            out, err = s.spec.log_paths(s.id.index)
-            per_instance = s.spec.instances > 1 and not s.spec.merge_logs
-            idx = s.id.index if per_instance else None
-            for name, path in (("out", out), ("err", err)):
-                if path is None or stream not in (name, "both"):
-                    continue
-                label = "both" if out == err else name
-                seen.setdefault(path, (s.id.app, idx, label, path))
-        return list(seen.values())
-
-    async def cmd_logs(self, args: dict[str, Any], send: Send) -> object:
-        files = self._log_files(args.get("app"), args.get("stream", "both"))
-        n = int(args.get("lines", 20))
-        lines: list[dict[str, object]] = []
-        for app, idx, stream, path in files:
-            if n <= 0:
-                break
-            with contextlib.suppress(FileNotFoundError):
-                lines.extend(
-                    {
-                        "app": app,
-                        "instance": idx,
-                        "stream": stream,
-                        "text": raw.decode("utf-8", "replace").rstrip("\n"),
-                    }
-                    for raw in logs.tail(path, n)
-                )
-        if not args.get("follow"):
-            return {"lines": lines}
-        await send({"lines": lines})
-        return await self._follow(files, send)
-
-    async def _follow(self, files: list[tuple[str, int | None, str, str]], send: Send) -> object:
-        queue: asyncio.Queue[tuple[tuple[str, int | None, str, str], bytes]] = asyncio.Queue(
-            _FOLLOW_QUEUE
-        )
-        overflow = False
-
-        def push(meta: tuple[str, int | None, str, str], chunk: bytes) -> None:
-            nonlocal overflow
-            try:
-                queue.put_nowait((meta, chunk))
-            except asyncio.QueueFull:
-                overflow = True
-
-        unsubscribe = [
-            self.sinks.follow(meta[3], functools.partial(push, meta)) for meta in files
-        ]
+    def load(self) -> Desired:
+        """Read the config file again (includes, profile); raises ConfigError."""
         try:
-            while not overflow:
-                (app, idx, stream, _), chunk = await queue.get()
-                text = chunk.decode("utf-8", "replace")
-                await send(
-                    {
-                        "lines": [
-                            {"app": app, "instance": idx, "stream": stream, "text": line}
-                            for line in text.splitlines()
-                        ]
-                    }
-                )
-            return {"lines": [], "end": "this follower fell too far behind; lines were skipped"}
-        finally:
-            for unsub in unsubscribe:
-                unsub()
+            return config.load(
+                self.desired.daemon.config_path,
+                profile=self.profile_override,
+                require_root_owned=os.geteuid() == 0,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror or exc}",
+                              file=self.desired.daemon.config_path) from None
+
+    def plan(self, new: Desired) -> reconcile.Plan:
+        return reconcile.plan(self.running(), new.apps, self.desired.daemon, new.daemon)
+
+    async def apply(self, new: Desired, *, wait: bool) -> reconcile.Plan:
+        """Make `new` the desired state and execute the plan that gets there. One apply at a
+        time; stops run (and finish) before anything starts, so freed resources are free."""
+        async with self._apply_lock:
+            if self.shutting_down:
+                return reconcile.Plan()
+            plan = self.plan(new)
+            self.restart_daemon = plan.restart_daemon
+            old_daemon = self.desired.daemon
+            # Keep the settings a running daemon cannot change; take every live one.
+            self.desired = dataclasses.replace(
+                new, daemon=dataclasses.replace(
+                    new.daemon, **{k: getattr(old_daemon, k) for k in reconcile.RESTART_DAEMON_KEYS}
+                ),
+            )
+            stopping: list[Slot] = []
+            starting: list[tuple[Slot, int]] = []
+            downs = {
+                id(a) for a in plan.actions
+                if a.action == reconcile.STOP or (
+                    a.action == reconcile.SCALE
+                    and reconcile.scales_down(a, len(self.slots.get(a.app, {}))))
+            }
+            for action in plan.actions:
+                if id(action) in downs:
+                    stopping += self._retire(action.app, action.instances)
+            if action_stops := [s for s in stopping if s.inst.state in LIVE_STATES]:
+                await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in action_stops))
+            for name in [n for n in self.specs if n not in new.apps]:
+                del self.specs[name]
+            for name, spec in new.apps.items():
+                self._set_spec(name, spec)
+            for action in plan.actions:
+                if action.action in (reconcile.RESTART, reconcile.RELOAD):
+                    for i in action.instances:
+                        slot = self.slots[action.app][i]
+                        starting.append((slot, slot.generation))
+                        self.feed(slot, lifecycle.Restart())
+                elif id(action) not in downs and action.action in (reconcile.START,
+                                                                   reconcile.SCALE):
+                    for i in action.instances:
+                        slot = self._slot(action.app, i)
+                        starting.append((slot, slot.generation))
+                        self.feed(slot, lifecycle.Start())
+                        if len(starting) % _YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # record what runs so far; answer clients
+            self.config_error = None
+            for line in plan.describe():
+                self.log.info("apply: %s", line)
+        if wait and starting:
+            await self.wait(lambda: all(self.started(s, g) for s, g in starting))
+        return plan
+
+    def _set_spec(self, name: str, spec: AppSpec) -> None:
+        """Record the applied definition; running instances take its live keys at once."""
+        old = self.specs.get(name)
+        self.specs[name] = spec
+        policy = Policy.of(spec)
+        for slot in self.slots.get(name, {}).values():
+            if slot.retiring:
+                continue
+            old_paths = slot.spec.log_paths(slot.id.index)
+            logs_changed = (
+                old is None
+                or old_paths != spec.log_paths(slot.id.index)
+                or (old.log_date_format, old.log_max_size, old.log_retain)
+                != (spec.log_date_format, spec.log_max_size, spec.log_retain)
+            )
+            slot.spec, slot.policy = spec, policy
+            if logs_changed:
+                self._retarget(slot)
+
+    def _slot(self, app: str, index: int) -> Slot:
+        slots = self.slots.setdefault(app, {})
+        slot = slots.get(index)
+        if slot is None or slot.retiring:
+            spec = self.specs[app]
+            iid = InstanceId(app, index)
+            slot = Slot(id=iid, inst=Instance(id=iid), policy=Policy.of(spec), spec=spec)
+            slots[index] = slot
+        return slot
+
+    def _retire(self, app: str, indexes: Iterable[int]) -> list[Slot]:
+        """Stop these instances and forget them once they are stopped."""
+        retired = []
+        for i in indexes:
+            slot = self.slots.get(app, {}).get(i)
+            if slot is None:
+                continue
+            slot.retiring = True
+            retired.append(slot)
+            if slot.inst.state in LIVE_STATES or slot.inst.state is State.BACKOFF:
+                self.feed(slot, lifecycle.Stop())
+            else:
+                self._forget(slot)
+        return retired
+
+    async def scale(self, app: str, count: int, *, wait: bool) -> list[Slot]:
+        """`procsup scale`: run `count` instances of `app` until the next config apply."""
+        async with self._apply_lock:
+            current = sorted(i for i, s in self.slots.get(app, {}).items() if not s.retiring)
+            gone = self._retire(app, [i for i in current if i >= count])
+            spec = dataclasses.replace(self.specs[app], instances=count)
+            self.specs[app] = spec
+            added = [self._slot(app, i) for i in range(len(current), count)]
+            for slot in self.slots.get(app, {}).values():
+                if not slot.retiring:  # PROCSUP_INSTANCES of the next runs, log names
+                    slot.spec = spec
+            gens = {s.id: s.generation for s in added}
+            for slot in added:
+                self.feed(slot, lifecycle.Start())
+        if wait:
+            await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in gone)
+                            and all(self.started(s, gens[s.id]) for s in added))
+        return gone + added
+
+    @staticmethod
+    def started(slot: Slot, generation: int) -> bool:
+        """Whether a start or restart fed when the slot was at `generation` is done: the
+        instance runs, or its new run already ended (its state and reason tell how). A restart
+        is first `stopping`, which is not settled; spawning is synchronous, so a start that
+        needed a new run has bumped the generation before anyone asks."""
+        st = slot.inst.state
+        return st in SETTLED or slot.generation > generation + 1
+
+    # ------------------------------------------------------------------ config reload triggers
+
+    async def reload(self, trigger: str, *, wait: bool = False) -> reconcile.Plan:
+        """Read the config and apply it (`update`, SIGHUP, a saved file). An invalid config
+        changes nothing: the error is logged, kept for `status`, and raised."""
+        try:
+            new = self.load()
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            self.log.error("%s: config not applied: %s", trigger, exc)
+            raise
+        plan = await self.apply(new, wait=wait)
+        self._update_watch()
+        return plan
+
+    def request_reload(self, trigger: str = "SIGHUP") -> None:
+        """SIGHUP: apply the config in the background."""
+        self._spawn_task(self._reload_quietly(trigger))
+
+    async def _reload_quietly(self, trigger: str) -> None:
+        try:
+            await self.reload(trigger)
+        except ConfigError:
+            pass  # logged and shown in status by reload()
+
+    def _update_watch(self) -> None:
+        """(Re)watch the config files, or stop watching, per `watch_config`."""
+        d = self.desired
+        if not d.daemon.watch_config:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+            return
+        if self._watch is None:
+            self._watch = watch.ConfigWatch(self.loop, self._on_config_event)
+        self._watch.watch(d.files, d.daemon.include)
+
+    def _on_config_event(self, path: str) -> None:
+        """A watched file changed: apply once the burst of events is over (debounced)."""
+        if self._debounce is not None:
+            self._debounce.cancel()
+        self._debounce = self.loop.call_later(_DEBOUNCE, self._saved, False)
+
+    def _saved(self, recheck: bool) -> None:
+        self._debounce = None
+        if self.shutting_down:
+            return
+        try:
+            new = self.load()
+        except ConfigError as exc:
+            if not recheck:  # maybe half-written: read again before calling it broken
+                self._debounce = self.loop.call_later(_RECHECK, self._saved, True)
+                return
+            self.config_error = str(exc)
+            self.log.error("saved config not applied: %s", exc)
+            return
+        self._spawn_task(self._apply_saved(new))
+
+    async def _apply_saved(self, new: Desired) -> None:
+        await self.apply(new, wait=False)
+        self._update_watch()

@@ -38,6 +38,17 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         time.sleep(0.02)
 
 
+def total_size(directory: Path, pattern: str) -> int:
+    """Bytes in the files matching `pattern`, tolerating files renamed away meanwhile."""
+    total = 0
+    for p in directory.glob(pattern):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PY, Daemon, app_cmd, pid_alive, wait_for
+from .conftest import PY, Daemon, app_cmd, pid_alive, total_size, wait_for
 
 
 def _two_apps(daemon: Daemon, extra: str = "") -> None:
@@ -220,7 +220,7 @@ def test_flooding_child_does_not_block_status(daemon: Daemon) -> None:
     daemon.start()
     daemon.wait_states("flood", "running", 1)
     wait_for(
-        lambda: (daemon.log_dir / "flood-out.log").stat().st_size > 1_000_000,
+        lambda: total_size(daemon.log_dir, "flood-out.log*") > 1_000_000,
         10,
         "flood to fill the log",
     )

@@ -49,6 +49,7 @@ def test_instances_run_with_their_identity_and_status_json(daemon: Daemon) -> No
         "applied": True,
         "error": None,
         "profile": None,
+        "restart_daemon": [],
     }
     # per-instance log files with the contract's default names
     for i in (0, 1):
@@ -248,6 +249,7 @@ def test_env_profile_and_user_environment(daemon: Daemon, tmp_path: Path) -> Non
         "HOME",
         "USER",
         "LOGNAME",
+        "PROCSUP_DAEMON_ID",
         "PROCSUP_APP",
         "PROCSUP_INSTANCE",
         "PROCSUP_INSTANCES",

@@ -386,10 +386,10 @@ def test_registry_shares_and_refcounts_sinks(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "shared.log"
     a = sinks.acquire(str(path), date_format=None, max_size=None, retain=5)
     b = sinks.acquire(
-        str(tmp_path / "logs" / "." / "shared.log"), date_format="%H", max_size=10, retain=1
+        str(tmp_path / "logs" / "." / "shared.log"), date_format=None, max_size=10_000, retain=1
     )
-    assert a is b  # same file, same sink; the first acquirer's settings stay
-    assert b.date_format is None and b.max_size is None
+    assert a is b  # same file, same sink
+    assert b.max_size == 10_000 and b.retain == 1  # the newest settings win
     assert str(path) in sinks and len(sinks) == 1
     sinks.release(a)
     assert not a.closed

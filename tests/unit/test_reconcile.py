@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from procsup.model import AppSpec, DaemonSpec, ExecMode
+from procsup.model import AppSpec, DaemonSpec, ExecMode, RestartPolicy
 from procsup.reconcile import (
     Action,
     Plan,
@@ -162,9 +162,9 @@ CASES: list[tuple[str, dict[str, Running], dict[str, AppSpec], list[Any]]] = [
     (
         "cluster definition and count change, going up: reload then scale",
         running(cluster("web", 1)),
-        desired(cluster("web", 2, kill_timeout=9.0)),
+        desired(cluster("web", 2, ready_timeout=9.0)),
         [
-            ("reload", "web", (0,), "kill_timeout changed"),
+            ("reload", "web", (0,), "ready_timeout changed"),
             ("scale", "web", (1,), "instances 1 -> 2"),
         ],
     ),
@@ -330,16 +330,17 @@ def test_to_json_shape_is_the_contract() -> None:
             {"action": "start", "app": "new", "instances": [0, 1], "reason": "new app"},
         ],
         "restart_daemon": ["socket"],
+        "live": [],
     }
     assert json.loads(json.dumps(doc)) == doc  # plain JSON types only (lists, not tuples)
-    assert list(doc) == ["actions", "restart_daemon"]
+    assert list(doc) == ["actions", "restart_daemon", "live"]
     actions = doc["actions"]
     assert isinstance(actions, list)
     assert all(list(a) == ["action", "app", "instances", "reason"] for a in actions)
 
 
 def test_to_json_of_empty_plan() -> None:
-    assert plan({}, {}).to_json() == {"actions": [], "restart_daemon": []}
+    assert plan({}, {}).to_json() == {"actions": [], "restart_daemon": [], "live": []}
 
 
 def test_describe() -> None:
@@ -495,3 +496,45 @@ def test_executing_the_plan_reaches_the_desired_state(
     assert len(touched) == len(set(touched))
     assert all(a.instances or a.action == "stop" for a in p.actions)
     assert p == plan(run, apps)  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("out_file", "/var/log/other.log"),
+        ("error_file", "/var/log/other.err"),
+        ("merge_logs", True),
+        ("log_date_format", "%H:%M"),
+        ("log_max_size", 1024),
+        ("log_retain", 2),
+        ("autorestart", RestartPolicy.NEVER),
+        ("max_restarts", 3),
+        ("min_uptime", 5.0),
+        ("restart_delay", 2.0),
+        ("exp_backoff_restart_delay", 0.1),
+        ("kill_signal", 2),
+        ("kill_timeout", 9.0),
+    ],
+)
+def test_live_keys_never_restart(key: str, value: Any) -> None:
+    p = plan(running(app("web", 2)), desired(app("web", 2, **{key: value})))
+    assert rows(p) == []
+    assert p.live == (("web", (key,)),)
+    assert bool(p)
+    assert p.describe() == [f"update web live, no restart ({key} changed)"]
+
+
+def test_a_live_key_beside_a_restart_key_restarts() -> None:
+    p = plan(running(app("web", 1)), desired(app("web", 1, kill_timeout=9.0, cwd="/srv")))
+    assert rows(p) == [("restart", "web", (0,), "cwd changed")]
+    assert p.live == ()
+
+
+def test_instances_stopped_by_command_start_on_apply() -> None:
+    run = {"web": Running(app("web", 3), 3, stopped=(1, 2)), "db": Running(app("db", 2), 2, (0,))}
+    apps = desired(app("web", 2), app("db", 2, command=("v2",)))
+    assert rows(plan(run, apps)) == [
+        ("scale", "web", (2,), "instances 3 -> 2"),
+        ("restart", "db", (0, 1), "command changed"),  # a restart starts the stopped one too
+        ("start", "web", (1,), "stopped by command; config applied"),
+    ]

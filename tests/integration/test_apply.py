@@ -1,0 +1,297 @@
+"""Declarative apply with a real daemon: update, SIGHUP, saved file, scale, reread, dump."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import PY, Daemon, app_cmd, pid_alive, wait_for
+
+FIVE = """
+    [apps.keep]
+    command = {sleeper}
+    instances = 2
+    min_uptime = "100ms"
+    [apps.edit]
+    command = {sleeper}
+    min_uptime = "100ms"
+    [apps.gone]
+    command = ["sleep", "1000"]
+    min_uptime = "100ms"
+    [apps.up]
+    command = ["sleep", "1001"]
+    min_uptime = "100ms"
+    [apps.down]
+    command = ["sleep", "1002"]
+    instances = 3
+    min_uptime = "100ms"
+    """
+
+CHANGED = """
+    [apps.keep]
+    command = {sleeper}
+    instances = 2
+    min_uptime = "100ms"
+    [apps.edit]
+    command = {sleeper}
+    min_uptime = "100ms"
+    env = {{ EDITED = "yes" }}
+    [apps.up]
+    command = ["sleep", "1001"]
+    instances = 3
+    min_uptime = "100ms"
+    [apps.down]
+    command = ["sleep", "1002"]
+    instances = 1
+    min_uptime = "100ms"
+    [apps.new]
+    command = ["sleep", "1003"]
+    min_uptime = "100ms"
+    """
+
+
+def _pids(daemon: Daemon) -> dict[tuple[str, int], int]:
+    return {(r["app"], r["instance"]): r["pid"] for r in daemon.instances() if r["pid"]}
+
+
+def _start_five(daemon: Daemon, extra: str = "") -> dict[tuple[str, int], int]:
+    daemon.write(FIVE.format(sleeper=app_cmd("sleeper")), extra)
+    daemon.start()
+    wait_for(lambda: len(_pids(daemon)) == 8 and all(
+        r["state"] == "running" for r in daemon.instances()), 10, "five apps running")
+    return _pids(daemon)
+
+
+def _write_changed(daemon: Daemon, extra: str = "", *, by_rename: bool = False) -> None:
+    text = daemon.header(extra) + textwrap.dedent(CHANGED.format(sleeper=app_cmd("sleeper")))
+    if by_rename:  # as editors save: write a temporary file, rename it over the original
+        tmp = daemon.config.with_name(".apps.toml.swp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, daemon.config)
+    else:
+        daemon.config.write_text(text)
+
+
+def _check_applied(daemon: Daemon, before: dict[tuple[str, int], int]) -> None:
+    after = wait_for(lambda: (p := _pids(daemon)) and set(p) == {
+        ("keep", 0), ("keep", 1), ("edit", 0), ("up", 0), ("up", 1), ("up", 2), ("down", 0),
+        ("new", 0)} and all(r["state"] == "running" for r in daemon.instances()) and p,
+        10, "the changed config to be applied")
+    # unchanged apps and kept instances keep their processes
+    for key in (("keep", 0), ("keep", 1), ("up", 0), ("down", 0)):
+        assert after[key] == before[key], key
+    # the edited app was restarted with its new env; the removed app and extra instances are gone
+    assert after[("edit", 0)] != before[("edit", 0)]
+    assert b"EDITED=yes" in Path(f"/proc/{after[('edit', 0)]}/environ").read_bytes()
+    for key in (("gone", 0), ("down", 1), ("down", 2), ("edit", 0)):
+        wait_for(lambda key=key: not pid_alive(before[key]), 5, f"{key} stopped")
+    assert daemon.status()["config"]["applied"] is True
+
+
+def test_update_applies_exactly_what_changed(daemon: Daemon) -> None:
+    before = _start_five(daemon, "watch_config = false")
+    _write_changed(daemon, "watch_config = false")
+    r = daemon.cli("reread", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert [(a["action"], a["app"], a["instances"]) for a in plan["actions"]] == [
+        ("stop", "gone", [0]),
+        ("scale", "down", [1, 2]),
+        ("restart", "edit", [0]),
+        ("scale", "up", [1, 2]),
+        ("start", "new", [0]),
+    ]
+    assert plan["restart_daemon"] == []
+    assert _pids(daemon) == before  # reread changes nothing
+    r = daemon.cli("update")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restart" in r.stdout and "edit" in r.stdout
+    _check_applied(daemon, before)
+    r = daemon.cli("reread")
+    assert r.returncode == 0 and "no changes" in r.stdout
+
+
+def test_sighup_applies(daemon: Daemon) -> None:
+    before = _start_five(daemon, "watch_config = false")
+    _write_changed(daemon, "watch_config = false")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    _check_applied(daemon, before)
+
+
+def test_saving_the_file_applies_it(daemon: Daemon) -> None:
+    before = _start_five(daemon)
+    t0 = time.monotonic()
+    _write_changed(daemon, by_rename=True)
+    _check_applied(daemon, before)
+    assert time.monotonic() - t0 < 5
+
+
+def test_invalid_config_changes_nothing_until_fixed(daemon: Daemon) -> None:
+    before = _start_five(daemon, "watch_config = false")
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace('[apps.edit]\n', '[apps.edit]\ncomand = "x"\n', 1))
+    r = daemon.cli("update")
+    assert r.returncode == 1
+    line = good.splitlines().index("[apps.edit]") + 2
+    assert f"apps.toml:{line}" in r.stderr and "comand" in r.stderr
+    assert "did you mean 'command'" in r.stderr
+    r = daemon.cli("reread")
+    assert r.returncode == 1 and "comand" in r.stderr
+    st = daemon.status()
+    assert st["config"]["applied"] is False and "comand" in st["config"]["error"]
+    assert _pids(daemon) == before
+    table = daemon.cli("status").stdout
+    assert "not applied" in table or "comand" in table
+    daemon.config.write_text(good.replace('[apps.edit]\n', '[apps.edit]\nkill_timeout = "2s"\n'))
+    r = daemon.cli("update")
+    assert r.returncode == 0, r.stderr
+    st = daemon.status()
+    assert st["config"]["applied"] is True and st["config"]["error"] is None
+    assert _pids(daemon) == before  # kill_timeout is live: nothing restarted
+
+
+def test_half_written_save_is_not_reported_when_the_next_read_is_fine(daemon: Daemon) -> None:
+    before = _start_five(daemon)
+    text = daemon.config.read_text()
+    with open(daemon.config, "w") as f:  # truncate-and-write in two steps, as some editors do
+        f.write(text[: len(text) // 2])
+        f.flush()
+        time.sleep(0.05)
+        f.write(text[len(text) // 2:] + '\n[apps.late]\ncommand = ["sleep", "1004"]\n')
+    wait_for(lambda: any(r["app"] == "late" for r in daemon.instances()), 5, "late app started")
+    assert daemon.status()["config"]["applied"] is True
+    assert all(_pids(daemon)[k] == v for k, v in before.items())
+    assert "config not applied" not in daemon.daemon_log()
+
+
+def test_live_keys_apply_without_restart(daemon: Daemon) -> None:
+    daemon.write("""
+        [apps.tick]
+        command = ["/bin/sh", "-c", "while true; do echo tick; sleep 0.05; done"]
+        min_uptime = "100ms"
+        """, "watch_config = false")
+    daemon.start()
+    [row] = daemon.wait_states("tick", "running", 1)
+    text = daemon.config.read_text() + 'log_date_format = "%Y"\nout_file = "moved.log"\n'
+    daemon.config.write_text(text)
+    r = daemon.cli("update")
+    assert r.returncode == 0, r.stderr
+    assert "live" in r.stdout
+    moved = daemon.log_dir / "moved.log"
+    wait_for(lambda: moved.exists() and re.search(r"^\d{4} tick$", moved.read_text(), re.M),
+             5, "prefixed lines in the new file")
+    assert daemon.instances("tick")[0]["pid"] == row["pid"]
+
+
+def test_stopped_instances_start_when_the_config_is_applied(daemon: Daemon) -> None:
+    daemon.write("""
+        [apps.s]
+        command = ["sleep", "1000"]
+        instances = 2
+        min_uptime = "100ms"
+        """, "watch_config = false")
+    daemon.start()
+    daemon.wait_states("s", "running", 2)
+    assert daemon.cli("stop", "s:1").returncode == 0
+    r = daemon.cli("reread", "--json")
+    assert json.loads(r.stdout)["actions"] == [
+        {"action": "start", "app": "s", "instances": [1],
+         "reason": "stopped by command; config applied"}]
+    assert daemon.cli("update").returncode == 0
+    daemon.wait_states("s", "running", 2)
+
+
+def test_scale_command_until_next_apply(daemon: Daemon) -> None:
+    daemon.write("""
+        [apps.s]
+        command = ["sleep", "1000"]
+        instances = 2
+        min_uptime = "100ms"
+        """, "watch_config = false")
+    daemon.start()
+    rows = daemon.wait_states("s", "running", 2)
+    r = daemon.cli("scale", "s", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows4 = daemon.wait_states("s", "running", 4)
+    assert [x["pid"] for x in rows4[:2]] == [x["pid"] for x in rows]
+    env = Path(f"/proc/{rows4[3]['pid']}/environ").read_bytes()
+    assert b"PROCSUP_INSTANCE=3\0" in env and b"PROCSUP_INSTANCES=4\0" in env
+    r = daemon.cli("scale", "s", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows1 = daemon.wait_states("s", "running", 1)
+    assert rows1[0]["pid"] == rows[0]["pid"]
+    assert not any(pid_alive(x["pid"]) for x in rows4[1:])
+    assert daemon.cli("scale", "nope", "2").returncode == 1
+    # the next apply brings back the configured count
+    assert daemon.cli("update").returncode == 0
+    assert daemon.wait_states("s", "running", 2)[0]["pid"] == rows[0]["pid"]
+
+
+def test_daemon_keys_needing_a_restart_are_reported(daemon: Daemon) -> None:
+    _start_five(daemon, "watch_config = false")
+    text = daemon.config.read_text().replace(daemon.pidfile, daemon.pidfile + ".new")
+    daemon.config.write_text(text)
+    r = daemon.cli("reread", "--json")
+    assert json.loads(r.stdout)["restart_daemon"] == ["pidfile"]
+    r = daemon.cli("update")
+    assert r.returncode == 0 and "pidfile" in r.stdout
+    assert daemon.status()["config"]["restart_daemon"] == ["pidfile"]
+    assert os.path.exists(daemon.pidfile)  # still the one in use
+
+
+def test_dump_round_trips(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("FROM_FILE=1\n")
+    daemon.write(f"""
+        [apps.a]
+        command = {app_cmd("sleeper")}
+        cwd = "{tmp_path}"
+        instances = 2
+        env = {{ A = "1" }}
+        env_file = [".env"]
+        env_production = {{ A = "2" }}
+        log_date_format = "%H:%M:%S"
+        kill_signal = "SIGINT"
+        min_uptime = "100ms"
+        [apps.b]
+        command = "echo hi && sleep 100"
+        shell = true
+        out_file = false
+        """, 'env = "production"\nwatch_config = false')
+    daemon.start()
+    r = daemon.cli("dump")
+    assert r.returncode == 0, r.stderr
+    dumped = tmp_path / "dumped.toml"
+    dumped.write_text(r.stdout)
+    os.chmod(dumped, 0o644)
+    check = subprocess.run([PY, "-m", "procsup.daemon", "--check", "-c", str(dumped)],
+                           capture_output=True, text=True, timeout=20, env=daemon.env)
+    assert check.returncode == 0, check.stderr
+    # applying the dump changes nothing
+    daemon.config.write_text(r.stdout)
+    r2 = daemon.cli("reread", "--json")
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads(r2.stdout)["actions"] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ownership rule applies to a root daemon")
+def test_root_daemon_refuses_a_config_others_can_write(daemon: Daemon) -> None:
+    _start_five(daemon, "watch_config = false")
+    os.chmod(daemon.config, 0o666)
+    r = daemon.cli("update")
+    assert r.returncode == 1 and "writable" in r.stderr
+    os.chmod(daemon.config, 0o644)
+    daemon.stop_daemon()
+    os.chmod(daemon.config, 0o664)
+    bad = subprocess.run([PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
+                         capture_output=True, text=True, timeout=20, env=daemon.env)
+    assert bad.returncode == 1 and "writable" in bad.stderr

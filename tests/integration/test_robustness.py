@@ -1,0 +1,180 @@
+"""Regressions for failure paths: shutdown during recovery, a lost record, commands that
+race each other, crash loops reported as failures, procsupd as a container's PID 1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import PY, Daemon, app_cmd, pid_alive, wait_for
+
+
+def _marked(daemon: Daemon) -> list[int]:
+    """Live processes started by this test's daemons (they inherit the test's marker)."""
+    marker = f"PROCSUP_TEST_RUN={daemon.root}".encode()
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{name}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env and b"PROCSUP_APP=" in env and pid_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+def test_sigterm_during_recovery_leaves_nothing_running(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.write(f"""
+        [apps.stubborn]
+        command = {app_cmd("stubborn", str(tmp_path / "g"))}
+        kill_timeout = "2s"
+        min_uptime = "100ms"
+        [apps.plain]
+        command = ["sleep", "1000"]
+        """)
+    daemon.start()
+    daemon.wait_states("stubborn", "running", 1)
+    wait_for((tmp_path / "g").exists, 5, "grandchild")
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait(5)
+    # the new daemon spends kill_timeout stopping the stubborn leftover; stop it meanwhile
+    daemon.start(wait=False)
+    time.sleep(0.5)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    wait_for(lambda: not _marked(daemon), 5, "no process of ours left")
+
+
+def test_lost_record_still_leaves_no_duplicates(daemon: Daemon) -> None:
+    daemon.write("""
+        [apps.s]
+        command = ["sleep", "1000"]
+        instances = 3
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    old = [r["pid"] for r in daemon.wait_states("s", "running", 3)]
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait(5)
+    shutil.rmtree(daemon.state_dir)  # as if the daemon died before writing it
+    daemon.start()
+    rows = daemon.wait_states("s", "running", 3)
+    wait_for(lambda: not any(pid_alive(p) for p in old), 10, "old instances stopped")
+    assert sorted(_marked(daemon)) == sorted(r["pid"] for r in rows)
+
+
+def test_a_stop_during_a_restart_ends_both_commands(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.write(f"""
+        [apps.slow]
+        command = {app_cmd("stubborn", str(tmp_path / "g"))}
+        kill_timeout = "1s"
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    daemon.wait_states("slow", "running", 1)
+    results: dict[str, int] = {}
+
+    def run(name: str, *args: str) -> None:
+        results[name] = daemon.cli(*args, timeout=20).returncode
+
+    t = threading.Thread(target=run, args=("restart", "restart", "slow"))
+    t.start()
+    wait_for(lambda: daemon.instances("slow")[0]["state"] == "stopping", 5, "stopping")
+    run("stop", "stop", "slow")
+    t.join(20)
+    assert not t.is_alive(), "restart never returned"
+    assert results["stop"] == 0
+    assert results["restart"] == 1  # superseded by the stop: it did not end running
+    assert daemon.instances("slow")[0]["state"] == "stopped"
+
+
+def test_a_start_during_a_stop_ends_the_stop(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.write(f"""
+        [apps.slow]
+        command = {app_cmd("stubborn", str(tmp_path / "g"))}
+        kill_timeout = "1s"
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    [row] = daemon.wait_states("slow", "running", 1)
+    results: dict[str, int] = {}
+    t = threading.Thread(target=lambda: results.setdefault(
+        "stop", daemon.cli("stop", "slow", timeout=20).returncode))
+    t.start()
+    wait_for(lambda: daemon.instances("slow")[0]["state"] == "stopping", 5, "stopping")
+    assert daemon.cli("start", "slow").returncode == 0
+    t.join(20)
+    assert not t.is_alive(), "stop never returned"
+    assert results["stop"] == 0
+    [new] = daemon.instances("slow")
+    assert new["state"] == "running" and new["pid"] != row["pid"]
+    assert not pid_alive(row["pid"])
+
+
+def test_start_of_a_crash_loop_fails_and_no_wait_codes(daemon: Daemon) -> None:
+    daemon.write(f"""
+        [apps.crash]
+        command = {app_cmd("crasher", "3")}
+        max_restarts = 50
+        autorestart = true
+        [apps.ok]
+        command = ["sleep", "1000"]
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    assert daemon.cli("stop", "crash").returncode == 0
+    r = daemon.cli("start", "crash")
+    assert r.returncode == 1, r.stdout
+    assert "exit" in r.stdout or "code 3" in r.stdout
+    daemon.wait_states("ok", "running", 1)
+    assert daemon.cli("restart", "ok", "--no-wait").returncode == 0
+    daemon.wait_states("ok", "running", 1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to run procsupd as PID 1 of a pid namespace")
+def test_pid1_reaps_orphaned_grandchildren(daemon: Daemon) -> None:
+    daemon.write("""
+        [apps.orph]
+        command = "(sleep 0.2 &); (sleep 0.2 &); exec sleep 600"
+        shell = true
+        min_uptime = "100ms"
+        """)
+    with subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", PY, "-m", "procsup.daemon", "-n",
+         "-c", str(daemon.config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=daemon.env,
+    ) as ns:
+        try:
+            wait_for(daemon.ping, 15, "procsupd in a pid namespace")
+            daemon.wait_states("orph", "running", 1)
+            [host_pid] = map(int, Path(
+                f"/proc/{ns.pid}/task/{ns.pid}/children").read_text().split())
+
+            def zombies() -> list[int]:  # zombie children of procsupd, seen from outside
+                found = []
+                for name in filter(str.isdigit, os.listdir("/proc")):
+                    try:
+                        stat = Path(f"/proc/{name}/stat").read_text()
+                    except OSError:
+                        continue
+                    fields = stat.rsplit(")", 1)[1].split()
+                    if fields[0] == "Z" and int(fields[1]) == host_pid:
+                        found.append(int(name))
+                return found
+
+            time.sleep(0.6)  # the orphans ended and were re-parented to procsupd (PID 1)
+            wait_for(lambda: not zombies(), 3, "orphans reaped")
+        finally:
+            daemon.cli("shutdown")
+            ns.wait(20)
