@@ -127,7 +127,7 @@ def format_status(result: object, *, filtered: bool = False) -> str:
             _text(inst.get("restarts")),
             format_cpu(_num(inst.get("cpu"))),
             format_size(_int(inst.get("memory"))),
-            str(reason) if reason else format_exit(_int(inst.get("exit_code"))),
+            str(reason) if reason else _last_exit(inst),
         ))
     out.append(format_table(STATUS_HEADERS, rows))
     return "".join(out)
@@ -222,6 +222,9 @@ class _Context:
         ns = self.ns
         if ns.socket:
             return str(ns.socket)
+        if ns.config and not os.path.exists(ns.config):
+            # A mistyped -c would otherwise quietly fall back to the default socket.
+            raise _NoSocket(f"config file {ns.config} not found (given with -c)")
         # Only now: the config module (TOML, schema) costs start-up time `-s` users skip.
         from procsup import config
 
@@ -384,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="CONFIG",
                    help="find the socket from this config file's [procsup] socket")
     p.add_argument("-s", "--socket", metavar="SOCKET", help="the control socket of procsupd")
+    p.add_argument("--version", action="version", version=f"procsup {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
     def add(name: str, handler: Callable[[_Context], int], help: str,
@@ -437,8 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run `procsup` with `argv` (default: sys.argv[1:]); returns the exit code."""
     parser = build_parser()
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args == ["help"]:
+        parser.print_help(sys.stdout if args else sys.stderr)
+        return ExitCode.OK if args else ExitCode.USAGE
     try:
-        ns = parser.parse_args(argv)
+        ns = parser.parse_args(args)
     except SystemExit as exc:  # argparse: 2 for usage errors, 0 for --help
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     handler: Callable[[_Context], int] = ns.handler
@@ -492,6 +500,13 @@ def _int(value: object) -> int | None:
 
 def _text(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def _last_exit(inst: dict[str, Any]) -> str:
+    """The last exit, except on a healthy row whose last exit was a requested stop."""
+    if inst.get("state") in ("running", "starting") and not inst.get("restarts"):
+        return "-"
+    return format_exit(_int(inst.get("exit_code")))
 
 
 def _instance_name(inst: dict[str, Any]) -> str:

@@ -109,12 +109,11 @@ class Commands:
         self, args: dict[str, Any], event: lifecycle.Event
     ) -> tuple[list[Slot], bool]:
         slots = self.select(args["apps"])
-        gens = {s.id: s.generation for s in slots}
         for slot in slots:
             self.sup.feed(slot, event)
         wait = bool(args.get("wait", True))
         if wait:
-            await self.sup.wait(lambda: all(self.sup.started(s, gens[s.id]) for s in slots))
+            await self.sup.wait(lambda: all(self.sup.started(s) for s in slots))
         return slots, wait
 
     async def cmd_start(self, args: dict[str, Any], send: Send) -> object:

@@ -25,7 +25,7 @@ from procsup.commands import Commands
 from procsup.control import ControlServer
 from procsup.errors import ConfigError, ExitCode, ProcsupError
 from procsup.model import Desired
-from procsup.supervisor import Supervisor
+from procsup.supervisor import Supervisor, not_yet
 
 #: Open-files limit we try to reach so that 1000 instances (2 pipes, a pidfd and up to 2 log
 #: files each) fit with room to spare.
@@ -70,8 +70,12 @@ def raise_nofile() -> None:
 
 def prepare_dirs(desired: Desired) -> None:
     d = desired.daemon
-    os.makedirs(d.log_dir, 0o755, exist_ok=True)
-    os.makedirs(d.state_dir, 0o700, exist_ok=True)
+    for key, path, mode in (("log_dir", d.log_dir, 0o755), ("state_dir", d.state_dir, 0o700)):
+        try:
+            os.makedirs(path, mode, exist_ok=True)
+        except OSError as exc:
+            raise ProcsupError(
+                f"[procsup] {key}: cannot create {path}: {exc.strerror or exc}") from None
 
 
 def socket_gid(desired: Desired) -> int | None:
@@ -279,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILED
     if args.check:
         print(config.describe(desired))
+        for spec in desired.apps.values():
+            for warning in not_yet(spec):
+                print(f"procsupd: warning: {warning}", file=sys.stderr)
         return ExitCode.OK
     if args.foreground:
         return run(

@@ -279,8 +279,11 @@ def _begin_stop(
 def _on_start(inst: Instance) -> Step:
     if inst.state in _AT_REST:
         # Not running (and not going to without us; BACKOFF's wait is cut short): start now.
-        # A manual start renews the max_restarts budget but keeps the restart count for status.
-        return _spawn(inst, restarts=inst.restarts, unstable=0)
+        # A manual start renews the max_restarts budget; after giving up, the restart count
+        # starts over with it (so "gave up after N restarts" and RESTARTS agree), otherwise
+        # it is kept for status.
+        restarts = 0 if inst.state is State.ERRORED else inst.restarts
+        return _spawn(inst, restarts=restarts, unstable=0)
     if inst.state is State.STOPPING:
         # Stop in progress: let it finish (the group must be gone first), then start again.
         return replace(inst, then_start=True, unstable=0), ()

@@ -85,9 +85,10 @@ class Identity:
         if me != 0 and (
             (uid is not None and uid != me) or (gid is not None and gid != os.getegid())
         ):
-            raise SpawnError(
-                f"cannot run as user {user or '-'} group {group or '-'}: procsupd is not root"
+            who = " and ".join(
+                f"{kind} {name}" for kind, name in (("user", user), ("group", group)) if name
             )
+            raise SpawnError(f"cannot run as {who}: procsupd is not running as root")
         if me != 0:  # running as ourselves: nothing to switch
             return cls(name=name, home=home)
         return cls(uid=uid, gid=gid, groups=groups, name=name, home=home)

@@ -18,15 +18,38 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
 
-from procsup import config, lifecycle, logs, metrics, reconcile, spawn, statefile, watch
+from procsup import config, lifecycle, logs, metrics, reconcile, spawn, statefile, units, watch
 from procsup.errors import ConfigError
 from procsup.lifecycle import Instance, Policy
 from procsup.model import LIVE_STATES, AppSpec, Desired, ExecMode, InstanceId, State
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
 _DRAIN_POLL = 0.02
-#: States in which a `start`/`restart` considers its work done.
-SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED, State.BACKOFF})
+#: States in which a `start`/`restart` considers its work done (contract: running or errored;
+#: exited and stopped too, as nothing more will happen without another command).
+SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED})
+
+#: App keys this version validates but does not act on yet, with their "off" value: a config
+#: that sets them is warned about (at start, on apply, by --check) rather than silently ignored.
+NOT_YET = {
+    "max_memory_restart": None,
+    "watch": (),
+    "cron_restart": None,
+    "heartbeat_timeout": None,
+}
+
+
+def not_yet(spec: AppSpec) -> list[str]:
+    """Warnings for the keys of `spec` this version does not act on (or refuses to run)."""
+    out = [f"app {spec.name!r}: {key} is not acted on by this procsupd version"
+           for key, off in NOT_YET.items() if getattr(spec, key) != off]
+    if spec.exec_mode is ExecMode.CLUSTER:
+        out.append(f"app {spec.name!r}: exec_mode = \"cluster\" is not available in this "
+                   "procsupd version; its instances will be errored")
+    if spec.ready != "started":
+        out.append(f"app {spec.name!r}: ready = {spec.ready!r} is not available in this "
+                   "procsupd version; its instances will be errored")
+    return out
 #: Exit polling interval where pidfds are unavailable.
 _EXIT_POLL = 0.05
 #: During a large start, yield to the loop this often so the instance record is written and
@@ -263,6 +286,10 @@ class Supervisor:
             if isinstance(effect, lifecycle.Spawn):
                 self._spawn(slot)
             elif isinstance(effect, lifecycle.Kill) and slot.pgid is not None:
+                if effect.signal == signal.SIGKILL and old.state is State.STOPPING:
+                    self.log.warning("%s: still running after kill_timeout %s: SIGKILL to its "
+                                     "process group", slot.id, units.format_duration(
+                                         slot.policy.kill_timeout))
                 spawn.kill_group(slot.pgid, effect.signal)
         self._arm_timer(slot)
         if slot.retiring and slot.inst.state not in LIVE_STATES:
@@ -489,6 +516,12 @@ class Supervisor:
             slot.drain = self.loop.call_later(_DRAIN_POLL, self._drain, slot)
             return
         code, sig = slot.exit_status
+        if slot.inst.state is not State.STOPPING:  # unplanned: say how, whatever happens next
+            how = f"exited with code {code}" if code is not None else (
+                f"killed by {units.signal_name(sig)}" if sig is not None else "ended")
+            self.log.warning("%s: pid %d %s after %s", slot.id, pgid, how,
+                             units.format_duration(round(
+                                 self.loop.time() - (slot.inst.started_at or 0), 3)))
         self._release_run(slot)  # reaps the leader: only now may its pid (= pgid) be reused
         self.feed(slot, lifecycle.Exited(code, sig))
 
@@ -568,6 +601,7 @@ class Supervisor:
                     stopping += self._retire(action.app, action.instances)
             if action_stops := [s for s in stopping if s.inst.state in LIVE_STATES]:
                 await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in action_stops))
+            fresh = [spec for name, spec in new.apps.items() if self.specs.get(name) != spec]
             for name in [n for n in self.specs if n not in new.apps]:
                 del self.specs[name]
             for name, spec in new.apps.items():
@@ -589,8 +623,11 @@ class Supervisor:
             self.config_error = None
             for line in plan.describe():
                 self.log.info("apply: %s", line)
+            for spec in fresh:
+                for warning in not_yet(spec):
+                    self.log.warning("%s", warning)
         if wait and starting:
-            await self.wait(lambda: all(self.started(s, g) for s, g in starting))
+            await self.wait(lambda: all(self.started(s) for s, _ in starting))
         return plan
 
     def _set_spec(self, name: str, spec: AppSpec) -> None:
@@ -642,28 +679,22 @@ class Supervisor:
         async with self._apply_lock:
             current = sorted(i for i, s in self.slots.get(app, {}).items() if not s.retiring)
             gone = self._retire(app, [i for i in current if i >= count])
-            spec = dataclasses.replace(self.specs[app], instances=count)
-            self.specs[app] = spec
+            # PROCSUP_INSTANCES of the next runs; per-instance log names when crossing 1
+            self._set_spec(app, dataclasses.replace(self.specs[app], instances=count))
             added = [self._slot(app, i) for i in range(len(current), count)]
-            for slot in self.slots.get(app, {}).values():
-                if not slot.retiring:  # PROCSUP_INSTANCES of the next runs, log names
-                    slot.spec = spec
-            gens = {s.id: s.generation for s in added}
             for slot in added:
                 self.feed(slot, lifecycle.Start())
         if wait:
             await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in gone)
-                            and all(self.started(s, gens[s.id]) for s in added))
+                            and all(self.started(s) for s in added))
         return gone + added
 
     @staticmethod
-    def started(slot: Slot, generation: int) -> bool:
-        """Whether a start or restart fed when the slot was at `generation` is done: the
-        instance runs, or its new run already ended (its state and reason tell how). A restart
-        is first `stopping`, which is not settled; spawning is synchronous, so a start that
-        needed a new run has bumped the generation before anyone asks."""
-        st = slot.inst.state
-        return st in SETTLED or slot.generation > generation + 1
+    def started(slot: Slot) -> bool:
+        """Whether a start or restart is done: the instance runs, or is errored, exited or
+        stopped (a later command superseded it). A crash loop is done when the policy gives
+        up; `backoff` and `starting` are not settled."""
+        return slot.inst.state in SETTLED
 
     # ------------------------------------------------------------------ config reload triggers
 

@@ -151,10 +151,10 @@ TABLE: list[tuple[str, Instance, Event, Instance, tuple[Effect, ...]]] = [
         (Spawn(),),
     ),
     (
-        "start errored renews the budget",
+        "start errored renews the budget and the count",
         ERRORED,
         Start(),
-        inst(State.STARTING, restarts=3, unstable=0),
+        inst(State.STARTING, restarts=0, unstable=0),
         (Spawn(),),
     ),
     ("start backoff cuts the wait", BACKOFF, Start(), inst(State.STARTING, restarts=2), (Spawn(),)),
