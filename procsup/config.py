@@ -12,6 +12,7 @@ Kept import-light (no psutil, no asyncio): the CLI imports it.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import pwd
@@ -19,11 +20,11 @@ import re
 import shlex
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from procsup import schema
-from procsup.errors import ConfigError
+from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
 
 ROOT_CONFIG = "/etc/procsup/apps.toml"
@@ -45,6 +46,17 @@ _DIRECT_FIELDS = (
     "heartbeat_timeout", "balance",
 )  # fmt: skip
 _DAEMON_DIRECT_FIELDS = ("socket_mode", "socket_group", "env", "watch_config", "shutdown_timeout")
+
+#: At most this many problems are listed by one `ConfigErrors`; the rest are counted.
+MAX_ERRORS = 20  # problems listed by one ConfigErrors (errors.py)
+
+
+def _raise_all(errors: Sequence[ConfigError]) -> None:
+    """Raise what `errors` holds, if anything: one problem as itself, more as ConfigErrors."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors, limit=MAX_ERRORS)
 
 
 # -- default paths ----------------------------------------------------------------------------
@@ -282,49 +294,89 @@ def load(
     Raises ConfigError for anything invalid; never returns a partial result.
     """
     uid, environ = _uid(uid), _environ(environ)
+    # Problems are collected rather than raised at once, so one broken file (or app) does not
+    # hide the others; the result is still all or nothing. A main file that cannot be read or
+    # parsed is the one exception: it names the includes, so nothing else can be checked.
+    errors: list[ConfigError] = []
     main = _read(os.path.abspath(path), require_root_owned)
     for key in main.data:
         if key not in ("procsup", "apps"):
             hint = _did_you_mean(key, ("procsup", "apps"))
-            raise main.error(f"unknown top-level key {key!r}{hint}", key, key=key)
-    daemon = _daemon_spec(main, uid, environ)
-    if profile is not None and not schema.PROFILE_RE.match(profile):
-        raise ConfigError(
-            f"invalid profile name {profile!r}: use letters, digits, '_' and '-'", key="env"
-        )
+            errors.append(main.error(f"unknown top-level key {key!r}{hint}", key, key=key))
+    daemon = _daemon_spec(main, uid, environ, errors)
     active = profile if profile is not None else daemon.env
+    if profile is not None and not schema.PROFILE_RE.match(profile):
+        errors.append(ConfigError(
+            f"invalid profile name {profile!r}: use letters, digits, '_' and '-'", key="env"
+        ))
+        active = None
 
+    apps: dict[str, AppSpec] = {}
+    defined: dict[str, str] = {}  # name -> "file:line" of its first table, valid or not
+    add_apps = functools.partial(
+        _add_apps, daemon=daemon, profile=active, apps=apps, defined=defined, errors=errors
+    )
+    add_apps(main)
     sources = [main]
+    seen = {main.path}  # a broken include matched by two globs is reported once
     for pattern in daemon.include:
         for match in sorted(glob.glob(pattern, recursive=True)):
             found = os.path.abspath(match)
-            if os.path.isfile(found) and found not in (s.path for s in sources):
-                sources.append(_read_included(found, require_root_owned))
-
-    apps: dict[str, AppSpec] = {}
-    for src in sources:
-        table = src.data.get("apps", {})
-        if not isinstance(table, dict):
-            raise src.error(f"'apps' must be a table, got {schema.type_name(table)}", "apps")
-        for name, raw in table.items():
-            if name in apps:
-                first = apps[name]
-                where = f"{first.source}:{first.line}" if first.line else f"{first.source}"
-                raise src.error(
-                    f"app {name!r} is defined twice: first in {where}", "apps", name, app=name
-                )
-            apps[name] = _app_spec(src, name, raw, daemon, active)
+            if not os.path.isfile(found) or found in seen:
+                continue
+            seen.add(found)
+            try:
+                src = _read_included(found, require_root_owned, errors)
+            except ConfigError as exc:  # unreadable or not TOML: only this file is skipped
+                errors.append(exc)
+                continue
+            sources.append(src)
+            add_apps(src)
+    _raise_all(errors)
     return Desired(daemon=daemon, apps=apps, profile=active, files=tuple(s.path for s in sources))
 
 
-def _read_included(path: str, require_root_owned: bool) -> _Source:
+def _add_apps(
+    src: _Source,
+    *,
+    daemon: DaemonSpec,
+    profile: str | None,
+    apps: dict[str, AppSpec],
+    defined: dict[str, str],
+    errors: list[ConfigError],
+) -> None:
+    """Check the [apps.*] tables of `src` into `apps`, adding the first problem of each app to
+    `errors` (a fix of one app rarely changes another, so the user sees every broken app).
+    `defined` maps every app name seen so far, valid or not, to where: a name defined twice is
+    an error even when its first table is broken."""
+    table = src.data.get("apps", {})
+    if not isinstance(table, dict):
+        errors.append(src.error(f"'apps' must be a table, got {schema.type_name(table)}", "apps"))
+        return
+    for name, raw in table.items():
+        if name in defined:
+            errors.append(src.error(
+                f"app {name!r} is defined twice: first in {defined[name]}", "apps", name, app=name
+            ))
+            continue
+        line = src.locator.line("apps", name)
+        defined[name] = f"{src.path}:{line}" if line else src.path
+        try:
+            apps[name] = _app_spec(src, name, raw, daemon, profile)
+        except ConfigError as exc:
+            errors.append(exc)
+
+
+def _read_included(path: str, require_root_owned: bool, errors: list[ConfigError]) -> _Source:
+    """Read and parse an include; raises ConfigError if it cannot. Top-level content other
+    than `apps` is added to `errors` (the caller still checks the file's apps)."""
     src = _read(path, require_root_owned)
     for key, value in src.data.items():
         if key != "apps":
             what = f"[{key}]" if isinstance(value, dict) else f"key {key!r}"
-            raise src.error(
+            errors.append(src.error(
                 f"an included file may only hold [apps.*] tables, found {what}", key, key=key
-            )
+            ))
     return src
 
 
@@ -334,28 +386,42 @@ def _did_you_mean(name: str, known: tuple[str, ...] | Mapping[str, object]) -> s
 
 
 def _check_table(
-    src: _Source, table: Mapping[str, object], rows: Mapping[str, schema.Key], *path: str
+    src: _Source,
+    table: Mapping[str, object],
+    rows: Mapping[str, schema.Key],
+    errors: list[ConfigError],
+    *path: str,
 ) -> dict[str, Any]:
-    """Validate and convert the `[procsup]` table (apps have their own loop: env_<profile>)."""
+    """Validate and convert the `[procsup]` table (apps have their own loop: env_<profile>).
+
+    Each bad key is added to `errors` and left out of the result."""
     out: dict[str, Any] = {}
     for key, raw in table.items():
         row = rows.get(key)
         if row is None:
             hint = _did_you_mean(key, rows)
-            raise src.error(f"unknown key {key!r}{hint}", *path, key, key=key)
+            errors.append(src.error(f"unknown key {key!r}{hint}", *path, key, key=key))
+            continue
         try:
             out[key] = schema.check(row, raw)
         except schema.ValueProblem as p:
             sub = (p.subkey,) if p.subkey else ()
-            raise src.error(p.message, *path, key, *sub, key=key) from None
+            errors.append(src.error(p.message, *path, key, *sub, key=key))
     return out
 
 
-def _daemon_spec(src: _Source, uid: int, environ: Mapping[str, str]) -> DaemonSpec:
+def _daemon_spec(
+    src: _Source, uid: int, environ: Mapping[str, str], errors: list[ConfigError]
+) -> DaemonSpec:
+    """The `[procsup]` table resolved. Problems go to `errors`; the spec is then built from the
+    valid keys and defaults, only so that the apps can still be checked."""
     table = src.data.get("procsup", {})
     if not isinstance(table, dict):
-        raise src.error(f"'procsup' must be a table, got {schema.type_name(table)}", "procsup")
-    values = _check_table(src, table, schema.DAEMON_KEYS, "procsup")
+        errors.append(
+            src.error(f"'procsup' must be a table, got {schema.type_name(table)}", "procsup")
+        )
+        table = {}
+    values = _check_table(src, table, schema.DAEMON_KEYS, errors, "procsup")
 
     def path_of(key: str, default: str) -> str:
         value = values.get(key)
@@ -374,7 +440,8 @@ def _daemon_spec(src: _Source, uid: int, environ: Mapping[str, str]) -> DaemonSp
                 _state_base(uid, environ), "state"
             )
         except ConfigError as exc:
-            raise ConfigError(exc.message, file=src.path) from None
+            errors.append(ConfigError(exc.message, file=src.path))
+            log_dir = state_dir = ""
     direct = {k: values[k] for k in _DAEMON_DIRECT_FIELDS if k in values}
     return DaemonSpec(
         config_path=src.path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 
 class ExitCode(enum.IntEnum):
@@ -79,6 +80,43 @@ class ConfigError(ProcsupError):
             "app": self.app,
             "key": self.key,
             "text": str(self),
+        }
+
+
+class ConfigErrors(ConfigError):
+    """Several problems found by one `load()`: a ConfigError, so every `except ConfigError`
+    handles it.
+
+    `errors` holds the first `limit` problems in the order found (files in load order); `omitted`
+    counts the rest. The file, line, app and key attributes are those of the first problem.
+    `message` and `str()` list every kept problem on its own line with its own location
+    (`file:line: app 'x', key 'y': message`), then "... and N more" when some were omitted.
+    `load()` raises this only for two or more problems; one problem is a plain ConfigError.
+    """
+
+    def __init__(self, errors: Sequence[ConfigError], *, limit: int = 20) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        kept = tuple(errors[: max(1, limit)])
+        omitted = len(errors) - len(kept)
+        lines = [str(e) for e in kept]
+        if omitted:
+            lines.append(f"... and {omitted} more")
+        first = kept[0]
+        super().__init__(
+            "\n".join(lines), file=first.file, line=first.line, app=first.app, key=first.key
+        )
+        self.errors = kept
+        self.omitted = omitted
+
+    def __str__(self) -> str:
+        return self.message  # each line carries its own location
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **super().to_dict(),
+            "errors": [e.to_dict() for e in self.errors],
+            "omitted": self.omitted,
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -560,6 +561,291 @@ def test_duplicate_app_between_two_includes(tmp_path: Path) -> None:
     err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
     assert (err.file, err.line, err.app) == (two, 3, "a")
     assert f"{one}:1" in err.message
+
+
+# -- every problem at once: one broken file never hides the others ------------------------------
+
+INC = '[procsup]\ninclude = ["apps.d/*.toml"]\n'
+
+#: (files by name relative to tmp_path, "apps.toml" being the main file; expected problems in
+#: order as (file, line, app, key, part of the message)). "{d}" is tmp_path/apps.d, "{t}" tmp_path.
+Problem = tuple[str, int, str | None, str | None, str]
+MULTI_CASES: dict[str, tuple[dict[str, str | bytes], list[Problem]]] = {
+    "two includes, two errors": (
+        {
+            "apps.toml": INC,
+            "apps.d/1.toml": '[apps.a]\ncommand = "x"\ninstances = 1.5\n',
+            "apps.d/2.toml": '\n[apps.b]\nautorestart = "always"\ncommand = "x"\n',
+        },
+        [
+            ("{d}/1.toml", 3, "a", "instances", 'expected integer or "max", got float'),
+            ("{d}/2.toml", 3, "b", "autorestart", 'true, false or "on-failure"'),
+        ],
+    ),
+    "syntax error in one include, unknown key in another": (
+        {
+            "apps.toml": INC,
+            "apps.d/1.toml": '[apps.a]\ncommand = "x\n',
+            "apps.d/2.toml": '[apps.b]\ncommand = "x"\nkill_sginal = 9\n',
+        },
+        [
+            ("{d}/1.toml", 2, None, None, "TOML syntax error: Illegal character"),
+            ("{d}/2.toml", 3, "b", "kill_sginal", "did you mean 'kill_signal'?"),
+        ],
+    ),
+    "broken [procsup] key in the main file and a broken include": (
+        {
+            "apps.toml": INC + 'shutdown_timeout = "forever"\n[apps.m]\ncommand = "x"\n',
+            "apps.d/1.toml": "[apps.a]\ncommand = 5\n",
+        },
+        [
+            ("{t}/apps.toml", 3, None, "shutdown_timeout", "invalid duration"),
+            ("{d}/1.toml", 2, "a", "command", "expected string or array of strings"),
+        ],
+    ),
+    "every broken app of a file, the first problem of each": (
+        {
+            "apps.toml": '[apps.a]\ncommand = 5\nshell = "no"\n[apps.ok]\ncommand = "x"\n'
+            "[apps.b]\ncwd = 1\n",
+        },
+        [
+            ("{t}/apps.toml", 2, "a", "command", "expected string or array"),
+            ("{t}/apps.toml", 7, "b", "cwd", "expected string (path), got integer"),
+        ],
+    ),
+    "each bad [procsup] key and top-level key": (
+        {"apps.toml": '[procsup]\nsokcet = "s"\nsocket_mode = 1\n[app.x]\ncommand = "x"\n'},
+        [
+            ("{t}/apps.toml", 4, None, "app", "unknown top-level key 'app'"),
+            ("{t}/apps.toml", 2, None, "sokcet", "did you mean 'socket'?"),
+            ("{t}/apps.toml", 3, None, "socket_mode", "expected string (octal)"),
+        ],
+    ),
+    "an include holding [procsup]: its apps are still checked": (
+        {"apps.toml": INC, "apps.d/1.toml": '[procsup]\nenv = "x"\n[apps.a]\n'},
+        [
+            ("{d}/1.toml", 1, None, "procsup", "may only hold [apps.*] tables, found [procsup]"),
+            ("{d}/1.toml", 3, "a", "command", "missing required key 'command'"),
+        ],
+    ),
+    "a duplicate across files is found beside a broken include": (
+        {
+            "apps.toml": INC + '[apps.a]\ncommand = "x"\n',
+            "apps.d/1.toml": "not toml\n",
+            "apps.d/2.toml": '[apps.a]\ncommand = "y"\n',
+        },
+        [
+            ("{d}/1.toml", 1, None, None, "TOML syntax error: Expected '='"),
+            ("{d}/2.toml", 1, "a", None, "defined twice: first in {t}/apps.toml:3"),
+        ],
+    ),
+    "a second definition of a broken app is still a duplicate": (
+        {
+            "apps.toml": INC,
+            "apps.d/1.toml": "[apps.a]\ncommand = 5\n",
+            "apps.d/2.toml": '[apps.a]\ncommand = "x"\n',
+        },
+        [
+            ("{d}/1.toml", 2, "a", "command", "expected string or array"),
+            ("{d}/2.toml", 1, "a", None, "defined twice: first in {d}/1.toml:1"),
+        ],
+    ),
+    "an include matched by two globs is reported once": (
+        {
+            "apps.toml": '[procsup]\ninclude = ["apps.d/*.toml", "apps.d/1.toml"]\n'
+            '[apps.a]\nbad = 1\ncommand = "x"\n',
+            "apps.d/1.toml": "[apps\n",
+        },
+        [
+            ("{t}/apps.toml", 4, "a", "bad", "unknown key 'bad'"),
+            ("{d}/1.toml", 1, None, None, "TOML syntax error"),
+        ],
+    ),
+    "an include that is not UTF-8": (
+        {
+            "apps.toml": INC,
+            "apps.d/1.toml": b'[apps.a]\ncommand = "\xff"\n',
+            "apps.d/2.toml": "[apps.b]\n",
+        },
+        [
+            ("{d}/1.toml", 2, None, None, "not valid UTF-8"),
+            ("{d}/2.toml", 1, "b", "command", "missing required key 'command'"),
+        ],
+    ),
+    "'procsup' not a table: the apps are still checked": (
+        {"apps.toml": "procsup = 1\n[apps.a]\ncommand = []\n"},
+        [
+            ("{t}/apps.toml", 1, None, None, "'procsup' must be a table"),
+            ("{t}/apps.toml", 3, "a", "command", "must not be empty"),
+        ],
+    ),
+    "an env file error and another app's error": (
+        {
+            "apps.toml": '[apps.a]\ncommand = "x"\nenv_file = "bad.env"\n[apps.b]\ncommand = 1\n',
+            "bad.env": "A=1\nnope\n",
+        },
+        [
+            ("{t}/bad.env", 2, "a", "env_file", "expected KEY=VALUE"),
+            ("{t}/apps.toml", 5, "b", "command", "expected string or array"),
+        ],
+    ),
+}
+
+
+def write_files(tmp_path: Path, files: dict[str, str | bytes]) -> str:
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return str(tmp_path / "apps.toml")
+
+
+@pytest.mark.parametrize(("files", "expected"), MULTI_CASES.values(), ids=MULTI_CASES.keys())
+def test_every_problem_is_reported(
+    tmp_path: Path,
+    files: dict[str, str | bytes],
+    expected: list[Problem],
+) -> None:
+    main = write_files(tmp_path, files)
+    with pytest.raises(config.ConfigErrors) as info:
+        config.load(main, uid=0, environ={})
+    err = info.value
+
+    def fill(text: str) -> str:
+        return text.format(d=tmp_path / "apps.d", t=tmp_path)
+
+    found = [(e.file, e.line, e.app, e.key) for e in err.errors]
+    assert found == [(fill(f), line, app, key) for f, line, app, key, _ in expected], str(err)
+    for e, (*_, part) in zip(err.errors, expected, strict=True):
+        assert fill(part) in e.message
+    # One line per problem, each with its own location; the first problem's location on top.
+    assert str(err) == err.message == "\n".join(str(e) for e in err.errors)
+    for text, (f, line, *_) in zip(str(err).splitlines(), expected, strict=True):
+        assert text.startswith(f"{fill(f)}:{line}: ")
+    first = err.errors[0]
+    assert (err.file, err.line, err.app, err.key) == (first.file, first.line, first.app, first.key)
+    assert err.omitted == 0
+    assert isinstance(err, ConfigError)
+
+
+def test_fixing_every_file_applies_all_of_them(tmp_path: Path) -> None:
+    files, _ = MULTI_CASES["syntax error in one include, unknown key in another"]
+    main = write_files(tmp_path, files)
+    with pytest.raises(ConfigError):
+        config.load(main, uid=0, environ={})
+    write(tmp_path, '[apps.a]\ncommand = "x"\n', "apps.d/1.toml")
+    with pytest.raises(ConfigError) as info:  # one left: a plain ConfigError
+        config.load(main, uid=0, environ={})
+    assert type(info.value) is ConfigError
+    write(tmp_path, '[apps.b]\ncommand = "x"\nkill_signal = 9\n', "apps.d/2.toml")
+    assert list(config.load(main, uid=0, environ={}).apps) == ["a", "b"]
+
+
+def test_invalid_profile_argument_is_reported_with_the_rest(tmp_path: Path) -> None:
+    err = load_error(tmp_path, "[apps.a]\ncommand = 1\n", profile="a b")
+    assert isinstance(err, config.ConfigErrors)
+    assert [(e.file, e.app, e.key) for e in err.errors] == [
+        (None, None, "env"),
+        (str(tmp_path / "apps.toml"), "a", "command"),
+    ]
+    assert str(err).splitlines()[0] == (
+        "key 'env': invalid profile name 'a b': use letters, digits, '_' and '-'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "text"),
+    [
+        (
+            {"apps.toml": INC, "apps.d/1.toml": '[apps.a]\ncommand = "x"\n',
+             "apps.d/2.toml": '[apps.b]\ncommand = "x"\nkill_sginal = 9\n'},
+            "{d}/2.toml:3: app 'b', key 'kill_sginal': "
+            "unknown key 'kill_sginal'; did you mean 'kill_signal'?",
+        ),
+        (
+            {"apps.toml": INC, "apps.d/1.toml": '[apps.a]\ncommand = "x\n'},
+            "{d}/1.toml:2: TOML syntax error: Illegal character '\\n'",
+        ),
+        (
+            {"apps.toml": '[apps.a]\ncommand = "x"\n[procsup]\nsokcet = "/s"\n'},
+            "{t}/apps.toml:4: key 'sokcet': unknown key 'sokcet'; did you mean 'socket'?",
+        ),
+        (
+            {"apps.toml": '[apps.a]\ncommand = "x"\n',
+             "apps.d/1.toml": '[apps.b]\ncommand = "x"\n'},  # not included: not read
+            None,
+        ),
+    ],
+)
+def test_a_single_problem_is_a_plain_config_error(
+    tmp_path: Path, files: dict[str, str | bytes], text: str | None
+) -> None:
+    main = write_files(tmp_path, files)
+    if text is None:
+        assert list(config.load(main, uid=0, environ={}).apps) == ["a"]
+        return
+    with pytest.raises(ConfigError) as info:
+        config.load(main, uid=0, environ={})
+    assert type(info.value) is ConfigError
+    assert str(info.value) == text.format(d=tmp_path / "apps.d", t=tmp_path)
+    assert "errors" not in info.value.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("broken", "kept", "omitted"), [(2, 2, 0), (20, 20, 0), (21, 20, 1), (45, 20, 25)]
+)
+def test_problems_are_capped(tmp_path: Path, broken: int, kept: int, omitted: int) -> None:
+    text = "".join(f"[apps.a{i:02}]\ncommand = 1\n" for i in range(broken))
+    err = load_error(tmp_path, text)
+    assert isinstance(err, config.ConfigErrors)
+    assert config.MAX_ERRORS == 20
+    assert [e.app for e in err.errors] == [f"a{i:02}" for i in range(kept)]
+    assert err.omitted == omitted
+    lines = str(err).splitlines()
+    assert len(lines) == kept + (1 if omitted else 0)
+    assert (lines[-1] == f"... and {omitted} more") == bool(omitted)
+    last = f"{tmp_path / 'apps.toml'}:{2 * kept}: app 'a{kept - 1:02}', key 'command': "
+    assert lines[kept - 1].startswith(last)
+
+
+def test_config_errors_to_dict(tmp_path: Path) -> None:
+    files, _ = MULTI_CASES["two includes, two errors"]
+    main = write_files(tmp_path, files)
+    with pytest.raises(config.ConfigErrors) as info:
+        config.load(main, uid=0, environ={})
+    err = info.value
+    d = err.to_dict()
+    assert set(d) == {"message", "file", "line", "app", "key", "text", "errors", "omitted"}
+    first = str(tmp_path / "apps.d" / "1.toml")
+    assert (d["file"], d["line"], d["app"], d["key"]) == (first, 3, "a", "instances")
+    assert d["text"] == d["message"] == str(err)
+    assert d["omitted"] == 0
+    assert d["errors"] == [e.to_dict() for e in err.errors]
+    wire = json.loads(json.dumps(d))  # goes over the control protocol as is
+    assert wire == d
+    assert [(e["file"], e["line"], e["key"], e["text"]) for e in wire["errors"]] == [
+        (first, 3, "instances", str(err.errors[0])),
+        (str(tmp_path / "apps.d" / "2.toml"), 3, "autorestart", str(err.errors[1])),
+    ]
+
+
+def test_config_errors_constructed_directly() -> None:
+    parts = [ConfigError(f"m{i}", file="f", line=i, app="a", key="k") for i in range(5)]
+    err = config.ConfigErrors(parts, limit=3)
+    assert err.errors == tuple(parts[:3])
+    assert err.omitted == 2
+    assert str(err).splitlines() == [
+        "f:0: app 'a', key 'k': m0",
+        "f:1: app 'a', key 'k': m1",
+        "f:2: app 'a', key 'k': m2",
+        "... and 2 more",
+    ]
+    assert err.location() == "f:0: app 'a', key 'k'"
+    with pytest.raises(ValueError):
+        config.ConfigErrors([])
 
 
 # -- defaults ------------------------------------------------------------------------------------
