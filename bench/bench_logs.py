@@ -16,11 +16,12 @@ the rest of the machine). Rates are MB (10^6 bytes) of the writer's output per s
 time from spawn to the end of capture.
 
     .venv/bin/python bench/bench_logs.py [--mb 256] [--runs 5] [--dir DIR]
+
+bench_logs_daemon.py measures the same through the whole daemon, beside supervisord.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import subprocess
@@ -29,7 +30,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from procsup.logs import LogSinks, PipeReader, open_pipe
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import Results, parse, parser
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f %z"
 LINE = b"x" * 99 + b"\n"
@@ -38,7 +41,7 @@ PY_WRITER = """
 import sys
 n = int(sys.argv[1])
 write = sys.stdout.buffer.write
-pad = b"y" * 86
+pad = b"y" * 84  # "line %09d " is 15 bytes, + 84 + newline = 100
 for i in range(n):
     write(b"line %09d %s\\n" % (i, pad))
 """
@@ -72,6 +75,9 @@ def via_cat(argv: list[str], out: str) -> float:
 
 
 async def _via_reader(argv: list[str], out: str, date_format: str | None) -> float:
+    # Imported here so that --commit (which puts another procsup first on sys.path) applies.
+    from procsup.logs import LogSinks, PipeReader, open_pipe
+
     loop = asyncio.get_running_loop()
     sinks = LogSinks()
     sink = sinks.acquire(out, date_format=date_format, max_size=None, retain=0)
@@ -115,11 +121,14 @@ CASES: list[tuple[str, Callable[[list[str], str], float]]] = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--mb", type=int, default=256, help="MB of 100-byte lines per run")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
-    args = parser.parse_args()
+    p = parser(__doc__)
+    p.add_argument("--mb", type=int, default=256, help="MB of 100-byte lines per run")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    args = parse(p)
+    if args.quick:
+        args.mb, args.runs = min(args.mb, 32), min(args.runs, 2)
+    res = Results("logs")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         src = os.path.join(tmp, "source.txt")
         out = os.path.join(tmp, "out.log")
@@ -136,6 +145,9 @@ def main() -> None:
                 rate = size / 1e6 / best(args.runs, fn, argv, out)
                 base = base or rate
                 print(f"  {label:30} {rate:8.1f} MB/s   {rate / base:5.2f} of (a)")
+                if "PipeReader" in label:
+                    res.add(f"PipeReader alone {name}, {label[4:]}", "x direct", rate / base, None)
+    res.save(args.json)
 
 
 if __name__ == "__main__":

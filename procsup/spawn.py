@@ -193,10 +193,10 @@ ExitStatus = tuple[int | None, int | None]  # (code, None) | (None, signal) | (N
 
 
 def exit_status(pid: int, fd: int | None) -> ExitStatus | None:
-    """The exit status of our child `pid` once it has ended, WITHOUT reaping it (None while it
-    runs). The leader stays a zombie until `reap`, so its pid, which is also the process-group
-    id, cannot be given to another process while the rest of its group is still being stopped.
-    """
+    """The exit status of our child `pid` once it has ended, without reaping it (None while it
+    runs); `reap` collects it. Reaping the leader at once is safe for the group: the kernel
+    does not hand out a pid number while any process still uses it as its process-group id,
+    so `pgid` keeps naming this group for as long as a member of it lives."""
     flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
     try:
         info = os.waitid(os.P_PIDFD, fd, flags) if fd is not None else os.waitid(

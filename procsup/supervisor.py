@@ -499,6 +499,9 @@ class Supervisor:
             os.close(slot.pidfd)
             slot.pidfd = None
         slot.exit_status = status
+        # Reap now: a zombie leader would keep `killpg(pgid, 0)` succeeding and force a scan of
+        # the process table on every exit; the pgid stays reserved while a member lives.
+        spawn.reap(proc, status)
         self._drain(slot)
 
     def _drain(self, slot: Slot) -> None:
@@ -522,7 +525,7 @@ class Supervisor:
             self.log.warning("%s: pid %d %s after %s", slot.id, pgid, how,
                              units.format_duration(round(
                                  self.loop.time() - (slot.inst.started_at or 0), 3)))
-        self._release_run(slot)  # reaps the leader: only now may its pid (= pgid) be reused
+        self._release_run(slot)
         self.feed(slot, lifecycle.Exited(code, sig))
 
     def _release_run(self, slot: Slot) -> None:
@@ -537,7 +540,7 @@ class Supervisor:
             self.loop.remove_reader(slot.pidfd)
             os.close(slot.pidfd)
             slot.pidfd = None
-        if slot.proc is not None and slot.exit_status is not None:
+        if slot.proc is not None and slot.exit_status is not None and slot.proc.returncode is None:
             spawn.reap(slot.proc, slot.exit_status)
         slot.captures = [c for c in slot.captures if c.reader is not None]
         slot.proc = None

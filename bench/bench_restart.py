@@ -1,0 +1,197 @@
+"""Restart latency: from SIGKILL of an instance to its replacement running (restart_delay = 0).
+
+One instance of `sleep 100000`. Each iteration takes the monotonic clock, SIGKILLs the
+instance's pid and waits for the supervisor's next child to exec (bench/_proc.py
+ExecWatch: as root the kernel's proc connector stamps each event, so the watcher blocks and
+perturbs nothing; otherwise it polls /proc every 0.2 ms). Per kill it records, from the
+SIGKILL:
+- exit: the killed process is gone (kernel; the part no supervisor can shorten);
+- fork: the supervisor created the replacement (it noticed the death and spawned);
+- exec: the replacement runs `sleep` (exec done). This is the figure.
+Between kills the replacement is left alone for --settle seconds and must be `running` per the
+supervisor (a stable run, longer than min_uptime / startsecs), so every kill hits a running
+instance and the restart policy never backs off.
+
+procsup: restart_delay = 0, min_uptime = 50ms, autorestart = true.
+supervisord: startsecs = 0, autorestart = true.
+reference: 8 lines of Python (pidfd_open + select + subprocess.Popen in a loop): the floor for
+a Python supervisor on this machine, to tell the machine's latency from procsup's.
+
+    .venv/bin/python bench/bench_restart.py [--iterations 50] [--settle 0.2]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import (
+    PYTHON,
+    Results,
+    Session,
+    fmt,
+    header,
+    median,
+    parse,
+    parser,
+    pct,
+    require_supervisord,
+    table,
+)
+from _proc import ExecWatch, children, exec_watch, wait_for, wait_quiet
+from _subjects import Procsup, Supervisor, Supervisord
+
+SLEEP = ["sleep", "100000"]
+
+MINI = """
+import os, select, subprocess
+while True:
+    p = subprocess.Popen(["sleep", "100000"], start_new_session=True)
+    fd = os.pidfd_open(p.pid)
+    select.select([fd], [], [])
+    p.wait()
+    os.close(fd)
+"""
+
+
+class MiniRestarter(Supervisor):
+    """The reference: a minimal restart loop in Python, no logs, no state, no socket."""
+
+    name = "reference"
+
+    def argv(self) -> list[str]:
+        return [PYTHON, "-c", MINI]
+
+    def serving(self) -> bool:
+        return bool(children(self.pid))
+
+    def processes(self) -> list[tuple[str, str, int | None]]:
+        kids = children(self.pid)
+        return [("s", "running", kids[0] if kids else None)]
+
+
+def _exited(pid: int, watch: ExecWatch) -> bool:
+    return pid in watch.exits
+
+
+def measure(sup: Supervisor, iterations: int, warmup: int, settle: float) -> dict[str, list[float]]:
+    """Kill and watch `iterations` times (after `warmup` uncounted kills); milliseconds."""
+    wait_quiet()
+    sup.launch()
+    sup.wait_serving()
+    sup.wait_states("running", 1, timeout=30)
+    pid = sup.processes()[0][2]
+    assert pid is not None
+    out: dict[str, list[float]] = {"exit": [], "fork": [], "exec": []}
+    with exec_watch() as watch:
+        watch.ppid = sup.pid
+        for i in range(warmup + iterations):
+            watch.reset()
+            watch.track_exits.add(pid)
+            t0 = time.monotonic_ns()
+            os.kill(pid, signal.SIGKILL)
+            watch.wait(lambda w: bool(w.execs), 10, f"{sup.name}: the replacement of {pid}")
+            new, t_exec = next(iter(watch.execs.items()))
+            if i >= warmup:
+                # Wait a little for the exit event (it may arrive after the exec's).
+                try:
+                    watch.wait(functools.partial(_exited, pid), 0.5, "exit")
+                except TimeoutError:
+                    pass
+                out["exec"].append((t_exec - t0) / 1e6)
+                out["fork"].append((watch.forks.get(new, t_exec) - t0) / 1e6)
+                if pid in watch.exits:
+                    out["exit"].append((watch.exits[pid] - t0) / 1e6)
+            # Let the replacement become a stable, running instance before the next kill.
+            time.sleep(settle)
+
+            def running(new: int = new) -> bool:
+                sup._check_alive()
+                rows = sup.processes()
+                return rows[0][1] == "running" and rows[0][2] == new
+
+            wait_for(running, 10, f"{sup.name}: replacement {new} running", 0.01)
+            pid = new
+        print(f"   ({sup.name}: {watch.method})")
+    return out
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--settle", type=float, default=0.2, help="seconds between a restart and the next kill"
+    )
+    args = parse(p)
+    if args.quick:
+        args.iterations = min(args.iterations, 10)
+    require_supervisord()
+    header("restart latency: SIGKILL of the instance -> replacement exec'd")
+    res = Results("restart")
+    budget = args.budget or 120 + args.iterations * 4
+    data: dict[str, dict[str, list[float]]] = {}
+    with Session("restart", budget) as s:
+        procsup = Procsup(
+            s,
+            "procsup",
+            {
+                "s": {
+                    "command": SLEEP,
+                    "restart_delay": 0,
+                    "min_uptime": "50ms",
+                    "autorestart": True,
+                }
+            },
+        )
+        sv = Supervisord(
+            s,
+            "supervisord",
+            {"s": {"command": SLEEP, "startsecs": 0, "autorestart": True, "startretries": 100}},
+        )
+        ref = MiniRestarter(s, "reference")
+        for sup in (procsup, sv, ref):
+            data[sup.name] = measure(sup, args.iterations, args.warmup, args.settle)
+            sup.stop()
+    rows = []
+    for name, d in data.items():
+        for what in ("exit", "fork", "exec"):
+            xs = d[what]
+            if xs:
+                rows.append(
+                    [
+                        f"{name}: {what}",
+                        len(xs),
+                        fmt(min(xs)),
+                        fmt(median(xs)),
+                        fmt(pct(xs, 90)),
+                        fmt(max(xs)),
+                    ]
+                )
+    print(table(["ms from SIGKILL to", "n", "min", "median", "p90", "max"], rows))
+    pm, sm = median(data["procsup"]["exec"]), median(data["supervisord"]["exec"])
+    res.add("restart latency, median", "ms", pm, sm, target="<= 3 ms", met=pm <= 3)
+    res.add(
+        "restart latency, p90",
+        "ms",
+        pct(data["procsup"]["exec"], 90),
+        pct(data["supervisord"]["exec"], 90),
+    )
+    res.details = {
+        "ms_from_sigkill": data,
+        "reference_median_exec": median(data["reference"]["exec"]),
+    }
+    print()
+    print(res.summary())
+    ref_median = fmt(median(data["reference"]["exec"]))
+    print(f"reference (minimal Python restart loop): median {ref_median} ms")
+    res.save(args.json)
+
+
+if __name__ == "__main__":
+    main()
