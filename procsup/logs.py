@@ -34,6 +34,7 @@ import stat
 from collections.abc import Callable
 
 __all__ = [
+    "BIG_READ_SIZE",
     "LINE_MAX",
     "PIPE_SIZE",
     "READ_SIZE",
@@ -47,7 +48,13 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-"""Bytes read from a pipe per readable event (one os.read, then back to the loop)."""
+"""Bytes read from a pipe per readable event when lines get a date prefix (one os.read, then
+back to the loop): the prefix is put in with one `bytes.replace`, which is fastest on chunks of
+this size."""
+
+BIG_READ_SIZE = 1024 * 1024
+"""Bytes read per readable event without a prefix: the whole pipe, so a flooding child costs
+one read and one write per pipeful (measured: 0.66 -> ~0.9 of a direct file write with `dd`)."""
 
 LINE_MAX = 64 * 1024
 """Once this much of a line is buffered without its newline, it is written out in pieces of
@@ -167,8 +174,9 @@ class LogSink:
     def closed(self) -> bool:
         return self._closed
 
-    def write(self, data: bytes) -> None:
-        """Append `data`: one or more complete lines (a missing final newline is added).
+    def write(self, data: bytes | memoryview, head: bytes = b"") -> None:
+        """Append `head + data`: one or more complete lines (a missing final newline is added);
+        `head` lets a reader pass a buffered line start without copying the chunk onto it.
 
         Adds the date prefix to every line (one timestamp per call: the lines of one call
         arrived together), rotates when the file passes `max_size`, then hands the bytes as
@@ -176,16 +184,19 @@ class LogSink:
         it. Writing to a closed sink discards the data (and logs it at debug level).
         """
         if not data:
-            return
+            data, head = head, b""
+            if not data:
+                return
         if self._closed:
             _log.debug("write to closed log sink %s dropped (%d bytes)", self.path, len(data))
             return
         if data[-1] != 10:  # b"\n"
-            data += _NL
+            data = bytes(data) + _NL
         parts: tuple[bytes | memoryview, ...]
         if self.date_format is None:
-            parts = (data,)
+            parts = (head, data) if head else (data,)
         else:
+            data = head + data if head else bytes(data)
             # One timestamp per chunk, and no per-line Python loop: a single C-level replace
             # puts the prefix after every newline (one too many after the last, cut off by the
             # view), and writev sends the first line's prefix with it, without more copies.
@@ -205,7 +216,7 @@ class LogSink:
                 if self._rotate_at is not None and self._size > self._rotate_at:
                     self._rotate()
         if self._followers:
-            chunk = data if len(parts) == 1 else b"".join(parts)
+            chunk = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
             for follower in tuple(self._followers):
                 self._notify(follower, chunk)
 
@@ -507,8 +518,10 @@ class PipeReader:
         self._finish()
 
     def _on_readable(self) -> None:
+        sink = self._sink
+        size = BIG_READ_SIZE if sink is not None and sink.date_format is None else READ_SIZE
         try:
-            data = os.read(self._fd, READ_SIZE)
+            data = os.read(self._fd, size)
         except BlockingIOError:
             return  # spurious wake-up
         except OSError as exc:
@@ -528,17 +541,10 @@ class PipeReader:
         if end == 0:
             self._partial += data
         else:
-            if end == len(data):
-                chunk = self._partial + data if self._partial else data
-                self._partial = b""
-            else:
-                chunk = (
-                    b"".join((self._partial, memoryview(data)[:end]))
-                    if self._partial
-                    else data[:end]
-                )
-                self._partial = data[end:]
-            sink.write(chunk)
+            # No copy of the chunk: the buffered line start goes along as `head`, and a view
+            # cuts off the new partial line (only that tail is copied).
+            head, self._partial = self._partial, data[end:]
+            sink.write(data if end == len(data) else memoryview(data)[:end], head)
         if len(self._partial) >= LINE_MAX:
             self._cut(sink)
 

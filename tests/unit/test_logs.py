@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from procsup.logs import (
+    BIG_READ_SIZE,
     LINE_MAX,
     PIPE_SIZE,
-    READ_SIZE,
     LogSink,
     LogSinks,
     PipeReader,
@@ -152,8 +152,10 @@ for i in range(60):
 def test_long_line_without_newline_is_cut_at_line_max(tmp_path: Path) -> None:
     sinks, sink, path = _sink(tmp_path)
     size = 3 * LINE_MAX + 1234
-    code = f"import os\nfor _ in range({size // 1000}): os.write(1, b'z' * 1000)\n" + (
-        f"os.write(1, b'z' * {size % 1000} + b'\\nnext\\n')"
+    # The pause lets the reader see the unterminated line before its end arrives (a line
+    # delivered whole in one read is not cut, however long).
+    code = f"import os, time\nfor _ in range({size // 1000}): os.write(1, b'z' * 1000)\n" + (
+        f"time.sleep(0.3)\nos.write(1, b'z' * {size % 1000} + b'\\nnext\\n')"
     )
     assert asyncio.run(_capture(_py(code), sink)) == 0
     sinks.close_all()
@@ -164,7 +166,7 @@ def test_long_line_without_newline_is_cut_at_line_max(tmp_path: Path) -> None:
     # At least the first pieces are cut at exactly LINE_MAX; no piece exceeds the bound.
     assert len(pieces) >= 3
     assert len(pieces[0]) == LINE_MAX
-    assert all(len(p) <= LINE_MAX + READ_SIZE for p in pieces)
+    assert all(len(p) <= LINE_MAX + BIG_READ_SIZE for p in pieces)
 
 
 def test_discard_mode_drains_the_pipe(tmp_path: Path) -> None:
@@ -219,7 +221,8 @@ for _ in range(10):
     lateness, timer_fires = asyncio.run(main())
     sinks.close_all()
     assert path.stat().st_size == total
-    assert len(ticks_at_write) >= total // READ_SIZE  # one chunk per read of at most 64 KiB
+    # one chunk per read of at most BIG_READ_SIZE (no date prefix here)
+    assert len(ticks_at_write) >= total // BIG_READ_SIZE
     gaps = [b - a for a, b in itertools.pairwise(ticks_at_write)]
     assert min(gaps) >= 1, "two reads ran without the loop serving anything else in between"
     assert timer_fires >= 1
