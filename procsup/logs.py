@@ -206,15 +206,11 @@ class LogSink:
         if self._fd is None:
             self._open(truncate=False, reporting=True)
         if self._fd is not None:
-            try:
-                written = self._write_all(self._fd, parts)
-            except OSError as exc:
-                self._report("write", exc)
+            total = sum(len(p) for p in parts)
+            if self._rotate_at is not None and self._size + total > self._rotate_at:
+                self._write_rotating(b"".join(parts))
             else:
-                self._last_error = None
-                self._size += written
-                if self._rotate_at is not None and self._size > self._rotate_at:
-                    self._rotate()
+                self._write_parts(parts)
         if self._followers:
             chunk = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
             for follower in tuple(self._followers):
@@ -234,6 +230,40 @@ class LogSink:
         self._close_fd()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _write_parts(self, parts: tuple[bytes | memoryview, ...]) -> None:
+        if self._fd is None:
+            return
+        try:
+            written = self._write_all(self._fd, parts)
+        except OSError as exc:
+            self._report("write", exc)
+        else:
+            self._last_error = None
+            self._size += written
+            if self._rotate_at is not None and self._size > self._rotate_at:
+                self._rotate()
+
+    def _write_rotating(self, out: bytes) -> None:
+        """Write whole lines up to the size limit, rotate, go on with the rest: a file passes
+        `max_size` by at most one line, however much one read brought."""
+        view = memoryview(out)
+        start, end = 0, len(out)
+        while start < end and self._fd is not None:
+            if self._rotate_at is None:  # not a regular file, or rotation was switched off
+                self._write_parts((view[start:],))
+                return
+            room = self._rotate_at - self._size
+            if end - start <= room:
+                self._write_parts((view[start:],))
+                return
+            # the last line that ends within the room; if none does, the first line whole
+            cut = out.rfind(_NL, start, start + max(room, 0)) + 1
+            if cut <= start:
+                cut = out.find(_NL, start) + 1 or end
+            # Up to the limit; the next round's first line passes it and rotates the file.
+            self._write_parts((view[start:cut],))
+            start = cut
 
     @staticmethod
     def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> int:

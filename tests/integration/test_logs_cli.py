@@ -114,7 +114,7 @@ def test_rotation_by_size_keeps_retain_files(daemon: Daemon) -> None:
     rotated = sorted(p.name for p in daemon.log_dir.glob("r-out.log*"))
     assert rotated == ["r-out.log", "r-out.log.1", "r-out.log.2"]
     for p in daemon.log_dir.glob("r-out.log*"):
-        # rotation happens after the write that passes the size: at most one read (64 KiB) over
-        assert p.stat().st_size <= 20 * 1024 + 64 * 1024
+        # a file passes the size by at most one line, however much one read brought
+        assert p.stat().st_size <= 20 * 1024 + 50
         for line in p.read_text().splitlines():
             assert re.fullmatch(r"0123456789012345678901234567890123456789-\d+", line), line

@@ -577,3 +577,21 @@ def test_tail_of_a_sink_being_written(tmp_path: Path) -> None:
         sink.write(_numbered(i))
     assert tail(str(path), 2) == [_numbered(98)[:-1], _numbered(99)[:-1]]
     sinks.close_all()
+
+
+def test_one_big_write_rotates_at_line_boundaries(tmp_path: Path) -> None:
+    """A single write far larger than log_max_size (one 1 MiB read) is spread over the
+    rotated files: each passes the size by at most one line, no line is split, none lost."""
+    path = tmp_path / "big.log"
+    sink = LogSink(str(path), max_size=10_000, retain=200)
+    lines = [b"line %06d " % i + b"x" * 80 for i in range(12_000)]
+    sink.write(b"\n".join(lines) + b"\n")
+    sink.close()
+    files = [path] + [Path(f"{path}.{i}") for i in range(1, 201) if Path(f"{path}.{i}").exists()]
+    assert len(files) > 100
+    longest = max(len(line) for line in lines) + 1
+    for f in files:
+        assert f.stat().st_size <= 10_000 + longest, f
+    written = b"".join(f.read_bytes() for f in reversed(files)).split(b"\n")
+    assert written.pop() == b""
+    assert written == lines  # oldest file first: every line, whole, in order
