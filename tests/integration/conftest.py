@@ -116,6 +116,20 @@ class Daemon:
             assert self.proc.poll() is None, f"procsupd exited: {self.daemon_log()}"
         return self.proc
 
+    def app_processes(self) -> list[int]:
+        """Live app processes started by this test's daemons: they inherit the test's marker
+        (PROCSUP_TEST_RUN) and carry PROCSUP_APP."""
+        marker = f"PROCSUP_TEST_RUN={self.root}".encode()
+        found = []
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                env = Path(f"/proc/{name}/environ").read_bytes()
+            except OSError:
+                continue
+            if marker in env and b"PROCSUP_APP=" in env and pid_alive(int(name)):
+                found.append(int(name))
+        return found
+
     def daemon_log(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 

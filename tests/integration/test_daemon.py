@@ -58,20 +58,8 @@ def test_sigkill_of_daemon_then_restart_leaves_no_duplicates(daemon: Daemon) -> 
     wait_for(lambda: not any(pid_alive(p) for p in old), 10, "old instances gone")
     assert not {r["pid"] for r in rows} & set(old)
 
-    # exactly the configured instances run: count processes carrying this test's marker
-    def ours() -> list[int]:
-        found = []
-        for name in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                env = Path(f"/proc/{name}/environ").read_bytes()
-            except OSError:
-                continue
-            if marker in env and b"PROCSUP_APP=" in env and pid_alive(int(name)):
-                found.append(int(name))
-        return found
-
-    marker = f"PROCSUP_TEST_RUN={daemon.root}".encode()
-    assert sorted(ours()) == sorted(r["pid"] for r in rows)
+    # exactly the configured instances run
+    assert sorted(daemon.app_processes()) == sorted(r["pid"] for r in rows)
 
 
 def test_second_daemon_on_same_config_refuses(daemon: Daemon) -> None:

@@ -16,20 +16,6 @@ import pytest
 from .conftest import PY, Daemon, app_cmd, pid_alive, wait_for
 
 
-def _marked(daemon: Daemon) -> list[int]:
-    """Live processes started by this test's daemons (they inherit the test's marker)."""
-    marker = f"PROCSUP_TEST_RUN={daemon.root}".encode()
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            env = Path(f"/proc/{name}/environ").read_bytes()
-        except OSError:
-            continue
-        if marker in env and b"PROCSUP_APP=" in env and pid_alive(int(name)):
-            found.append(int(name))
-    return found
-
-
 def test_sigterm_during_recovery_leaves_nothing_running(daemon: Daemon, tmp_path: Path) -> None:
     daemon.write(f"""
         [apps.stubborn]
@@ -50,7 +36,7 @@ def test_sigterm_during_recovery_leaves_nothing_running(daemon: Daemon, tmp_path
     time.sleep(0.5)
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
-    wait_for(lambda: not _marked(daemon), 5, "no process of ours left")
+    wait_for(lambda: not daemon.app_processes(), 5, "no process of ours left")
 
 
 def test_lost_record_still_leaves_no_duplicates(daemon: Daemon) -> None:
@@ -69,7 +55,7 @@ def test_lost_record_still_leaves_no_duplicates(daemon: Daemon) -> None:
     daemon.start()
     rows = daemon.wait_states("s", "running", 3)
     wait_for(lambda: not any(pid_alive(p) for p in old), 10, "old instances stopped")
-    assert sorted(_marked(daemon)) == sorted(r["pid"] for r in rows)
+    assert sorted(daemon.app_processes()) == sorted(r["pid"] for r in rows)
 
 
 def test_a_stop_during_a_restart_ends_both_commands(daemon: Daemon, tmp_path: Path) -> None:
