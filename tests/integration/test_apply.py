@@ -295,3 +295,48 @@ def test_root_daemon_refuses_a_config_others_can_write(daemon: Daemon) -> None:
     bad = subprocess.run([PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
                          capture_output=True, text=True, timeout=20, env=daemon.env)
     assert bad.returncode == 1 and "writable" in bad.stderr
+
+
+def test_include_glob_files_added_and_removed_are_applied(daemon: Daemon) -> None:
+    (daemon.root / "apps.d").mkdir()
+    daemon.write("""
+        [apps.main]
+        command = ["sleep", "1000"]
+        min_uptime = "100ms"
+        """, 'include = ["apps.d/*.toml"]')
+    daemon.start()
+    [main] = daemon.wait_states("main", "running", 1)
+    extra = daemon.root / "apps.d" / "extra.toml"
+    tmp = daemon.root / "apps.d" / ".extra.toml.tmp"  # does not match the glob
+    tmp.write_text('[apps.extra]\ncommand = ["sleep", "1001"]\nmin_uptime = "100ms"\n')
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, extra)
+    daemon.wait_states("extra", "running", 1)
+    extra.unlink()
+    wait_for(lambda: not daemon.instances("extra"), 5, "the removed file's app stopped")
+    assert daemon.instances("main")[0]["pid"] == main["pid"]
+    assert daemon.status()["config"]["applied"] is True
+
+
+def test_profile_switch_restarts_only_apps_whose_env_changed(daemon: Daemon) -> None:
+    apps = """
+        [apps.plain]
+        command = ["sleep", "1000"]
+        min_uptime = "100ms"
+        [apps.profiled]
+        command = ["sleep", "1001"]
+        min_uptime = "100ms"
+        env_production = { LEVEL = "warn" }
+        """
+    daemon.write(apps, 'watch_config = false\nenv = "development"')
+    daemon.start()
+    [plain] = daemon.wait_states("plain", "running", 1)
+    [profiled] = daemon.wait_states("profiled", "running", 1)
+    daemon.write(apps, 'watch_config = false\nenv = "production"')
+    r = daemon.cli("update")
+    assert r.returncode == 0, r.stderr
+    assert daemon.status()["config"]["profile"] == "production"
+    [new] = daemon.wait_states("profiled", "running", 1)
+    assert new["pid"] != profiled["pid"]
+    assert b"LEVEL=warn\0" in Path(f"/proc/{new['pid']}/environ").read_bytes()
+    assert daemon.instances("plain")[0]["pid"] == plain["pid"]
