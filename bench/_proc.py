@@ -83,6 +83,12 @@ class ExecWatch:
                 raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
             self._pump(min(left, 0.1))
 
+    def settle(self, seconds: float) -> None:
+        """Take in the events of the next `seconds` (to see that nothing more happens)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._pump(min(left, 0.1))
+
     def close(self) -> None:
         pass
 

@@ -120,23 +120,32 @@ class Procsup(Supervisor):
         tag: str,
         apps: dict[str, dict[str, Any]],
         log_dir: Path | None = None,
+        daemon: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(session, tag)
         self.log_dir = log_dir or self.dir / "logs"
+        self.socket = str(self.dir / "procsup.sock")
+        self.conf = self.dir / "apps.toml"
+        self.conf.write_text(self.config_text(apps, daemon))
+
+    def config_text(
+        self, apps: dict[str, dict[str, Any]], daemon: dict[str, Any] | None = None
+    ) -> str:
+        """The TOML config: `apps`, and `daemon` keys added to [procsup] (socket, pidfile,
+        log_dir and state_dir are always this subject's own)."""
         import tomli_w
 
-        self.socket = str(self.dir / "procsup.sock")
         doc = {
             "procsup": {
                 "socket": self.socket,
                 "pidfile": str(self.dir / "procsupd.pid"),
                 "log_dir": str(self.log_dir),
                 "state_dir": str(self.dir / "state"),
+                **(daemon or {}),
             },
             "apps": apps,
         }
-        self.conf = self.dir / "apps.toml"
-        self.conf.write_text(tomli_w.dumps(doc))
+        return tomli_w.dumps(doc)
 
     def argv(self) -> list[str]:
         return [PROCSUPD, "-n", "-c", str(self.conf)]
@@ -190,8 +199,14 @@ class Supervisord(Supervisor):
     def __init__(self, session: Session, tag: str, programs: dict[str, dict[str, Any]]) -> None:
         super().__init__(session, tag)
         self.socket = str(self.dir / "supervisor.sock")
+        (self.dir / "logs").mkdir()
+        self.conf = self.dir / "supervisord.conf"
+        self.conf.write_text(self.config_text(programs))
+        self._rpc: Any = None
+
+    def config_text(self, programs: dict[str, dict[str, Any]]) -> str:
+        """The ini config: the daemon's sections, then one [program:NAME] per program."""
         logs = self.dir / "logs"
-        logs.mkdir()
         lines = [
             "[unix_http_server]",
             f"file={self.socket}",
@@ -200,7 +215,7 @@ class Supervisord(Supervisor):
             f"logfile={self.dir / 'supervisord.log'}",
             f"pidfile={self.dir / 'supervisord.pid'}",
             f"childlogdir={logs}",
-            "minfds=4096",
+            f"minfds={max(4096, 6 * len(programs) + 100)}",  # pipes and log files
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "[supervisorctl]",
@@ -216,9 +231,7 @@ class Supervisord(Supervisor):
                 else:
                     text = str(v)
                 lines.append(f"{k}={text}")
-        self.conf = self.dir / "supervisord.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self._rpc: Any = None
+        return "\n".join(lines) + "\n"
 
     def argv(self) -> list[str]:
         return [SUPERVISORD, "-n", "-c", str(self.conf)]

@@ -1,6 +1,9 @@
 """Run every benchmark (bench/bench_*.py) and print one summary: each measure for procsup
 beside supervisord, with the issue's target and whether it is met.
 
+The benchmarks, in the order they run: apply (config apply: update, save, reread), idle, logs,
+logs_daemon, restart, startup, status; `--only` takes these names.
+
 Every option is passed on to each benchmark (see `bench/bench_X.py --help`); options one
 benchmark does not know are ignored by it, so e.g. `--seconds 30` reaches bench_idle.py only.
 
@@ -44,7 +47,7 @@ def markdown(rows: list[dict[str, object]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--only", help="comma-separated benchmark names (restart, startup, ...)")
+    p.add_argument("--only", help="comma-separated benchmark names (apply, restart, startup, ...)")
     p.add_argument("--json", metavar="FILE", help="write every benchmark's results to FILE")
     p.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
     p.add_argument("--commit", metavar="REV", help="benchmark procsup/ as of this git revision")
