@@ -267,6 +267,8 @@ def cmd_outcome(ctx: _Context) -> int:
     cmd = ctx.ns.cmd
     res = ctx.call(cmd, None if wait else QUICK_TIMEOUT, apps=ctx.ns.apps, wait=wait)
     _out(format_outcome(res))
+    if res.get("error"):
+        print(f"procsup: {res['error']}", file=sys.stderr)
     return ExitCode.FAILED if res.get("failed") else ExitCode.OK
 
 
@@ -346,6 +348,8 @@ def cmd_update(ctx: _Context) -> int:
     wait = not ctx.ns.no_wait
     res = ctx.call("update", None if wait else QUICK_TIMEOUT, wait=wait)
     _out(format_plan(res))
+    if res.get("error"):
+        print(f"procsup: {res['error']}", file=sys.stderr)
     return ExitCode.FAILED if res.get("failed") else ExitCode.OK
 
 

@@ -138,6 +138,29 @@ class Commands:
             await self.sup.wait(lambda: all(gone(s) for s in slots))
         return self.outcome(slots, lambda s: not wait or gone(s))
 
+    async def cmd_reload(self, args: dict[str, Any], send: Send) -> object:
+        """Rolling restart: each instance's replacement is ready before the old one stops."""
+        slots = self.select(args["apps"])
+        targets: dict[str, list[int]] = {}
+        for s in slots:
+            targets.setdefault(s.id.app, []).append(s.id.index)
+        wait = bool(args.get("wait", True))
+        run = asyncio.ensure_future(self.sup.reload_apps(targets))
+        run.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not wait:
+            return self.outcome(slots, lambda s: True)
+        failure = await asyncio.shield(run)  # a client that goes away does not stop the rollout
+        current = [self.sup.slots[s.id.app][s.id.index] for s in slots
+                   if s.id.index in self.sup.slots.get(s.id.app, {})]
+        result = self.outcome(current, lambda s: failure is None and self._up(s))
+        if failure:
+            result["error"] = failure
+        return result
+
+    @staticmethod
+    def _up(slot: Slot) -> bool:
+        return slot.inst.state is State.RUNNING
+
     async def cmd_signal(self, args: dict[str, Any], send: Send) -> object:
         from procsup import spawn
 
@@ -174,7 +197,7 @@ class Commands:
                     app=s.id.app, instance=s.id.index, pid=s.inst.pid, state=s.inst.state,
                     uptime=round(up, 3) if up is not None else None, restarts=s.inst.restarts,
                     cpu=round(cpu, 1) if cpu is not None else None, memory=mem,
-                    exit_code=s.inst.exit_code, reason=s.inst.reason,
+                    exit_code=s.inst.exit_code, reason=s.inst.reason, status=s.status,
                 ).to_json()
             )
         d = sup.desired
@@ -211,12 +234,15 @@ class Commands:
             plan = await asyncio.shield(apply)
         except ConfigError as exc:
             raise RemoteError(WireError.INVALID_CONFIG.value, str(exc), exc.to_dict()) from None
-        failed = any(
+        failed = bool(self.sup.apply_failures) or any(
             s.inst.state is State.ERRORED
             for a in plan.actions
             for s in self.sup.slots.get(a.app, {}).values()
         )
-        return {**plan.to_json(), "failed": failed}
+        result: dict[str, object] = {**plan.to_json(), "failed": failed}
+        if self.sup.apply_failures:
+            result["error"] = "; ".join(self.sup.apply_failures)
+        return result
 
     async def cmd_scale(self, args: dict[str, Any], send: Send) -> object:
         app = str(args["app"])

@@ -14,11 +14,26 @@ import dataclasses
 import functools
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
 
-from procsup import config, lifecycle, logs, metrics, reconcile, spawn, statefile, units, watch
+from procsup import (
+    config,
+    lifecycle,
+    logs,
+    metrics,
+    notify,
+    probes,
+    reconcile,
+    sockets,
+    spawn,
+    statefile,
+    units,
+    watch,
+)
 from procsup.errors import ConfigError
 from procsup.lifecycle import Instance, Policy
 from procsup.model import LIVE_STATES, AppSpec, Desired, ExecMode, InstanceId, State
@@ -35,21 +50,13 @@ NOT_YET = {
     "max_memory_restart": None,
     "watch": (),
     "cron_restart": None,
-    "heartbeat_timeout": None,
 }
 
 
 def not_yet(spec: AppSpec) -> list[str]:
-    """Warnings for the keys of `spec` this version does not act on (or refuses to run)."""
-    out = [f"app {spec.name!r}: {key} is not acted on by this procsupd version"
-           for key, off in NOT_YET.items() if getattr(spec, key) != off]
-    if spec.exec_mode is ExecMode.CLUSTER:
-        out.append(f"app {spec.name!r}: exec_mode = \"cluster\" is not available in this "
-                   "procsupd version; its instances will be errored")
-    if spec.ready != "started":
-        out.append(f"app {spec.name!r}: ready = {spec.ready!r} is not available in this "
-                   "procsupd version; its instances will be errored")
-    return out
+    """Warnings for the keys of `spec` this version does not act on."""
+    return [f"app {spec.name!r}: {key} is not acted on by this procsupd version"
+            for key, off in NOT_YET.items() if getattr(spec, key) != off]
 #: Exit polling interval where pidfds are unavailable.
 _EXIT_POLL = 0.05
 #: During a large start, yield to the loop this often so the instance record is written and
@@ -92,6 +99,9 @@ class Slot:
     poll: asyncio.TimerHandle | None = None  # exit polling where pidfds are unavailable
     generation: int = 0  # incremented on every spawn
     retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
+    status: str | None = None  # the last STATUS= the instance sent
+    probe: asyncio.Task[None] | None = None  # tcp/http readiness probe of the current run
+    heartbeat: asyncio.TimerHandle | None = None  # heartbeat_timeout watch
 
 
 @dataclasses.dataclass(eq=False)
@@ -133,6 +143,14 @@ class Supervisor:
         self._watch: watch.ConfigWatch | None = None
         self._debounce: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        self.notify: notify.NotifyServer | None = None
+        self.replacements: list[Slot] = []
+        self.apply_failures: list[str] = []  # rollouts the last apply had to stop
+        self._by_pgid: dict[int, Slot] = {}  # live instances by process group (notify senders)
+        # Listening sockets of cluster apps, held for the app's life: per app ("shared") or
+        # per instance slot ("reuseport", so a replacement gets the same socket). The key
+        # includes the addresses and balance, so a changed `listen` binds anew.
+        self.listeners: dict[tuple[str, int | None, tuple[str, ...], str], list[socket.socket]] = {}
 
     # ------------------------------------------------------------------ start-up and shutdown
 
@@ -141,11 +159,24 @@ class Supervisor:
         A shutdown asked for meanwhile waits for this to end, then stops what was started."""
         try:
             await self.recover()
+            self._start_notify()
             if not self.shutting_down:
                 await self.apply(self.desired, wait=False)
                 self._update_watch()
         finally:
             self.started_up.set()
+
+    def _start_notify(self) -> None:
+        """The $NOTIFY_SOCKET every instance gets, beside the control socket."""
+        path = self.desired.daemon.socket + ".notify"
+        server = notify.NotifyServer(self.loop, path, self._on_notify)
+        try:
+            server.start()
+        except OSError as exc:
+            self.log.error("no notify socket at %s (%s): instances with ready = \"notify\" "
+                           "will not become ready", path, exc)
+            return
+        self.notify = server
 
     async def recover(self) -> None:
         """Processes recorded by a previous daemon that are still alive cannot be adopted (their
@@ -245,6 +276,13 @@ class Supervisor:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+        for socks in self.listeners.values():
+            for sock in socks:
+                sockets.release(sock)
+        self.listeners.clear()
         self._write_state()  # while the handles still say what (if anything) is left
         for slot in self.all_slots():
             self._release_run(slot)
@@ -274,6 +312,7 @@ class Supervisor:
     def all_slots(self) -> Iterable[Slot]:
         for app in self.slots.values():
             yield from app.values()
+        yield from self.replacements  # a reload's new instances, until they take over
 
     def feed(self, slot: Slot, event: lifecycle.Event) -> None:
         """Apply one event to one instance and execute the resulting effects."""
@@ -292,6 +331,8 @@ class Supervisor:
                                          slot.policy.kill_timeout))
                 spawn.kill_group(slot.pgid, effect.signal)
         self._arm_timer(slot)
+        if new.state is State.RUNNING and old.state is not State.RUNNING:
+            self._arm_heartbeat(slot)
         if slot.retiring and slot.inst.state not in LIVE_STATES:
             self._forget(slot)
         self._mark_dirty()
@@ -380,13 +421,28 @@ class Supervisor:
         captures: list[Capture] = []
         write_ends: list[int] = []  # closed in the parent once the child has them
         try:
+            argv: tuple[str, ...] = spec.command
+            pass_fds: tuple[int, ...] = ()
+            extra: dict[str, str] = {}
             if spec.exec_mode is ExecMode.CLUSTER:
-                raise spawn.SpawnError("cluster mode is not available in this procsupd version")
-            if spec.ready != "started":
-                raise spawn.SpawnError(
-                    f"ready = {spec.ready!r} is not available in this procsupd version")
+                # The activation shell execs the command, so a missing executable would only
+                # show as exit 127: look it up first, to be errored with the reason instead.
+                exe = spec.command[0]
+                if "/" in exe:
+                    found = os.access(os.path.join(spec.cwd or os.getcwd(), exe), os.X_OK)
+                else:
+                    path = spec.env.get("PATH", self.environ.get("PATH"))
+                    found = shutil.which(exe, path=path) is not None
+                if not found:
+                    raise spawn.SpawnError(f"executable not found: {exe}")
+                fds = [s.fileno() for s in self._listeners_for(slot)]
+                argv, extra = sockets.activation_argv(
+                    spec.command, fds, sockets.fd_names(spec.listen))
+                pass_fds = tuple(fds)
+            if self.notify is not None:
+                extra["NOTIFY_SOCKET"] = self.notify.path
             ident = spawn.Identity.resolve(spec.user, spec.group)
-            fds: dict[str, int | None] = {"out": None, "err": None}
+            out_fds: dict[str, int | None] = {"out": None, "err": None}
             for stream, path in zip(("out", "err"), spec.log_paths(slot.id.index), strict=True):
                 if path is None:
                     continue  # discarded: the child writes to /dev/null, no pipe at all
@@ -394,7 +450,7 @@ class Supervisor:
                 captures.append(cap)
                 r, w = logs.open_pipe()
                 write_ends.append(w)
-                fds[stream] = w
+                out_fds[stream] = w
                 cap.reader = logs.PipeReader(
                     self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap)
                 )
@@ -408,12 +464,13 @@ class Supervisor:
                     "PROCSUP_INSTANCE": str(slot.id.index),
                     "PROCSUP_INSTANCES": str(spec.instances),
                     statefile.MARKER_VAR: self.marker,
+                    **extra,
                 },
             )
             proc = spawn.start(
                 spawn.Launch(
-                    argv=spec.command, env=env, cwd=spec.cwd, identity=ident,
-                    umask=spec.umask, stdout=fds["out"], stderr=fds["err"],
+                    argv=argv, env=env, cwd=spec.cwd, identity=ident, umask=spec.umask,
+                    stdout=out_fds["out"], stderr=out_fds["err"], pass_fds=pass_fds,
                 )
             )
         except (spawn.SpawnError, OSError) as exc:
@@ -438,7 +495,89 @@ class Supervisor:
         slot.generation += 1
         slot.captures = [c for c in slot.captures if c.reader is not None] + captures
         self._watch_exit(slot, proc)
+        self._by_pgid[proc.pid] = slot
+        slot.status = None
         self.feed(slot, lifecycle.Spawned(proc.pid))
+        if spec.ready.startswith(("tcp://", "http://")) and slot.proc is proc:
+            slot.probe = self.loop.create_task(self._probe(slot, proc))
+
+    async def _probe(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
+        """Poll the instance's tcp/http readiness target until it answers or ready_timeout."""
+        started = slot.inst.started_at if slot.inst.started_at is not None else self.loop.time()
+        ok = await probes.wait_ready(slot.spec.ready, deadline=started + slot.spec.ready_timeout)
+        slot.probe = None
+        if ok and slot.proc is proc:
+            self.feed(slot, lifecycle.Ready())
+
+    def _on_notify(self, msg: notify.Message) -> None:
+        """A datagram on $NOTIFY_SOCKET: attributed by the kernel-checked sender pid to the
+        instance whose process group it belongs to; anyone else is ignored."""
+        pgid = notify.sender_group(msg.pid)
+        slot = self._by_pgid.get(pgid) if pgid is not None else None
+        if slot is None or slot.proc is None:
+            return
+        fields = msg.fields
+        if "STATUS" in fields:
+            slot.status = fields["STATUS"]
+        if fields.get("READY") == "1":
+            self.feed(slot, lifecycle.Ready())
+        if fields.get("WATCHDOG") == "1":
+            self._arm_heartbeat(slot)
+        if fields.get("STOPPING") == "1":
+            self.log.info("%s: says it is stopping", slot.id)
+
+    def _arm_heartbeat(self, slot: Slot) -> None:
+        """(Re)start the heartbeat_timeout countdown of a running instance."""
+        if slot.heartbeat is not None:
+            slot.heartbeat.cancel()
+            slot.heartbeat = None
+        timeout = slot.spec.heartbeat_timeout
+        if timeout is not None and slot.inst.state is State.RUNNING:
+            slot.heartbeat = self.loop.call_later(timeout, self._heartbeat_missed, slot)
+
+    def _heartbeat_missed(self, slot: Slot) -> None:
+        slot.heartbeat = None
+        timeout = units.format_duration(slot.spec.heartbeat_timeout or 0)
+        self.log.warning("%s: no WATCHDOG=1 within heartbeat_timeout %s: restarting", slot.id,
+                         timeout)
+        self.feed(slot, lifecycle.Recycle(f"no WATCHDOG=1 within heartbeat_timeout {timeout}"))
+
+    def _listeners_for(self, slot: Slot) -> list[socket.socket]:
+        """The cluster app's listening sockets for this instance, bound on first use and held
+        for the app's life (per slot with balance = "reuseport"). SpawnError names an address
+        that cannot be bound."""
+        spec = slot.spec
+        reuseport = spec.balance == "reuseport"
+        key = (spec.name, slot.id.index if reuseport else None, spec.listen, spec.balance)
+        socks = self.listeners.get(key)
+        if socks is None:
+            socks = []
+            try:
+                for address in spec.listen:
+                    socks.append(sockets.bind(address, reuseport=reuseport))
+            except sockets.BindError as exc:
+                for sock in socks:
+                    sock.close()
+                raise spawn.SpawnError(str(exc)) from None
+            self.listeners[key] = socks
+        return socks
+
+    def _close_listeners(self) -> None:
+        """Close the sockets no configured instance can use any more (app removed, `listen`
+        or `balance` changed, reuseport slot scaled away). Running processes keep their own
+        copies until they exit."""
+        wanted: set[tuple[str, int | None, tuple[str, ...], str]] = set()
+        for name, spec in self.specs.items():
+            if spec.exec_mode is not ExecMode.CLUSTER:
+                continue
+            if spec.balance == "reuseport":
+                for index in self.slots.get(name, {}):
+                    wanted.add((name, index, spec.listen, spec.balance))
+            else:
+                wanted.add((name, None, spec.listen, spec.balance))
+        for key in [k for k in self.listeners if k not in wanted]:
+            for sock in self.listeners.pop(key):
+                sockets.release(sock)
 
     def _watch_exit(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
         fd = spawn.pidfd(proc.pid)
@@ -536,6 +675,14 @@ class Supervisor:
         if slot.poll is not None:
             slot.poll.cancel()
             slot.poll = None
+        if slot.probe is not None:
+            slot.probe.cancel()
+            slot.probe = None
+        if slot.heartbeat is not None:
+            slot.heartbeat.cancel()
+            slot.heartbeat = None
+        if slot.pgid is not None and self._by_pgid.get(slot.pgid) is slot:
+            del self._by_pgid[slot.pgid]
         if slot.pidfd is not None:
             self.loop.remove_reader(slot.pidfd)
             os.close(slot.pidfd)
@@ -609,8 +756,15 @@ class Supervisor:
                 del self.specs[name]
             for name, spec in new.apps.items():
                 self._set_spec(name, spec)
+            self._close_listeners()
+            self.apply_failures = []
             for action in plan.actions:
-                if action.action in (reconcile.RESTART, reconcile.RELOAD):
+                if action.action == reconcile.RELOAD:
+                    failure = await self.rolling(action.app, action.instances)
+                    if failure:
+                        self.log.error("apply: %s", failure)
+                        self.apply_failures.append(failure)
+                elif action.action == reconcile.RESTART:
                     for i in action.instances:
                         slot = self.slots[action.app][i]
                         starting.append((slot, slot.generation))
@@ -685,12 +839,67 @@ class Supervisor:
             # PROCSUP_INSTANCES of the next runs; per-instance log names when crossing 1
             self._set_spec(app, dataclasses.replace(self.specs[app], instances=count))
             added = [self._slot(app, i) for i in range(len(current), count)]
+            self._close_listeners()
             for slot in added:
                 self.feed(slot, lifecycle.Start())
         if wait:
             await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in gone)
                             and all(self.started(s) for s in added))
         return gone + added
+
+    async def reload_apps(self, targets: Mapping[str, list[int]]) -> str | None:
+        """`procsup reload`: a rolling replacement of these instances, one at a time."""
+        async with self._apply_lock:
+            for app, indexes in targets.items():
+                failure = await self.rolling(app, indexes)
+                if failure:
+                    return failure
+        return None
+
+    async def rolling(self, app: str, indexes: Iterable[int]) -> str | None:
+        """Replace instances one at a time: start a replacement, wait until it is ready, only
+        then stop the old one (gracefully), so a cluster app never stops serving. A
+        replacement that is not ready within ready_timeout ends the rollout: it is stopped,
+        the old instances keep running, and the reason is returned."""
+        for index in indexes:
+            old = self.slots.get(app, {}).get(index)
+            if old is None or old.retiring:
+                continue
+            if old.inst.state not in (State.RUNNING, State.STARTING):  # nothing to keep serving
+                self.feed(old, lifecycle.Restart())
+                await self.wait(lambda old=old: self.started(old))  # type: ignore[misc]
+                continue
+            spec = self.specs[app]
+            new = Slot(id=old.id, inst=Instance(id=old.id), policy=Policy.of(spec), spec=spec)
+            self.replacements.append(new)
+            self.feed(new, lifecycle.Start())
+            limit = spec.ready_timeout + spec.min_uptime + spec.kill_timeout + 1.0
+            try:
+                await asyncio.wait_for(self.wait(lambda new=new: (  # type: ignore[misc]
+                    new.inst.state is State.RUNNING
+                    or new.inst.state in (State.ERRORED, State.EXITED, State.STOPPED,
+                                          State.BACKOFF)
+                    or new.generation > 1)), limit)  # its first run already ended
+            except TimeoutError:
+                pass
+            if new.inst.state is not State.RUNNING:
+                if new.inst.exit_code is not None or new.generation > 1:
+                    reason = (f"the replacement was not ready within ready_timeout "
+                              f"{units.format_duration(spec.ready_timeout)} or ended")
+                else:
+                    reason = new.inst.reason or f"the replacement is {new.inst.state.value}"
+                new.retiring = True
+                self.feed(new, lifecycle.Stop())
+                await self.wait(lambda new=new: new.inst.state not in LIVE_STATES)  # type: ignore[misc]
+                self.replacements.remove(new)
+                return (f"reload of {app} stopped at {new.id}: {reason}; "
+                        "the old instances keep running")
+            self.replacements.remove(new)
+            self.slots[app][index] = new
+            old.retiring = True
+            self.feed(old, lifecycle.Stop())
+            await self.wait(lambda old=old: old.inst.state not in LIVE_STATES)  # type: ignore[misc]
+        return None
 
     @staticmethod
     def started(slot: Slot) -> bool:

@@ -250,6 +250,7 @@ def test_env_profile_and_user_environment(daemon: Daemon, tmp_path: Path) -> Non
         "USER",
         "LOGNAME",
         "PROCSUP_DAEMON_ID",
+        "NOTIFY_SOCKET",
         "PROCSUP_APP",
         "PROCSUP_INSTANCE",
         "PROCSUP_INSTANCES",

@@ -1,0 +1,49 @@
+"""Test app: an HTTP server on the socket-activated fd 3 (LISTEN_FDS/LISTEN_PID), answering
+its own pid. argv[1]: "notify" sends READY=1 once serving, "never" never does, "started"
+sends nothing. SIGTERM stops it gracefully: the request in hand is finished, then exit 0."""
+
+import http.server
+import os
+import signal
+import socket
+import sys
+import threading
+
+mode = sys.argv[1] if len(sys.argv) > 1 else "started"
+if int(os.environ.get("LISTEN_PID", "0")) != os.getpid() or os.environ.get("LISTEN_FDS") != "1":
+    print(f"bad activation: {os.environ.get('LISTEN_PID')} {os.environ.get('LISTEN_FDS')}",
+          file=sys.stderr, flush=True)
+    sys.exit(3)
+open_fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+print(f"fds {open_fds} names {os.environ.get('LISTEN_FDNAMES')}", flush=True)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = str(os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=3)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+
+
+def notify(message: bytes) -> None:
+    path = os.environ["NOTIFY_SOCKET"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(message, "\0" + path[1:] if path.startswith("@") else path)
+
+
+if mode == "notify":
+    notify(b"READY=1\nSTATUS=serving on fd 3")
+server.serve_forever(poll_interval=0.05)
+server.socket.detach()  # the daemon keeps the listening socket open; do not close our copy early

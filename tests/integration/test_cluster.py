@@ -1,0 +1,247 @@
+"""Cluster mode with a real daemon: one loopback port shared by socket-activated instances,
+kept open across crashes and rolling reloads; readiness by notify; reload aborts."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import Daemon, app_cmd, pid_alive, wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int) -> int:
+    """One request; the answering instance's pid."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return int(resp.read())
+    finally:
+        conn.close()
+
+
+def _cluster(daemon: Daemon, port: int, mode: str = "notify", extra: str = "") -> None:
+    ready = 'ready = "notify"' if mode == "notify" else ""
+    daemon.write(f"""
+        [apps.web]
+        command = {app_cmd("activated_http", mode)}
+        exec_mode = "cluster"
+        instances = 2
+        listen = ["tcp://127.0.0.1:{port}"]
+        {ready}
+        ready_timeout = "3s"
+        kill_timeout = "2s"
+        min_uptime = "100ms"
+        {extra}
+        """, "watch_config = false")
+
+
+def test_instances_share_one_port_across_a_crash(daemon: Daemon) -> None:
+    port = _free_port()
+    _cluster(daemon, port)
+    daemon.start()
+    rows = daemon.wait_states("web", "running", 2)
+    pids = {r["pid"] for r in rows}
+    assert all(r["status"] == "serving on fd 3" for r in rows)
+    for r in rows:  # exactly stdin/out/err and the socket at fd 3: nothing of the daemon leaks
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{r['pid']}/fd")) == [0, 1, 2, 3]
+    seen = {_get(port) for _ in range(40)}
+    assert seen <= pids
+    failures = 0
+    for i in range(200):  # kill one instance between two requests: nothing is refused
+        if i == 50:
+            os.kill(rows[0]["pid"], signal.SIGKILL)
+        try:
+            _get(port)
+        except OSError:
+            failures += 1
+    assert failures == 0
+    wait_for(lambda: {r["pid"] for r in daemon.instances("web") if r["state"] == "running"}
+             - pids, 10, "the replacement")
+    log = (daemon.log_dir / "web-out-0.log").read_text()
+    assert "names tcp-127.0.0.1-" in log
+
+
+def test_rolling_reload_serves_throughout(daemon: Daemon) -> None:
+    port = _free_port()
+    _cluster(daemon, port)
+    daemon.start()
+    old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
+    import threading
+
+    stop = threading.Event()
+    results = {"ok": 0, "failed": 0}
+
+    def client() -> None:
+        while not stop.is_set() and results["ok"] + results["failed"] < 20000:
+            try:
+                _get(port)
+                results["ok"] += 1
+            except OSError:
+                results["failed"] += 1
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        r = daemon.cli("reload", "web", timeout=60)
+    finally:
+        stop.set()
+        t.join(10)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert results["failed"] == 0 and results["ok"] > 0, results
+    new = {x["pid"] for x in daemon.wait_states("web", "running", 2)}
+    assert not new & old
+    assert not any(pid_alive(p) for p in old)
+
+
+def test_reload_with_a_replacement_that_never_gets_ready_keeps_the_old(daemon: Daemon) -> None:
+    port = _free_port()
+    _cluster(daemon, port)
+    daemon.start()
+    old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
+    # the next runs never send READY=1
+    daemon.config.write_text(daemon.config.read_text().replace('"notify"]', '"never"]'))
+    r = daemon.cli("update", timeout=60)
+    rows = daemon.instances("web")
+    assert {x["pid"] for x in rows} == old
+    assert all(x["state"] == "running" for x in rows)
+    assert _get(port) in old
+    assert r.returncode == 1
+    assert "not ready" in r.stderr and "old instances keep running" in r.stderr
+
+
+def test_a_port_in_use_makes_only_that_app_errored(daemon: Daemon) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        daemon.write(f"""
+            [apps.web]
+            command = {app_cmd("activated_http")}
+            exec_mode = "cluster"
+            listen = ["tcp://127.0.0.1:{port}"]
+            [apps.other]
+            command = ["sleep", "1000"]
+            min_uptime = "100ms"
+            """)
+        daemon.start()
+        [web] = daemon.wait_states("web", "errored", 1)
+        assert str(port) in web["reason"] and "in use" in web["reason"]
+        daemon.wait_states("other", "running", 1)
+
+
+def test_reuseport_gives_each_slot_its_own_socket(daemon: Daemon) -> None:
+    port = _free_port()
+    _cluster(daemon, port, extra='balance = "reuseport"')
+    daemon.start()
+    rows = daemon.wait_states("web", "running", 2)
+    inodes = {Path(f"/proc/{r['pid']}/fd/3").readlink() for r in rows}
+    assert len(inodes) == 2  # two different sockets on one port
+    seen = {_get(port) for _ in range(200)}
+    assert seen == {r["pid"] for r in rows}
+    # the replacement of a slot receives that slot's socket
+    before = Path(f"/proc/{rows[0]['pid']}/fd/3").readlink()
+    os.kill(rows[0]["pid"], signal.SIGKILL)
+    new = wait_for(lambda: next((x for x in daemon.instances("web") if x["instance"] == 0
+                                 and x["state"] == "running" and x["pid"] != rows[0]["pid"]),
+                                None), 10, "replacement of web:0")
+    assert Path(f"/proc/{new['pid']}/fd/3").readlink() == before
+
+
+def test_gunicorn_with_its_native_socket_activation(daemon: Daemon) -> None:
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    if not gunicorn.exists():
+        pytest.skip("gunicorn is not installed (it is in the test extras)")
+    port = _free_port()
+    apps = Path(__file__).resolve().parent.parent / "apps"
+    daemon.write(f"""
+        [apps.gu]
+        command = ["{gunicorn}", "--workers", "2", "--chdir", "{apps}", "wsgi_app:application"]
+        exec_mode = "cluster"
+        instances = 2
+        listen = ["tcp://127.0.0.1:{port}"]
+        ready = "notify"
+        ready_timeout = "20s"
+        kill_timeout = "10s"
+        """, "watch_config = false")
+    daemon.start()
+    old = {r["pid"] for r in daemon.wait_states("gu", "running", 2, timeout=30)}
+    workers = {_get(port) for _ in range(50)}
+    assert len(workers) >= 2  # served by workers of the instances, all on one port
+    import threading
+
+    stop = threading.Event()
+    results = {"ok": 0, "failed": 0}
+
+    def client() -> None:
+        while not stop.is_set() and results["ok"] + results["failed"] < 20000:
+            try:
+                _get(port)
+                results["ok"] += 1
+            except OSError:
+                results["failed"] += 1
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        r = daemon.cli("reload", "gu", timeout=120)
+    finally:
+        stop.set()
+        t.join(10)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert results["failed"] == 0 and results["ok"] > 0, results
+    new = {x["pid"] for x in daemon.wait_states("gu", "running", 2)}
+    assert not new & old
+
+
+def test_heartbeat_timeout_restarts_a_silent_instance(daemon: Daemon) -> None:
+    daemon.write(f"""
+        [apps.beat]
+        command = {app_cmd("notifier", "0.6")}
+        ready = "notify"
+        heartbeat_timeout = "400ms"
+        min_uptime = "100ms"
+        [apps.steady]
+        command = {app_cmd("notifier")}
+        ready = "notify"
+        heartbeat_timeout = "400ms"
+        """, "watch_config = false")
+    daemon.start()
+    [first] = daemon.wait_states("beat", "running", 1)
+    assert first["status"] == "beating"
+    wait_for(lambda: (rows := daemon.instances("beat")) and rows[0]["pid"] not in (
+        None, first["pid"]), 10, "restart after the heartbeats stopped")
+    assert not pid_alive(first["pid"])
+    [steady] = daemon.wait_states("steady", "running", 1)
+    assert steady["restarts"] == 0  # still beating: never restarted
+    assert "heartbeat_timeout" in daemon.daemon_log()
+
+
+def test_tcp_readiness_for_a_fork_app(daemon: Daemon) -> None:
+    port = _free_port()
+    daemon.write(f"""
+        [apps.srv]
+        command = ["/bin/sh", "-c",
+                   "sleep 1.5; exec {sys.executable} -m http.server {port} --bind 127.0.0.1"]
+        ready = "tcp://127.0.0.1:{port}"
+        ready_timeout = "10s"
+        """, "watch_config = false")
+    daemon.start()
+    # alive but not listening yet: starting, not running (min_uptime alone would say running)
+    assert daemon.instances("srv")[0]["state"] == "starting"
+    daemon.wait_states("srv", "running", 1, timeout=15)
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
