@@ -291,6 +291,8 @@ def test_restart_latency_path_and_no_zombies(daemon: Daemon) -> None:
         """)
     daemon.start()
     rows = daemon.wait_states("s", "running", 3)
+    for r in rows:  # only stdin, stdout, stderr: no descriptor of the daemon leaks
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{r['pid']}/fd")) == [0, 1, 2]
     for r in rows:
         os.kill(r["pid"], signal.SIGKILL)
     new = wait_for(
