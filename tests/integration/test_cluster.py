@@ -245,3 +245,34 @@ def test_tcp_readiness_for_a_fork_app(daemon: Daemon) -> None:
     daemon.wait_states("srv", "running", 1, timeout=15)
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def test_node_server_listening_on_fd_3(daemon: Daemon) -> None:
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    port = _free_port()
+    script = Path(__file__).resolve().parent.parent / "apps" / "node_server.js"
+    daemon.write(f"""
+        [apps.node]
+        command = ["{node}", "{script}"]
+        exec_mode = "cluster"
+        instances = 2
+        listen = ["tcp://127.0.0.1:{port}"]
+        min_uptime = "300ms"
+        kill_timeout = "3s"
+        """, "watch_config = false")
+    daemon.start()
+    rows = daemon.wait_states("node", "running", 2, timeout=20)
+    pids = {r["pid"] for r in rows}
+    seen: set[int] = set()
+    for _ in range(2000):  # the kernel may favour one acceptor for a while: bounded loop
+        seen.add(_get(port))
+        if seen == pids:
+            break
+    assert seen == pids  # both instances accept on the one shared socket
+    r = daemon.cli("reload", "node", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not {x["pid"] for x in daemon.wait_states("node", "running", 2)} & pids
