@@ -20,10 +20,10 @@ import re
 import shlex
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from procsup import schema
+from procsup import schema, units
 from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
 
@@ -540,7 +540,7 @@ def _app_spec(
         watch = tuple(os.path.normpath(os.path.join(base, p)) for p in watch_value)
 
     listen: tuple[str, ...] = tuple(
-        "unix:" + src.resolve(a[len("unix:") :]) if a.startswith("unix:") else a
+        _absolute_unix(a, src.resolve) if a.startswith("unix:") else a
         for a in values.get("listen", ())
     )
     mode = values.get("exec_mode", ExecMode.FORK)
@@ -691,3 +691,10 @@ def describe(desired: Desired) -> str:
         count = f"{app.instances} instance" + ("" if app.instances == 1 else "s")
         lines.append(f"  {name:<{width}}  {count:<12} {app.exec_mode.value:<7}  {command}")
     return "\n".join(lines) + "\n"
+
+
+def _absolute_unix(address: str, resolve: Callable[[str], str]) -> str:
+    """A unix listen address with its path made absolute (relative to the defining file)."""
+    path, mode = units.split_unix_listen(address)
+    suffix = f"?mode={units.format_mode(mode)}" if mode is not None else ""
+    return "unix:" + resolve(path) + suffix

@@ -302,13 +302,14 @@ def check_listen(address: str) -> str:
         check_host_port(address[len("tcp://") :], "listen address")
         return address
     if address.startswith("unix:"):
-        path = address[len("unix:") :]
-        if not path or "\0" in path or path.endswith("/"):
-            raise ValueProblem(f"invalid listen address {address!r}: expected unix:/path/to/sock")
+        try:
+            units.split_unix_listen(address)  # "unix:/path" or "unix:/path?mode=0600"
+        except ValueError as exc:
+            raise ValueProblem(str(exc)) from None
         return address
     raise ValueProblem(
         f"invalid listen address {address!r}: expected "
-        '"tcp://HOST:PORT", "tcp://[::]:PORT" or "unix:/path/to/sock"'
+        '"tcp://HOST:PORT", "tcp://[::]:PORT" or "unix:/path/to/sock[?mode=0660]"'
     )
 
 

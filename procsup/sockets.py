@@ -51,6 +51,7 @@ import socket
 import stat
 from collections.abc import Sequence
 
+from procsup import units
 from procsup.errors import ProcsupError
 
 __all__ = [
@@ -130,11 +131,8 @@ def _split_tcp(address: str) -> tuple[str, int, bool]:
 
 
 def _unix_path(address: str) -> str:
-    """ "unix:/path" -> "/path". Raises ValueError when malformed."""
-    path = address[len("unix:") :]
-    if not path or "\0" in path:
-        raise ValueError("expected unix:/path/to/sock")
-    return path
+    """ "unix:/path" or "unix:/path?mode=0600" -> "/path". Raises ValueError when malformed."""
+    return units.split_unix_listen(address)[0]
 
 
 # -- binding --------------------------------------------------------------------------------------
@@ -162,7 +160,11 @@ def bind(
     if address.startswith("unix:"):
         if reuseport:
             raise BindError(address, "reuseport needs tcp")
-        return _bind_unix(address, backlog=backlog, mode=unix_mode)
+        try:
+            mode = units.split_unix_listen(address)[1]
+        except ValueError as exc:
+            raise BindError(address, f"invalid address: {exc}") from None
+        return _bind_unix(address, backlog=backlog, mode=unix_mode if mode is None else mode)
     raise BindError(address, 'invalid address: expected "tcp://HOST:PORT" or "unix:/path"')
 
 

@@ -168,3 +168,21 @@ def format_mode(mode: int) -> str:
     if not 0 <= mode <= 0o7777:
         raise ValueError(f"cannot format mode {mode!r}")
     return f"{mode:04o}"
+
+
+def split_unix_listen(address: str) -> tuple[str, int | None]:
+    """A `listen` address "unix:PATH" or "unix:PATH?mode=0600" -> (PATH, mode or None).
+
+    The mode is the socket file's permission bits (octal, as `socket_mode`). ValueError for a
+    malformed address."""
+    if not address.startswith("unix:"):
+        raise ValueError(f"not a unix listen address: {address!r}")
+    path, sep, query = address[len("unix:") :].partition("?")
+    if not path or "\0" in path or path.endswith("/"):
+        raise ValueError(f"invalid listen address {address!r}: expected unix:/path/to/sock")
+    if not sep:
+        return path, None
+    key, eq, value = query.partition("=")
+    if key != "mode" or not eq:
+        raise ValueError(f"invalid listen address {address!r}: the only option is ?mode=0660")
+    return path, parse_mode(value)

@@ -7,6 +7,7 @@ import http.client
 import os
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -276,3 +277,28 @@ def test_node_server_listening_on_fd_3(daemon: Daemon) -> None:
     r = daemon.cli("reload", "node", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not {x["pid"] for x in daemon.wait_states("node", "running", 2)} & pids
+
+
+def test_unix_socket_listener_with_a_mode(daemon: Daemon) -> None:
+    path = daemon.run_dir / "web.sock"
+    daemon.write(f"""
+        [apps.web]
+        command = {app_cmd("activated_http", "notify")}
+        exec_mode = "cluster"
+        instances = 2
+        listen = ["unix:{path}?mode=0600"]
+        ready = "notify"
+        """, "watch_config = false")
+    daemon.start()
+    daemon.wait_states("web", "running", 2)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.0 200")
+    assert daemon.stop_daemon() == 0
+    assert not path.exists()  # the socket file goes with the app

@@ -364,7 +364,7 @@ def test_unix_parent_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(BindError, match="is not a directory"):
         bind(f"unix:{tmp_path / 'file' / 'app.sock'}")
-    with pytest.raises(BindError, match="is not a directory"):
+    with pytest.raises(BindError, match="invalid address"):  # a path ending in "/" names no socket
         bind(f"unix:{tmp_path / 'file'}/")
 
 
