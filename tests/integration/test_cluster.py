@@ -302,3 +302,29 @@ def test_unix_socket_listener_with_a_mode(daemon: Daemon) -> None:
     assert reply.startswith(b"HTTP/1.0 200")
     assert daemon.stop_daemon() == 0
     assert not path.exists()  # the socket file goes with the app
+
+
+def test_uvicorn_on_the_inherited_fd(daemon: Daemon) -> None:
+    uvicorn = Path(sys.executable).with_name("uvicorn")
+    if not uvicorn.exists():
+        pytest.skip("uvicorn is not installed (it is in the test extras)")
+    port = _free_port()
+    apps = Path(__file__).resolve().parent.parent / "apps"
+    daemon.write(f"""
+        [apps.asgi]
+        command = ["{uvicorn}", "--fd", "3", "--app-dir", "{apps}", "asgi_app:app"]
+        exec_mode = "cluster"
+        instances = 2
+        listen = ["tcp://127.0.0.1:{port}"]
+        ready = "http://127.0.0.1:{port}/"
+        min_uptime = "300ms"
+        """, "watch_config = false")
+    daemon.start()
+    rows = daemon.wait_states("asgi", "running", 2, timeout=30)
+    pids = {r["pid"] for r in rows}
+    seen: set[int] = set()
+    for _ in range(2000):
+        seen.add(_get(port))
+        if seen == pids:
+            break
+    assert seen == pids
