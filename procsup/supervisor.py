@@ -860,7 +860,16 @@ class Supervisor:
         """Replace instances one at a time: start a replacement, wait until it is ready, only
         then stop the old one (gracefully), so a cluster app never stops serving. A
         replacement that is not ready within ready_timeout ends the rollout: it is stopped,
-        the old instances keep running, and the reason is returned."""
+        the old instances keep running, and the reason is returned. An old instance's graceful
+        stop overlaps the next replacement's start-up (it was replaced already); the rollout
+        returns once every old instance is gone."""
+        stopping: list[Slot] = []
+        try:
+            return await self._roll(app, indexes, stopping)
+        finally:
+            await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in stopping))
+
+    async def _roll(self, app: str, indexes: Iterable[int], stopping: list[Slot]) -> str | None:
         for index in indexes:
             old = self.slots.get(app, {}).get(index)
             if old is None or old.retiring:
@@ -897,8 +906,8 @@ class Supervisor:
             self.replacements.remove(new)
             self.slots[app][index] = new
             old.retiring = True
+            stopping.append(old)
             self.feed(old, lifecycle.Stop())
-            await self.wait(lambda old=old: old.inst.state not in LIVE_STATES)  # type: ignore[misc]
         return None
 
     @staticmethod
