@@ -54,10 +54,12 @@ class Commands:
 
     def select(self, names: Iterable[str]) -> list[Slot]:
         """Resolve `all`, `app` and `app:i` into slots, or raise unknown_app."""
-        chosen: dict[object, Slot] = {}
+        # Keyed by the slot itself: during a reload an instance id has two processes (the old
+        # one and its replacement), and `all` must reach both.
+        chosen: dict[int, Slot] = {}
         for name in names:
             if name == "all":
-                chosen.update((s.id, s) for s in self.sup.all_slots())
+                chosen.update((id(s), s) for s in self.sup.all_slots())
                 continue
             app, _, idx = name.partition(":")
             slots = self.sup.slots.get(app)
@@ -70,7 +72,7 @@ class Commands:
                 )
             for i, slot in sorted(slots.items()):
                 if not idx or int(idx) == i:
-                    chosen[slot.id] = slot
+                    chosen[id(slot)] = slot
         return list(chosen.values())
 
     @staticmethod
@@ -126,13 +128,13 @@ class Commands:
 
     async def cmd_stop(self, args: dict[str, Any], send: Send) -> object:
         slots = self.select(args["apps"])
-        gens = {s.id: s.generation for s in slots}
+        gens = {id(s): s.generation for s in slots}
         for slot in slots:
             self.sup.feed(slot, lifecycle.Stop())
         wait = bool(args.get("wait", True))
 
         def gone(s: Slot) -> bool:  # the processes this stop was about are gone
-            return s.inst.state not in LIVE_STATES or s.generation != gens[s.id]
+            return s.inst.state not in LIVE_STATES or s.generation != gens[id(s)]
 
         if wait:
             await self.sup.wait(lambda: all(gone(s) for s in slots))
@@ -227,21 +229,26 @@ class Commands:
     async def cmd_update(self, args: dict[str, Any], send: Send) -> object:
         try:
             wait = bool(args.get("wait", True))
-            apply = asyncio.ensure_future(self.sup.reload("update", wait=wait))
+            failures: list[str] = []
+            if not wait:  # the plan now; the apply (maybe a long rollout) goes on by itself
+                plan = self.sup.plan(self._load())
+                self.sup.request_reload("update")
+                return {**plan.to_json(), "failed": False}
+            apply = asyncio.ensure_future(self.sup.reload("update", wait=wait, failures=failures))
             # The apply goes on even if this client goes away (Ctrl-C only stops the waiting);
             # its outcome is then only logged, so retrieve it to keep asyncio quiet.
             apply.add_done_callback(lambda f: f.cancelled() or f.exception())
             plan = await asyncio.shield(apply)
         except ConfigError as exc:
             raise RemoteError(WireError.INVALID_CONFIG.value, str(exc), exc.to_dict()) from None
-        failed = bool(self.sup.apply_failures) or any(
+        failed = bool(failures) or any(
             s.inst.state is State.ERRORED
             for a in plan.actions
             for s in self.sup.slots.get(a.app, {}).values()
         )
         result: dict[str, object] = {**plan.to_json(), "failed": failed}
-        if self.sup.apply_failures:
-            result["error"] = "; ".join(self.sup.apply_failures)
+        if failures:
+            result["error"] = "; ".join(failures)
         return result
 
     async def cmd_scale(self, args: dict[str, Any], send: Send) -> object:

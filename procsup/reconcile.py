@@ -230,7 +230,10 @@ def plan(
             if stopped:
                 starts.append(Action(START, name, stopped, "stopped by command; config applied"))
         if keys and remaining > 0:
-            rolling = run.spec.exec_mode == ExecMode.CLUSTER == spec.exec_mode
+            # Rolling only between cluster definitions with the same kind of sockets: a
+            # balance change cannot keep the old sockets while the new ones are bound.
+            rolling = (run.spec.exec_mode == ExecMode.CLUSTER == spec.exec_mode
+                       and run.spec.balance == spec.balance)
             replaces.append(
                 Action(
                     RELOAD if rolling else RESTART,

@@ -145,12 +145,12 @@ class Supervisor:
         self._tasks: set[asyncio.Task[object]] = set()
         self.notify: notify.NotifyServer | None = None
         self.replacements: list[Slot] = []
-        self.apply_failures: list[str] = []  # rollouts the last apply had to stop
         self._by_pgid: dict[int, Slot] = {}  # live instances by process group (notify senders)
         # Listening sockets of cluster apps, held for the app's life: per app ("shared") or
         # per instance slot ("reuseport", so a replacement gets the same socket). The key
         # includes the addresses and balance, so a changed `listen` binds anew.
-        self.listeners: dict[tuple[str, int | None, tuple[str, ...], str], list[socket.socket]] = {}
+        self.listeners: dict[tuple[str, int | None, str, str], socket.socket] = {}
+        self.outgoing: list[Slot] = []  # replaced by a reload, still stopping
 
     # ------------------------------------------------------------------ start-up and shutdown
 
@@ -279,9 +279,8 @@ class Supervisor:
         if self.notify is not None:
             self.notify.close()
             self.notify = None
-        for socks in self.listeners.values():
-            for sock in socks:
-                sockets.release(sock)
+        for sock in self.listeners.values():
+            sockets.release(sock)
         self.listeners.clear()
         self._write_state()  # while the handles still say what (if anything) is left
         for slot in self.all_slots():
@@ -313,6 +312,7 @@ class Supervisor:
         for app in self.slots.values():
             yield from app.values()
         yield from self.replacements  # a reload's new instances, until they take over
+        yield from self.outgoing  # the instances they replaced, until they are gone
 
     def feed(self, slot: Slot, event: lifecycle.Event) -> None:
         """Apply one event to one instance and execute the resulting effects."""
@@ -333,6 +333,9 @@ class Supervisor:
         self._arm_timer(slot)
         if new.state is State.RUNNING and old.state is not State.RUNNING:
             self._arm_heartbeat(slot)
+        elif new.state is not State.RUNNING and slot.heartbeat is not None:
+            slot.heartbeat.cancel()
+            slot.heartbeat = None
         if slot.retiring and slot.inst.state not in LIVE_STATES:
             self._forget(slot)
         self._mark_dirty()
@@ -347,6 +350,10 @@ class Supervisor:
             del app[slot.id.index]
             if not app and slot.id.app not in self.specs:
                 del self.slots[slot.id.app]
+        if slot in self.outgoing:
+            self.outgoing.remove(slot)
+        if slot.spec.exec_mode is ExecMode.CLUSTER:
+            self._close_listeners()  # its sockets may have no user left
 
     def _log_transition(self, slot: Slot, old: Instance, new: Instance) -> None:
         level = logging.WARNING if new.state in (State.ERRORED, State.BACKOFF) else logging.INFO
@@ -519,8 +526,8 @@ class Supervisor:
         fields = msg.fields
         if "STATUS" in fields:
             slot.status = fields["STATUS"]
-        if fields.get("READY") == "1":
-            self.feed(slot, lifecycle.Ready())
+        if fields.get("READY") == "1" and slot.spec.ready == "notify":
+            self.feed(slot, lifecycle.Ready())  # a tcp/http probe is not cut short by it
         if fields.get("WATCHDOG") == "1":
             self._arm_heartbeat(slot)
         if fields.get("STOPPING") == "1":
@@ -543,41 +550,44 @@ class Supervisor:
         self.feed(slot, lifecycle.Recycle(f"no WATCHDOG=1 within heartbeat_timeout {timeout}"))
 
     def _listeners_for(self, slot: Slot) -> list[socket.socket]:
-        """The cluster app's listening sockets for this instance, bound on first use and held
-        for the app's life (per slot with balance = "reuseport"). SpawnError names an address
-        that cannot be bound."""
+        """The cluster app's listening sockets for this instance, in `listen` order, bound on
+        first use and held for the app's life (per slot with balance = "reuseport"). Sockets
+        are kept per address, so a `listen` change keeps the addresses it did not touch (their
+        old instances still hold them). SpawnError names an address that cannot be bound."""
         spec = slot.spec
         reuseport = spec.balance == "reuseport"
-        key = (spec.name, slot.id.index if reuseport else None, spec.listen, spec.balance)
-        socks = self.listeners.get(key)
-        if socks is None:
-            socks = []
-            try:
-                for address in spec.listen:
-                    socks.append(sockets.bind(address, reuseport=reuseport))
-            except sockets.BindError as exc:
-                for sock in socks:
-                    sock.close()
-                raise spawn.SpawnError(str(exc)) from None
-            self.listeners[key] = socks
+        socks = []
+        for address in spec.listen:
+            key = (spec.name, slot.id.index if reuseport else None, address, spec.balance)
+            sock = self.listeners.get(key)
+            if sock is None:
+                try:
+                    sock = sockets.bind(address, reuseport=reuseport)
+                except sockets.BindError as exc:
+                    raise spawn.SpawnError(str(exc)) from None
+                self.listeners[key] = sock
+            socks.append(sock)
         return socks
 
     def _close_listeners(self) -> None:
-        """Close the sockets no configured instance can use any more (app removed, `listen`
-        or `balance` changed, reuseport slot scaled away). Running processes keep their own
-        copies until they exit."""
-        wanted: set[tuple[str, int | None, tuple[str, ...], str]] = set()
-        for name, spec in self.specs.items():
+        """Close the sockets no instance can use any more (app removed, an address or
+        `balance` changed, reuseport slot scaled away), once the instances that used them are
+        gone: running processes keep their own copies, and a socket no process accepts on
+        would make clients hang instead of being refused."""
+        wanted: set[tuple[str, int | None, str, str]] = set()
+        for slot in self.all_slots():
+            spec = slot.spec
             if spec.exec_mode is not ExecMode.CLUSTER:
                 continue
-            if spec.balance == "reuseport":
-                for index in self.slots.get(name, {}):
-                    wanted.add((name, index, spec.listen, spec.balance))
-            else:
-                wanted.add((name, None, spec.listen, spec.balance))
+            if slot.retiring and slot.inst.state not in LIVE_STATES:
+                continue
+            index = slot.id.index if spec.balance == "reuseport" else None
+            wanted.update((spec.name, index, a, spec.balance) for a in spec.listen)
+        for name, spec in self.specs.items():  # slots not started yet keep their sockets too
+            if spec.exec_mode is ExecMode.CLUSTER and spec.balance != "reuseport":
+                wanted.update((name, None, a, spec.balance) for a in spec.listen)
         for key in [k for k in self.listeners if k not in wanted]:
-            for sock in self.listeners.pop(key):
-                sockets.release(sock)
+            sockets.release(self.listeners.pop(key))
 
     def _watch_exit(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
         fd = spawn.pidfd(proc.pid)
@@ -723,9 +733,15 @@ class Supervisor:
     def plan(self, new: Desired) -> reconcile.Plan:
         return reconcile.plan(self.running(), new.apps, self.desired.daemon, new.daemon)
 
-    async def apply(self, new: Desired, *, wait: bool) -> reconcile.Plan:
+    async def apply(
+        self, new: Desired, *, wait: bool, failures: list[str] | None = None
+    ) -> reconcile.Plan:
         """Make `new` the desired state and execute the plan that gets there. One apply at a
-        time; stops run (and finish) before anything starts, so freed resources are free."""
+        time; stops run (and finish) before anything starts, so freed resources are free. A
+        rollout that had to stop is appended to `failures`; its app keeps the definition its
+        instances still run, and the config counts as not applied."""
+        if failures is None:
+            failures = []
         async with self._apply_lock:
             if self.shutting_down:
                 return reconcile.Plan()
@@ -752,18 +768,33 @@ class Supervisor:
             if action_stops := [s for s in stopping if s.inst.state in LIVE_STATES]:
                 await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in action_stops))
             fresh = [spec for name, spec in new.apps.items() if self.specs.get(name) != spec]
+            previous = dict(self.specs)
             for name in [n for n in self.specs if n not in new.apps]:
                 del self.specs[name]
             for name, spec in new.apps.items():
                 self._set_spec(name, spec)
             self._close_listeners()
-            self.apply_failures = []
+            failed_before = len(failures)
             for action in plan.actions:
                 if action.action == reconcile.RELOAD:
                     failure = await self.rolling(action.app, action.instances)
                     if failure:
                         self.log.error("apply: %s", failure)
-                        self.apply_failures.append(failure)
+                        failures.append(failure)
+                        self._set_spec(action.app, previous[action.app])  # what still runs
+                elif action.action == reconcile.RESTART and self._rebinds(
+                        previous.get(action.app), new.apps[action.app]):
+                    # The sockets change kind (balance): no instance may hold the old ones
+                    # when the new ones are bound, so stop them all, then start.
+                    slots = [self.slots[action.app][i] for i in action.instances]
+                    for slot in slots:
+                        self.feed(slot, lifecycle.Stop())
+                    await self.wait(lambda slots=slots: all(  # type: ignore[misc]
+                        s.inst.state not in LIVE_STATES for s in slots))
+                    self._close_listeners()
+                    for slot in slots:
+                        starting.append((slot, slot.generation))
+                        self.feed(slot, lifecycle.Start())
                 elif action.action == reconcile.RESTART:
                     for i in action.instances:
                         slot = self.slots[action.app][i]
@@ -777,7 +808,7 @@ class Supervisor:
                         self.feed(slot, lifecycle.Start())
                         if len(starting) % _YIELD_EVERY == 0:
                             await asyncio.sleep(0)  # record what runs so far; answer clients
-            self.config_error = None
+            self.config_error = "; ".join(failures[failed_before:]) or None
             for line in plan.describe():
                 self.log.info("apply: %s", line)
             for spec in fresh:
@@ -786,6 +817,14 @@ class Supervisor:
         if wait and starting:
             await self.wait(lambda: all(self.started(s) for s, _ in starting))
         return plan
+
+    @staticmethod
+    def _rebinds(old: AppSpec | None, new: AppSpec) -> bool:
+        """Whether a restart must stop every instance before any starts: a cluster app whose
+        sockets change kind (balance) cannot bind the new ones while old instances hold the
+        old ones."""
+        return (old is not None and old.exec_mode is ExecMode.CLUSTER
+                and new.exec_mode is ExecMode.CLUSTER and old.balance != new.balance)
 
     def _set_spec(self, name: str, spec: AppSpec) -> None:
         """Record the applied definition; running instances take its live keys at once."""
@@ -871,6 +910,8 @@ class Supervisor:
 
     async def _roll(self, app: str, indexes: Iterable[int], stopping: list[Slot]) -> str | None:
         for index in indexes:
+            if self.shutting_down:
+                return f"reload of {app} stopped: procsupd is shutting down"
             old = self.slots.get(app, {}).get(index)
             if old is None or old.retiring:
                 continue
@@ -891,6 +932,15 @@ class Supervisor:
                     or new.generation > 1)), limit)  # its first run already ended
             except TimeoutError:
                 pass
+            superseded = (self.shutting_down or self.slots.get(app, {}).get(index) is not old
+                          or old.inst.state not in (State.RUNNING, State.STARTING))
+            if superseded and new.inst.state in LIVE_STATES:
+                new.retiring = True
+                self.feed(new, lifecycle.Stop())
+                await self.wait(lambda new=new: new.inst.state not in LIVE_STATES)  # type: ignore[misc]
+                self.replacements.remove(new)
+                return (f"reload of {app} stopped at {new.id}: the instance was stopped or "
+                        "procsupd is shutting down")
             if new.inst.state is not State.RUNNING:
                 if new.inst.exit_code is not None or new.generation > 1:
                     reason = (f"the replacement was not ready within ready_timeout "
@@ -907,6 +957,7 @@ class Supervisor:
             self.slots[app][index] = new
             old.retiring = True
             stopping.append(old)
+            self.outgoing.append(old)
             self.feed(old, lifecycle.Stop())
         return None
 
@@ -919,7 +970,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ config reload triggers
 
-    async def reload(self, trigger: str, *, wait: bool = False) -> reconcile.Plan:
+    async def reload(
+        self, trigger: str, *, wait: bool = False, failures: list[str] | None = None
+    ) -> reconcile.Plan:
         """Read the config and apply it (`update`, SIGHUP, a saved file). An invalid config
         changes nothing: the error is logged, kept for `status`, and raised."""
         try:
@@ -928,7 +981,7 @@ class Supervisor:
             self.config_error = str(exc)
             self.log.error("%s: config not applied: %s", trigger, exc)
             raise
-        plan = await self.apply(new, wait=wait)
+        plan = await self.apply(new, wait=wait, failures=failures)
         self._update_watch()
         return plan
 

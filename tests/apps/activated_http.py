@@ -1,4 +1,4 @@
-"""Test app: an HTTP server on the socket-activated fd 3 (LISTEN_FDS/LISTEN_PID), answering
+"""Test app: an HTTP server on the socket-activated fds 3.. (LISTEN_FDS/LISTEN_PID), answering
 its own pid. argv[1]: "notify" sends READY=1 once serving, "never" never does, "started"
 sends nothing. SIGTERM stops it gracefully: the request in hand is finished, then exit 0."""
 
@@ -10,7 +10,8 @@ import sys
 import threading
 
 mode = sys.argv[1] if len(sys.argv) > 1 else "started"
-if int(os.environ.get("LISTEN_PID", "0")) != os.getpid() or os.environ.get("LISTEN_FDS") != "1":
+nfds = int(os.environ.get("LISTEN_FDS", "0"))
+if int(os.environ.get("LISTEN_PID", "0")) != os.getpid() or nfds < 1:
     print(f"bad activation: {os.environ.get('LISTEN_PID')} {os.environ.get('LISTEN_FDS')}",
           file=sys.stderr, flush=True)
     sys.exit(3)
@@ -31,10 +32,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-server = http.server.HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-server.socket.close()
-server.socket = socket.socket(fileno=3)
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+servers = []
+for fd in range(3, 3 + nfds):
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+    srv.socket.close()
+    srv.socket = socket.socket(fileno=fd)
+    servers.append(srv)
+server = servers[0]
+for extra in servers[1:]:
+    threading.Thread(target=extra.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+
+
+def stop() -> None:
+    for srv in servers:
+        srv.shutdown()
+
+
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop).start())
 
 
 def notify(message: bytes) -> None:

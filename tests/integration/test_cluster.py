@@ -4,11 +4,13 @@ kept open across crashes and rolling reloads; readiness by notify; reload aborts
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -328,3 +330,85 @@ def test_uvicorn_on_the_inherited_fd(daemon: Daemon) -> None:
         if seen == pids:
             break
     assert seen == pids
+
+
+def _all_answer(port: int, n: int = 40) -> bool:
+    """n fresh connections, each answered (a socket nobody accepts on would hang them)."""
+    for _ in range(n):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/")
+            if conn.getresponse().status != 200:
+                return False
+        except OSError:
+            return False
+        finally:
+            conn.close()
+    return True
+
+
+def test_scale_down_with_reuseport_leaves_no_socket_without_acceptor(daemon: Daemon) -> None:
+    port = _free_port()
+    _cluster(daemon, port, extra='balance = "reuseport"')
+    daemon.start()
+    daemon.wait_states("web", "running", 2)
+    assert daemon.cli("scale", "web", "1").returncode == 0
+    daemon.wait_states("web", "running", 1)
+    assert _all_answer(port)
+
+
+def test_listen_change_keeps_the_unchanged_address(daemon: Daemon) -> None:
+    port, port2 = _free_port(), _free_port()
+    _cluster(daemon, port)
+    daemon.start()
+    old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
+    text = daemon.config.read_text().replace(
+        f'listen = ["tcp://127.0.0.1:{port}"]',
+        f'listen = ["tcp://127.0.0.1:{port}", "tcp://127.0.0.1:{port2}"]')
+    daemon.config.write_text(text.replace('"notify"]', '"notify", "two"]'))
+    r = daemon.cli("update", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = {x["pid"] for x in daemon.wait_states("web", "running", 2)}
+    assert not new & old
+    assert _all_answer(port) and _all_answer(port2)
+
+
+def test_stop_during_a_reload_stops_old_and_replacement(daemon: Daemon, tmp_path: Path) -> None:
+    port = _free_port()
+    slow = tmp_path / "slow.sh"  # replacements take a while to get ready
+    slow.write_text(f"#!/bin/sh\nsleep 1.5\nexec {sys.executable} "
+                    f"{Path(__file__).resolve().parent.parent / 'apps' / 'activated_http.py'}"
+                    " notify\n")
+    slow.chmod(0o755)
+    _cluster(daemon, port)
+    daemon.start()
+    daemon.wait_states("web", "running", 2)
+    daemon.config.write_text(daemon.config.read_text().replace(
+        "command = [", f'command = ["{slow}"]\n# was: ['))
+    import threading
+
+    results: dict[str, int] = {}
+    t = threading.Thread(target=lambda: results.setdefault(
+        "update", daemon.cli("update", timeout=60).returncode))
+    t.start()
+    time.sleep(0.5)  # the first replacement is starting
+    assert daemon.cli("stop", "web").returncode == 0
+    t.join(60)
+    assert not t.is_alive()
+    wait_for(lambda: all(r["state"] == "stopped" for r in daemon.instances("web")), 10,
+             "web stopped")
+    assert not daemon.app_processes()  # neither the old instances nor a replacement survive
+
+
+def test_a_failed_rollout_is_not_counted_as_applied(daemon: Daemon) -> None:
+    port = _free_port()
+    _cluster(daemon, port)
+    daemon.start()
+    old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
+    daemon.config.write_text(daemon.config.read_text().replace('"notify"]', '"never"]'))
+    assert daemon.cli("update", timeout=60).returncode == 1
+    st = daemon.status()
+    assert st["config"]["applied"] is False and "not ready" in st["config"]["error"]
+    assert {r["pid"] for r in st["instances"]} == old
+    r = daemon.cli("reread", "--json")  # the change is still to be applied
+    assert [a["action"] for a in json.loads(r.stdout)["actions"]] == ["reload"]
