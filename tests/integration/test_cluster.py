@@ -10,12 +10,17 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from .conftest import Daemon, app_cmd, pid_alive, wait_for
+
+T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -34,6 +39,29 @@ def _get(port: int) -> int:
         return int(resp.read())
     finally:
         conn.close()
+
+
+def _load_during(port: int, action: Callable[[], T]) -> tuple[T, dict[str, int]]:
+    """Run `action` while a client sends requests one after another (bounded in number and by
+    the action's end); returns its result and the count of answered and failed requests."""
+    stop = threading.Event()
+    results = {"ok": 0, "failed": 0}
+
+    def client() -> None:
+        while not stop.is_set() and results["ok"] + results["failed"] < 20000:
+            try:
+                _get(port)
+                results["ok"] += 1
+            except OSError:
+                results["failed"] += 1
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        return action(), results
+    finally:
+        stop.set()
+        t.join(10)
 
 
 def _cluster(daemon: Daemon, port: int, mode: str = "notify", extra: str = "") -> None:
@@ -83,26 +111,7 @@ def test_rolling_reload_serves_throughout(daemon: Daemon) -> None:
     _cluster(daemon, port)
     daemon.start()
     old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
-    import threading
-
-    stop = threading.Event()
-    results = {"ok": 0, "failed": 0}
-
-    def client() -> None:
-        while not stop.is_set() and results["ok"] + results["failed"] < 20000:
-            try:
-                _get(port)
-                results["ok"] += 1
-            except OSError:
-                results["failed"] += 1
-
-    t = threading.Thread(target=client)
-    t.start()
-    try:
-        r = daemon.cli("reload", "web", timeout=60)
-    finally:
-        stop.set()
-        t.join(10)
+    r, results = _load_during(port, lambda: daemon.cli("reload", "web", timeout=60))
     assert r.returncode == 0, r.stdout + r.stderr
     assert results["failed"] == 0 and results["ok"] > 0, results
     new = {x["pid"] for x in daemon.wait_states("web", "running", 2)}
@@ -184,26 +193,7 @@ def test_gunicorn_with_its_native_socket_activation(daemon: Daemon) -> None:
     old = {r["pid"] for r in daemon.wait_states("gu", "running", 2, timeout=30)}
     workers = {_get(port) for _ in range(50)}
     assert len(workers) >= 2  # served by workers of the instances, all on one port
-    import threading
-
-    stop = threading.Event()
-    results = {"ok": 0, "failed": 0}
-
-    def client() -> None:
-        while not stop.is_set() and results["ok"] + results["failed"] < 20000:
-            try:
-                _get(port)
-                results["ok"] += 1
-            except OSError:
-                results["failed"] += 1
-
-    t = threading.Thread(target=client)
-    t.start()
-    try:
-        r = daemon.cli("reload", "gu", timeout=120)
-    finally:
-        stop.set()
-        t.join(10)
+    r, results = _load_during(port, lambda: daemon.cli("reload", "gu", timeout=120))
     assert r.returncode == 0, r.stdout + r.stderr
     assert results["failed"] == 0 and results["ok"] > 0, results
     new = {x["pid"] for x in daemon.wait_states("gu", "running", 2)}
@@ -385,8 +375,6 @@ def test_stop_during_a_reload_stops_old_and_replacement(daemon: Daemon, tmp_path
     daemon.wait_states("web", "running", 2)
     daemon.config.write_text(daemon.config.read_text().replace(
         "command = [", f'command = ["{slow}"]\n# was: ['))
-    import threading
-
     results: dict[str, int] = {}
     t = threading.Thread(target=lambda: results.setdefault(
         "update", daemon.cli("update", timeout=60).returncode))
