@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import pytest
 
-from .conftest import Daemon, app_cmd, pid_alive, wait_for
+from .conftest import APPS, Daemon, app_cmd, pid_alive, wait_for
 
 T = TypeVar("T")
 
@@ -39,6 +39,14 @@ def _get(port: int) -> int:
         return int(resp.read())
     finally:
         conn.close()
+
+
+def _venv_tool(name: str) -> Path:
+    """A console script of the test extras beside this interpreter; skip the test without it."""
+    tool = Path(sys.executable).with_name(name)
+    if not tool.exists():
+        pytest.skip(f"{name} is not installed (it is in the test extras)")
+    return tool
 
 
 def _load_during(port: int, action: Callable[[], T]) -> tuple[T, dict[str, int]]:
@@ -174,14 +182,11 @@ def test_reuseport_gives_each_slot_its_own_socket(daemon: Daemon) -> None:
 
 
 def test_gunicorn_with_its_native_socket_activation(daemon: Daemon) -> None:
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    if not gunicorn.exists():
-        pytest.skip("gunicorn is not installed (it is in the test extras)")
+    gunicorn = _venv_tool("gunicorn")
     port = _free_port()
-    apps = Path(__file__).resolve().parent.parent / "apps"
     daemon.write(f"""
         [apps.gu]
-        command = ["{gunicorn}", "--workers", "2", "--chdir", "{apps}", "wsgi_app:application"]
+        command = ["{gunicorn}", "--workers", "2", "--chdir", "{APPS}", "wsgi_app:application"]
         exec_mode = "cluster"
         instances = 2
         listen = ["tcp://127.0.0.1:{port}"]
@@ -247,7 +252,7 @@ def test_node_server_listening_on_fd_3(daemon: Daemon) -> None:
     if node is None:
         pytest.skip("node is not installed")
     port = _free_port()
-    script = Path(__file__).resolve().parent.parent / "apps" / "node_server.js"
+    script = APPS / "node_server.js"
     daemon.write(f"""
         [apps.node]
         command = ["{node}", "{script}"]
@@ -297,14 +302,11 @@ def test_unix_socket_listener_with_a_mode(daemon: Daemon) -> None:
 
 
 def test_uvicorn_on_the_inherited_fd(daemon: Daemon) -> None:
-    uvicorn = Path(sys.executable).with_name("uvicorn")
-    if not uvicorn.exists():
-        pytest.skip("uvicorn is not installed (it is in the test extras)")
+    uvicorn = _venv_tool("uvicorn")
     port = _free_port()
-    apps = Path(__file__).resolve().parent.parent / "apps"
     daemon.write(f"""
         [apps.asgi]
-        command = ["{uvicorn}", "--fd", "3", "--app-dir", "{apps}", "asgi_app:app"]
+        command = ["{uvicorn}", "--fd", "3", "--app-dir", "{APPS}", "asgi_app:app"]
         exec_mode = "cluster"
         instances = 2
         listen = ["tcp://127.0.0.1:{port}"]
@@ -367,7 +369,7 @@ def test_stop_during_a_reload_stops_old_and_replacement(daemon: Daemon, tmp_path
     port = _free_port()
     slow = tmp_path / "slow.sh"  # replacements take a while to get ready
     slow.write_text(f"#!/bin/sh\nsleep 1.5\nexec {sys.executable} "
-                    f"{Path(__file__).resolve().parent.parent / 'apps' / 'activated_http.py'}"
+                    f"{APPS / 'activated_http.py'}"
                     " notify\n")
     slow.chmod(0o755)
     _cluster(daemon, port)
