@@ -215,7 +215,7 @@ def test_heartbeat_timeout_restarts_a_silent_instance(daemon: Daemon) -> None:
         [apps.steady]
         command = {app_cmd("notifier")}
         ready = "notify"
-        heartbeat_timeout = "400ms"
+        heartbeat_timeout = "2s"  # beats every 0.1 s: a wide margin on a loaded machine
         """, "watch_config = false")
     daemon.start()
     [first] = daemon.wait_states("beat", "running", 1)
@@ -233,7 +233,7 @@ def test_tcp_readiness_for_a_fork_app(daemon: Daemon) -> None:
     daemon.write(f"""
         [apps.srv]
         command = ["/bin/sh", "-c",
-                   "sleep 1.5; exec {sys.executable} -m http.server {port} --bind 127.0.0.1"]
+                   "sleep 3; exec {sys.executable} -m http.server {port} --bind 127.0.0.1"]
         ready = "tcp://127.0.0.1:{port}"
         ready_timeout = "10s"
         """, "watch_config = false")
