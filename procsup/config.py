@@ -651,7 +651,12 @@ def _unescape(m: re.Match[str]) -> str:
 
 
 def find_socket(
-    *, socket: str | None, config: str | None, environ: Mapping[str, str], uid: int
+    *,
+    socket: str | None,
+    config: str | None,
+    environ: Mapping[str, str],
+    uid: int,
+    system_config: str = ROOT_CONFIG,
 ) -> str:
     """The control socket per contract §1: `-s`; else `[procsup] socket` of the `-c` file;
     else $PROCSUP_SOCKET; else that of $PROCSUP_CONFIG's file; else that of the default config;
@@ -660,6 +665,11 @@ def find_socket(
     A config file that names no socket (or cannot be read) means the daemon that loads it uses
     the default socket, so `-c` without a socket key yields the default socket path rather than
     falling through to $PROCSUP_SOCKET.
+
+    One step is added for the system daemon of a distro package: a user other than root who
+    has neither a config of their own nor a daemon of their own serving gets the socket of the
+    system config (`system_config`, else the root default) when that socket exists, so that the
+    members of `socket_group` can type `procsup status` as root does.
     """
     if socket:
         return os.path.abspath(socket)
@@ -668,10 +678,18 @@ def find_socket(
     if environ.get("PROCSUP_SOCKET"):
         return os.path.abspath(environ["PROCSUP_SOCKET"])
     try:
-        config_path = default_config_path(uid, environ)
+        config_path: str | None = default_config_path(uid, environ)
     except ConfigError:  # no home directory: there is no default config to read
-        return default_socket_path(uid, environ)
-    return socket_from_file(config_path) or default_socket_path(uid, environ)
+        config_path = None
+    if config_path is not None and (found := socket_from_file(config_path)):
+        return found
+    own = default_socket_path(uid, environ)
+    has_own = (config_path is not None and os.path.exists(config_path)) or os.path.exists(own)
+    if uid != 0 and not has_own:
+        system = socket_from_file(system_config) or ROOT_SOCKET
+        if os.path.exists(system):
+            return system
+    return own
 
 
 # -- describe ---------------------------------------------------------------------------------

@@ -1071,7 +1071,10 @@ def test_find_socket_order(tmp_path: Path) -> None:
     full = {**base, "PROCSUP_SOCKET": "/from/env.sock", "PROCSUP_CONFIG": env_file}
 
     def find(socket: str | None, cfg: str | None, environ: dict[str, str], uid: int = 1000) -> str:
-        return config.find_socket(socket=socket, config=cfg, environ=environ, uid=uid)
+        return config.find_socket(
+            socket=socket, config=cfg, environ=environ, uid=uid,
+            system_config=str(tmp_path / "no-system.toml"),
+        )
 
     assert find("/from/s.sock", c_file, full) == "/from/s.sock"
     assert find(None, c_file, full) == "/from/c.sock"
@@ -1082,6 +1085,33 @@ def test_find_socket_order(tmp_path: Path) -> None:
     assert find(None, None, base) == "/from/default.sock"
     assert find(None, None, {"HOME": str(tmp_path / "nohome")}) == "/tmp/procsup-1000/procsup.sock"
     assert find(None, None, {}, uid=0).startswith("/")
+
+
+def test_find_socket_falls_back_to_the_system_daemon(tmp_path: Path) -> None:
+    """A member of socket_group with no config and no daemon of their own reaches the system
+    daemon (the distro package's); anything of their own wins."""
+    system_sock = tmp_path / "run" / "procsup.sock"
+    system = write(tmp_path, f'[procsup]\nsocket = "{system_sock}"\n', "etc/apps.toml")
+    home = tmp_path / "home"
+    runtime = tmp_path / "user-run"
+    environ = {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
+    own = str(runtime / "procsup" / "procsup.sock")
+
+    def find(uid: int = 1000) -> str:
+        return config.find_socket(
+            socket=None, config=None, environ=environ, uid=uid, system_config=system
+        )
+
+    assert find() == own  # the system socket does not exist: nothing to fall back to
+    system_sock.parent.mkdir()
+    system_sock.touch()
+    assert find() == str(system_sock)
+    (runtime / "procsup").mkdir(parents=True)
+    Path(own).touch()  # a daemon of the user's own serves: it wins
+    assert find() == own
+    Path(own).unlink()
+    write(home, '[apps.a]\ncommand = "x"\n', ".config/procsup/apps.toml")
+    assert find() == own  # a config of the user's own (its daemon uses the user's socket)
 
 
 # -- the reference config and docs --------------------------------------------------------------
