@@ -5,7 +5,8 @@ request failed, 2 usage error, 3 the daemon cannot be reached (the message names
 
 Start-up time matters (`procsup status` in scripts and prompts): this module imports only the
 client, the protocol and `errors` at start; `config` (socket discovery, only without `-s`) and
-`units` (signal names) are imported where needed. Never asyncio, psutil or daemon machinery.
+`units` (signal names) are imported where needed, and so are `importers` (`procsup import`,
+which needs no daemon). Never asyncio, psutil or daemon machinery.
 """
 
 from __future__ import annotations
@@ -359,6 +360,63 @@ def cmd_dump(ctx: _Context) -> int:
     return ExitCode.OK
 
 
+class LocalFiles:
+    """The file system as the importers see it (`procsup.importers.Files`)."""
+
+    def read_text(self, path: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+    def glob(self, pattern: str) -> list[str]:
+        import glob
+
+        return sorted(glob.glob(pattern))
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+
+def cmd_import(ctx: _Context) -> int:
+    """`procsup import pm2|supervisord FILE [-o OUT] [--force]`: no daemon involved. The TOML
+    goes to stdout or OUT; each setting without an equivalent is a warning on stderr."""
+    ns = ctx.ns
+    source = os.path.abspath(ns.file)
+    output = ns.output
+    if output is not None:
+        if os.path.exists(output) and os.path.samefile(output, source):
+            print(f"procsup: {output} is the file being imported; choose another --output",
+                  file=sys.stderr)
+            return ExitCode.FAILED
+        if os.path.exists(output) and not ns.force:
+            print(f"procsup: {output} exists; use --force to overwrite it", file=sys.stderr)
+            return ExitCode.FAILED
+    if ns.format == "pm2":
+        from procsup.importers import pm2
+
+        result = pm2.convert(source, LocalFiles(), os.environ)
+    else:
+        import platform
+
+        from procsup.importers import supervisord
+
+        result = supervisord.convert(source, LocalFiles(), os.environ, platform.node())
+    for note in result.notes:
+        print(f"procsup: warning: {note}", file=sys.stderr)
+    if output is None:
+        _out(result.toml)
+        return ExitCode.OK
+    try:
+        # "x" refuses a file that appeared since the check above; --force replaces it.
+        with open(output, "w" if ns.force else "x", encoding="utf-8") as f:
+            f.write(result.toml)
+    except OSError as exc:
+        print(f"procsup: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    print(f"procsup: wrote {output} ({len(result.notes)} warning(s)); check it with "
+          f"`procsupd --check -c {output}`", file=sys.stderr)
+    return ExitCode.OK
+
+
 # --------------------------------------------------------------------------- arguments
 
 
@@ -437,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("dump", cmd_dump, "print the effective config as TOML")
     sp = add("shutdown", cmd_shutdown, "stop every app, then the daemon")
     no_wait(sp)
+    sp = add("import", cmd_import, "translate a PM2 ecosystem or a supervisord config into "
+             "procsup TOML (no daemon needed)")
+    sp.add_argument("format", choices=("pm2", "supervisord"), metavar="pm2|supervisord")
+    sp.add_argument("file", metavar="FILE",
+                    help="ecosystem .json/.yaml/.yml/.js/.cjs, or supervisord .conf")
+    sp.add_argument("-o", "--output", metavar="OUT", help="write the TOML here, not to stdout")
+    sp.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     add("version", cmd_version, "print the client's and the daemon's version")
     add("ping", cmd_ping, "check that the daemon answers")
     return p

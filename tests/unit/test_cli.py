@@ -75,7 +75,8 @@ def test_parse_global_options_and_commands() -> None:
         ["scale", "web"],
         ["scale", "web", "-1"],
         ["status", "--bogus"],
-        ["import", "pm2", "x.json"],
+        ["import", "pm3", "x.json"],
+        ["import", "pm2"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
