@@ -8,22 +8,32 @@ run side by side, each on its own port, all started before any load:
 - shared: procsupd, one cluster app, `instances = --instances`, `balance = "shared"`;
 - reuseport: the same with `balance = "reuseport"` (one daemon-held socket per slot);
 - baseline: the same number of servers started directly, each binding its own SO_REUSEPORT
-  socket on one port (no supervisor at all).
+  socket on one port (no supervisor at all);
+- plain-shared: the same number of servers started directly on one listening socket this script
+  binds and hands each of them as fd 3 (socket activation, no supervisor): what `shared` costs
+  without procsup, to tell the shared socket's cost from the daemon's.
 
 1. Throughput: `wrk` (--wrk-threads, --connections) for --seconds against each subject in
    turn, --reps rounds, the order rotated each round, the machine waited quiet before each
-   round; median requests/s per subject; ratio to the baseline (target >= 0.95). Both with
+   round; median requests/s per subject, and the ratio to the baseline as the median of the
+   per-round ratios (each subject against the baseline run of the same round, which cancels the
+   machine's drift between rounds; target >= 0.95). Both with
    keep-alive and with `Connection: close` (a new connection per request, which is where the
    kernel's choice of instance happens). Each wrk thread also stops after --max-requests / threads
    answers (a Lua counter), so every load run is bounded in requests and in time.
 2. Spread: --requests requests (4 client threads, a new connection each, at most 60 s), the
    pid in each answer counted; each instance's share (target with reuseport: 40-60 % each).
 3. Rolling reload: a fourth daemon, --reload-instances instances, `ready = "notify"`.
-   Start-up of one instance: the same command spawned the way procsupd spawns it (`/bin/sh`
-   moves the socket to fd 3 and execs it), from the spawn to the READY=1 datagram on a notify
-   socket of ours (--startup-reps times, median). Reload: wall time of
-   `procsup -s SOCK reload rl` from spawn to exit 0 (--reload-reps times, median), every pid
-   checked replaced and `running` after each. Target: reload <= 1.1 x (instances x start-up).
+   Start-up of one instance: the same command spawned the way procsupd spawns it (procsup's
+   own `spawn.start` with the activation shell of `sockets.activation_argv`, the socket on a fd
+   above 9 moved to fd 3, output to pipes), from the spawn to the READY=1 datagram on a notify
+   socket of ours (--startup-reps times, median). Reload, as the daemon performs it: a `reload`
+   request sent on the control socket from this process, from the request's send to the reply
+   (--reload-reps times, median; the daemon replies once every old instance has exited); every
+   pid checked replaced and `running` after each. The start-ups and reloads are interleaved (two
+   start-ups before each reload) so that both see the same machine. Target: reload <= 1.1 x
+   (instances x start-up). Secondary: the same reload by the CLI, `procsup -s SOCK reload rl`
+   from spawn to exit 0, which adds the CLI's own start (the `procsup ping` row).
 
     .venv/bin/python bench/bench_cluster.py [--seconds 5] [--reps 3] [--requests 10000]
 """
@@ -31,6 +41,8 @@ run side by side, each on its own port, all started before any load:
 from __future__ import annotations
 
 import collections
+import fcntl
+import importlib
 import os
 import re
 import shutil
@@ -140,9 +152,25 @@ def spread(port: int, n: int, threads: int = 4, limit: float = 60) -> collection
     return counts
 
 
-def start_baseline(s: Session, port: int, n: int) -> list[subprocess.Popen[bytes]]:
-    procs = [subprocess.Popen([PYTHON, SERVER, str(port)], env=s.env, start_new_session=True,
-                              stdin=subprocess.DEVNULL) for _ in range(n)]
+def activated(s: Session, sock: socket.socket, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the server the way procsupd starts a cluster instance: procsup's own spawn (a new
+    session, close_fds, output to pipes) of `sockets.activation_argv`, whose shell moves the
+    socket from a fd above 9 (where the daemon's sockets are) to fd 3 and execs the server.
+    The pipes' read ends are closed at once: the server writes nothing."""
+    from procsup import sockets, spawn  # after parse(): the --commit revision when given
+
+    high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+    r, w = os.pipe()
+    try:
+        argv, extra = sockets.activation_argv([PYTHON, SERVER], [high], "x")
+        return spawn.start(spawn.Launch(argv=argv, env={**s.env, **env, **extra}, stdout=w,
+                                        stderr=w, pass_fds=(high,)))
+    finally:
+        for fd in (high, r, w):
+            os.close(fd)
+
+
+def wait_all_serve(port: int, procs: list[subprocess.Popen[bytes]], what: str) -> None:
     want = {p.pid for p in procs}
     seen: set[int] = set()
 
@@ -153,7 +181,20 @@ def start_baseline(s: Session, port: int, n: int) -> list[subprocess.Popen[bytes
             pass
         return want <= seen
 
-    wait_for(all_serve, 20, "the baseline servers", 0.01)
+    wait_for(all_serve, 20, what, 0.01)
+
+
+def start_baseline(s: Session, port: int, n: int) -> list[subprocess.Popen[bytes]]:
+    procs = [subprocess.Popen([PYTHON, SERVER, str(port)], env=s.env, start_new_session=True,
+                              stdin=subprocess.DEVNULL) for _ in range(n)]
+    wait_all_serve(port, procs, "the baseline servers")
+    return procs
+
+
+def start_plain_shared(s: Session, sock: socket.socket, n: int) -> list[subprocess.Popen[bytes]]:
+    """n servers on the one listening socket `sock`, socket-activated, no supervisor."""
+    procs = [activated(s, sock, {}) for _ in range(n)]
+    wait_all_serve(sock.getsockname()[1], procs, "the plain-shared servers")
     return procs
 
 
@@ -166,17 +207,10 @@ def instance_pids(d: Procsup, app: str) -> list[int]:
 def startup_once(
     s: Session, sock: socket.socket, notify: socket.socket, path: str
 ) -> tuple[float, float]:
-    """Spawn one instance as procsupd does (/bin/sh execs the command with the socket on fd 3)
-    and return seconds from the spawn to its READY=1, and from its SIGTERM to its exit."""
-    # dash takes single-digit descriptors only: the socket is put on fd 3 before the exec
-    # of /bin/sh (which then execs the server, as procsupd's does); fd 3 of ours is untouched
-    fd = sock.fileno()
-    env = {**s.env, "LISTEN_FDS": "1", "NOTIFY_SOCKET": path}
+    """Spawn one instance as procsupd does (`activated`) and return seconds from the spawn to
+    its READY=1, and from its SIGTERM to its exit."""
     t0 = time.monotonic()
-    p = subprocess.Popen(["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", PYTHON, SERVER],
-                         pass_fds=(3,), preexec_fn=lambda: os.dup2(fd, 3),  # noqa: PLW1509 (no threads now)
-                         env=env,
-                         start_new_session=True, stdin=subprocess.DEVNULL)
+    p = activated(s, sock, {"NOTIFY_SOCKET": path})
     try:
         notify.settimeout(10)
         while True:
@@ -210,6 +244,10 @@ def main() -> None:
     p.add_argument("--startup-reps", type=int, default=10)
     p.add_argument("--reload-reps", type=int, default=5)
     args = parse(p)
+    # imported before any timing (`activated` uses them): the first start-up measures no import
+    for module in ("procsup.sockets", "procsup.spawn"):
+        importlib.import_module(module)
+    from procsup.client import Client
     if args.quick:
         args.seconds, args.reps = min(args.seconds, 2), min(args.reps, 1)
         args.startup_reps, args.reload_reps = min(args.startup_reps, 3), min(args.reload_reps, 2)
@@ -217,13 +255,18 @@ def main() -> None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
     header("cluster mode: throughput, spread, rolling reload")
     res = Results("cluster")
-    budget = args.budget or 240 + args.reps * 6 * (args.seconds + 2) + args.reload_reps * 10
+    budget = args.budget or 240 + args.reps * 8 * (args.seconds + 2) + args.reload_reps * 20
     n = args.instances
     with Session("cluster", budget) as s:
         lua = str(s.path("count.lua"))
         with open(lua, "w") as f:
             f.write(WRK_LUA)
-        ports = {"shared": free_port(), "reuseport": free_port(), "baseline": free_port()}
+        plain = socket.socket()
+        plain.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        plain.bind(("127.0.0.1", 0))
+        plain.listen(1024)
+        ports = {"shared": free_port(), "reuseport": free_port(),
+                 "plain-shared": plain.getsockname()[1], "baseline": free_port()}
         daemons = {b: Procsup(s, b, {"web": cluster_app(ports[b], n, b)})
                    for b in ("shared", "reuseport")}
         for d in daemons.values():
@@ -231,8 +274,10 @@ def main() -> None:
             d.wait_serving()
             d.wait_states("running", n, timeout=30)
         baseline = start_baseline(s, ports["baseline"], n)
+        plain_procs = start_plain_shared(s, plain, n)
         pids = {b: instance_pids(d, "web") for b, d in daemons.items()}
         pids["baseline"] = sorted(x.pid for x in baseline)
+        pids["plain-shared"] = sorted(x.pid for x in plain_procs)
         subjects = list(ports)
 
         # 1. throughput
@@ -241,7 +286,7 @@ def main() -> None:
         busy = []
         cpu0 = {b: task_counters(d.pid)["cpu_ns"] for b, d in daemons.items()}
         for rnd in range(args.reps):
-            order = subjects[rnd % 3:] + subjects[:rnd % 3]
+            order = subjects[rnd % len(subjects):] + subjects[:rnd % len(subjects)]
             for mode in rps:
                 busy.append(wait_quiet())
                 for x in order:
@@ -251,16 +296,20 @@ def main() -> None:
                                             lua=lua))
         rows = []
         for mode, by in rps.items():
-            base = median(by["baseline"])
             for x in subjects:
                 med = median(by[x])
+                # per round against that round's baseline run: the drift between rounds cancels
+                r = median([v / b for v, b in zip(by[x], by["baseline"], strict=True)])
                 rows.append([f"{x}, {mode}", " ".join(f"{v:.0f}" for v in by[x]), f"{med:.0f}",
-                             f"{med / base:.3f}"])
-                if x != "baseline":
-                    r = med / base
+                             f"{r:.3f}"])
+                if x in daemons:
                     res.add(f"rps via cluster {x} / baseline, {n} instances, {mode}",
                             "x baseline", r, None, target=">= 0.95", met=r >= 0.95)
-        print(table(["requests/s (wrk)", "runs", "median", "x baseline"], rows))
+                elif x != "baseline":
+                    res.add(f"rps, {n} servers on one socket without a supervisor / baseline, "
+                            f"{mode}", "x baseline", r, None)
+        print(table(["requests/s (wrk)", "runs", "median", "x baseline (median per round)"],
+                    rows))
         # The daemon is not in the data path: its CPU time over all the load runs says so.
         daemon_cpu = {b: (task_counters(d.pid)["cpu_ns"] - cpu0[b]) / 1e6
                       for b, d in daemons.items()}
@@ -282,7 +331,7 @@ def main() -> None:
                     [[x, *[f"{v:.1f}" for v in shares[x].values()]] for x in subjects]))
         res.details["shares"] = {x: list(v.values()) for x, v in shares.items()}
         lo, hi = 100 / n - 10, 100 / n + 10
-        for x in ("reuseport", "shared"):
+        for x in ("reuseport", "shared", "plain-shared"):
             v = list(shares[x].values())
             for which, y in (("least", min(v)), ("most", max(v))):
                 res.add(f"{x}: share of {args.requests} new connections, {which} busy of {n}",
@@ -290,9 +339,10 @@ def main() -> None:
                         met=lo <= y <= hi if x == "reuseport" else None)
         for d in daemons.values():
             d.stop()
-        for b in baseline:
+        for b in baseline + plain_procs:
             b.send_signal(signal.SIGTERM)
             b.wait(10)
+        plain.close()
 
         # 3. rolling reload
         k = args.reload_instances
@@ -306,42 +356,68 @@ def main() -> None:
         npath = str(s.path("notify.sock"))
         nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         nsock.bind(npath)
-        starts, stops = [], []
-        for _ in range(args.startup_reps):
+        starts: list[float] = []
+        stops: list[float] = []
+
+        def startups(count: int) -> None:
+            for _ in range(count):
+                wait_quiet()
+                up, down = startup_once(s, lsock, nsock, npath)
+                starts.append(up)
+                stops.append(down)
+
+        def check_replaced(before: list[int]) -> None:
+            after = instance_pids(rl, "rl")
+            if len(after) != k or set(after) & set(before):
+                raise RuntimeError(f"reload left {before} -> {after}")
+
+        client = Client(rl.socket, timeout=120)
+        reloads: list[float] = []
+        per = max(1, -(-args.startup_reps // args.reload_reps))  # start-ups before each reload
+        for _ in range(args.reload_reps):  # interleaved: both see the same machine
+            startups(per)
             wait_quiet()
-            up, down = startup_once(s, lsock, nsock, npath)
-            starts.append(up)
-            stops.append(down)
+            before = instance_pids(rl, "rl")
+            t0 = time.monotonic()
+            reply = client.call("reload", apps=["rl"], wait=True)
+            reloads.append(time.monotonic() - t0)
+            if not isinstance(reply, dict) or reply.get("failed") or reply.get("error"):
+                raise RuntimeError(f"reload failed: {reply}")
+            check_replaced(before)
         lsock.close()
         nsock.close()
         cli: list[float] = []
         for _ in range(5):
             cli.append(timed([PROCSUP, "-s", rl.socket, "ping"], s.env)[0])
-        reloads = []
+        cli_reloads = []
         for _ in range(args.reload_reps):
             wait_quiet()
             before = instance_pids(rl, "rl")
             dt, done = timed([PROCSUP, "-s", rl.socket, "reload", "rl"], s.env)
             if done.returncode != 0:
                 raise RuntimeError(f"reload failed: {done.stdout}{done.stderr}")
-            after = instance_pids(rl, "rl")
-            if len(after) != k or set(after) & set(before):
-                raise RuntimeError(f"reload left {before} -> {after}")
-            reloads.append(dt)
+            check_replaced(before)
+            cli_reloads.append(dt)
         ms: Callable[[list[float]], list[str]] = lambda xs: [  # noqa: E731
             str(len(xs)), fmt(1000 * min(xs)), fmt(1000 * median(xs)), fmt(1000 * max(xs))]
         print(table(["ms", "n", "min", "median", "max"], [
             ["start-up of one instance (spawn -> READY=1)", *ms(starts)],
-            [f"procsup reload, {k} instances (CLI spawn -> exit)", *ms(reloads)],
+            [f"reload of {k} instances (request -> reply, control socket)", *ms(reloads)],
+            [f"procsup reload, {k} instances (CLI spawn -> exit)", *ms(cli_reloads)],
             ["stop of one instance (SIGTERM -> exit), for reference", *ms(stops)],
             ["procsup ping (CLI floor)", *ms(cli)],
         ]))
-        st, rd = median(starts), median(reloads)
-        res.details.update(startup_s=starts, stop_s=stops, reload_s=reloads, cli_ping_s=cli)
+        st, rd, rc = median(starts), median(reloads), median(cli_reloads)
+        res.details.update(startup_s=starts, stop_s=stops, reload_s=reloads,
+                           cli_reload_s=cli_reloads, cli_ping_s=cli)
         res.add("start-up of one instance, spawn -> READY=1, median", "ms", 1000 * st, None)
-        res.add(f"rolling reload of {k} instances (notify), median", "ms", 1000 * rd, None)
+        res.add(f"rolling reload of {k} instances (notify), request -> reply, median", "ms",
+                1000 * rd, None)
         res.add(f"reload / ({k} x start-up)", "ratio", rd / (k * st), None,
                 target="<= 1.10", met=rd <= 1.1 * k * st)
+        res.add(f"procsup reload CLI, {k} instances, spawn -> exit, median", "ms", 1000 * rc,
+                None)
+        res.add(f"CLI reload / ({k} x start-up)", "ratio", rc / (k * st), None)
     print(res.summary())
     res.save(args.json)
 

@@ -136,6 +136,10 @@ class Supervisor:
         self.shutting_down = False
         self._waiters: list[_Waiter] = []
         self._dirty = False
+        # What instances.json holds now (state_dir, records): a change of state that does not
+        # change the records (ready, stopping, ...) writes nothing, so a rolling reload's step
+        # from READY=1 to the next spawn does no file I/O.
+        self._state_written: tuple[str, tuple[statefile.Record, ...]] | None = None
         self._exit = asyncio.Event()
         self.started_up = asyncio.Event()  # set once recovery and the first apply are done
         self.marker = statefile.daemon_marker(desired.daemon.state_dir)
@@ -399,13 +403,19 @@ class Supervisor:
         self._waiters = still
 
     def _write_state(self) -> None:
-        records = [
+        """Record the live instances in the state dir, unless that is what it holds already."""
+        records = tuple(
             statefile.Record(s.id.app, s.id.index, s.proc.pid, s.pgid, s.start_ticks)
             for s in self.all_slots()
             if s.proc is not None and s.pgid is not None and s.start_ticks is not None
-        ]
+        )
+        state = (self.desired.daemon.state_dir, records)
+        if state == self._state_written:
+            return
+        self._state_written = None  # unknown until the write succeeded
         try:
-            statefile.write(self.desired.daemon.state_dir, records, os.getpid())
+            statefile.write(state[0], records, os.getpid())
+            self._state_written = state
         except OSError as exc:
             self.log.error("cannot record instances in %s: %s", self.desired.daemon.state_dir, exc)
 
