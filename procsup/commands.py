@@ -199,7 +199,8 @@ class Commands:
                     app=s.id.app, instance=s.id.index, pid=s.inst.pid, state=s.inst.state,
                     uptime=round(up, 3) if up is not None else None, restarts=s.inst.restarts,
                     cpu=round(cpu, 1) if cpu is not None else None, memory=mem,
-                    exit_code=s.inst.exit_code, reason=s.inst.reason, status=s.status,
+                    exit_code=s.inst.exit_code, reason=s.inst.reason or s.note, status=s.status,
+                    next_cron_restart=sup.monitors.next_cron_restart(s.id.app),
                 ).to_json()
             )
         d = sup.desired

@@ -25,7 +25,7 @@ from procsup.commands import Commands
 from procsup.control import ControlServer
 from procsup.errors import ConfigError, ExitCode, ProcsupError
 from procsup.model import Desired
-from procsup.supervisor import Supervisor, not_yet
+from procsup.supervisor import Supervisor
 
 #: Open-files limit we try to reach so that 1000 instances (2 pipes, a pidfd and up to 2 log
 #: files each) fit with room to spare.
@@ -283,9 +283,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILED
     if args.check:
         print(config.describe(desired))
-        for spec in desired.apps.values():
-            for warning in not_yet(spec):
-                print(f"procsupd: warning: {warning}", file=sys.stderr)
         return ExitCode.OK
     if args.foreground:
         return run(

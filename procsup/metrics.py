@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 
 import psutil
 
-__all__ = ["Metrics", "group_alive", "group_members", "scan_groups"]
+__all__ = ["Metrics", "group_alive", "group_members", "scan_groups", "tree_rss"]
 
 # Processes that vanish or turn unreadable between listing and reading are simply not counted.
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
@@ -42,6 +42,65 @@ def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
         if pgid in wanted:
             found[pgid].append(pid)
     return found
+
+
+def tree_rss(leaders: Collection[int]) -> dict[int, int]:
+    """RSS bytes of each instance, for `max_memory_restart`: every process of the leader's
+    process group plus every descendant of the leader that left the group (a `setsid`
+    grandchild), each counted once. A process belongs to the instance whose leader is its
+    nearest ancestor, or whose group it is in. One pass over the process table (pid, ppid);
+    memory is read only for the processes that belong to an instance. A leader that is gone
+    reads 0. With no leader, nothing is read at all.
+    """
+    wanted = set(leaders)
+    result = dict.fromkeys(wanted, 0)
+    if not wanted:
+        return result
+    parent: dict[int, int] = {}
+    procs: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info.get("ppid")
+        if isinstance(ppid, int):
+            parent[proc.pid] = ppid
+            procs[proc.pid] = proc
+    owner: dict[int, int | None] = {}
+
+    def owner_of(pid: int) -> int | None:
+        # Iterative walk up the ppid chain with memoization: O(processes) for the whole pass.
+        chain: list[int] = []
+        found: int | None = None
+        while True:
+            if pid in owner:
+                found = owner[pid]
+                break
+            chain.append(pid)
+            if pid in wanted:
+                found = pid
+                break
+            try:
+                pgid = os.getpgid(pid)
+            except OSError:  # exited since the listing
+                pgid = 0
+            if pgid in wanted:
+                found = pgid
+                break
+            up = parent.get(pid)
+            if up is None or up <= 1 or len(chain) > 4096:
+                break
+            pid = up
+        for p in chain:
+            owner[p] = found
+        return found
+
+    for pid, proc in procs.items():
+        leader = owner_of(pid)
+        if leader is None:
+            continue
+        try:
+            result[leader] += proc.memory_info().rss
+        except _GONE:
+            continue
+    return result
 
 
 def group_members(pgid: int) -> list[int]:

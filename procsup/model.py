@@ -92,7 +92,7 @@ class AppSpec:
     log_retain: int = 5
     max_memory_restart: int | None = None
     watch: tuple[str, ...] = ()  # absolute paths; empty = off
-    ignore_watch: tuple[str, ...] = ("*.log", ".git", "__pycache__")
+    ignore_watch: tuple[str, ...] = ("*.log", ".git", "__pycache__", "node_modules")
     cron_restart: str | None = None
     ready: str = "started"
     ready_timeout: float = 30.0

@@ -55,12 +55,14 @@ ACTIONS = frozenset({START, STOP, RESTART, RELOAD, SCALE})
 RESTART_DAEMON_KEYS = frozenset({"socket", "socket_mode", "socket_group", "pidfile", "state_dir"})
 
 #: App keys the daemon applies to running instances without restarting them: where and how their
-#: output is logged, and the restart policy (it only matters when a process ends). A change of
-#: only these keys never restarts an app; a change of any other key restarts it.
+#: output is logged, the restart policy (it only matters when a process ends), and the monitors
+#: (they decide when a process is recycled, not what runs). A change of only these keys never
+#: restarts an app; a change of any other key restarts it.
 LIVE_FIELDS = frozenset({
     "out_file", "error_file", "merge_logs", "log_date_format", "log_max_size", "log_retain",
     "autorestart", "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay",
     "kill_signal", "kill_timeout",
+    "max_memory_restart", "watch", "ignore_watch", "cron_restart",
 })
 
 # Never part of the "definition changed" comparison: `instances` is handled as a scale, and

@@ -18,7 +18,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 
-from procsup import units
+from procsup import cron, units
 from procsup.model import ExecMode, RestartPolicy
 
 #: App names: `[apps.NAME]`. "all" is reserved for `procsup start all`.
@@ -36,7 +36,6 @@ ENV_FILE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Escapes known inside "..." values of env files.
 DQ_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
-_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*,/?#-]+$")
 _HOST_PORT_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]\s]+)):(?P<port>\d+)$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -262,15 +261,12 @@ def _watch(value: object) -> bool | tuple[str, ...]:
 
 
 def _cron(value: object) -> str:
-    """Five space-separated fields of cron characters (the full parse is cron.py's job)."""
+    """Five cron fields that croniter accepts (cron.py), spaces normalized."""
     assert isinstance(value, str)
-    fields = value.split()
-    if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
-        raise ValueProblem(
-            f"invalid cron expression {value!r}: expected 5 fields "
-            '(minute hour day-of-month month day-of-week), e.g. "0 4 * * *"'
-        )
-    return " ".join(fields)
+    try:
+        return cron.normalize(value)
+    except cron.CronError as exc:
+        raise ValueProblem(str(exc)) from None
 
 
 def check_host_port(text: str, what: str) -> tuple[str, int]:
@@ -485,8 +481,9 @@ APP_KEYS: Mapping[str, Key] = _rows(
     Key("watch", (bool, list), "boolean or array of strings (paths)", False, _watch,
         "restart when files change: true = cwd, or a list of paths (relative to cwd)"),
     Key("ignore_watch", (str, list), "string or array of strings (globs)",
-        ("*.log", ".git", "__pycache__"), _strings,
-        "names ignored by watch"),
+        ("*.log", ".git", "__pycache__", "node_modules"), _strings,
+        "ignored by watch: a glob without / matches any name in the path, one with / the "
+        "path relative to the watched directory"),
     Key("cron_restart", _S, 'string (cron: "min hour dom month dow")', None, _cron,
         "restart at these times"),
     Key("ready", _S, '"started", "notify", "tcp://HOST:PORT" or "http://HOST:PORT/PATH"',

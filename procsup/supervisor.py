@@ -25,6 +25,7 @@ from procsup import (
     lifecycle,
     logs,
     metrics,
+    monitors,
     notify,
     probes,
     reconcile,
@@ -44,19 +45,6 @@ _DRAIN_POLL = 0.02
 #: exited and stopped too, as nothing more will happen without another command).
 SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED})
 
-#: App keys this version validates but does not act on yet, with their "off" value: a config
-#: that sets them is warned about (at start, on apply, by --check) rather than silently ignored.
-NOT_YET = {
-    "max_memory_restart": None,
-    "watch": (),
-    "cron_restart": None,
-}
-
-
-def not_yet(spec: AppSpec) -> list[str]:
-    """Warnings for the keys of `spec` this version does not act on."""
-    return [f"app {spec.name!r}: {key} is not acted on by this procsupd version"
-            for key, off in NOT_YET.items() if getattr(spec, key) != off]
 #: Exit polling interval where pidfds are unavailable.
 _EXIT_POLL = 0.05
 #: During a large start, yield to the loop this often so the instance record is written and
@@ -102,6 +90,7 @@ class Slot:
     status: str | None = None  # the last STATUS= the instance sent
     probe: asyncio.Task[None] | None = None  # tcp/http readiness probe of the current run
     heartbeat: asyncio.TimerHandle | None = None  # heartbeat_timeout watch
+    note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
 
 
 @dataclasses.dataclass(eq=False)
@@ -155,6 +144,7 @@ class Supervisor:
         # includes the addresses and balance, so a changed `listen` binds anew.
         self.listeners: dict[tuple[str, int | None, str, str], socket.socket] = {}
         self.outgoing: list[Slot] = []  # replaced by a reload, still stopping
+        self.monitors = monitors.Monitors(loop, logger, self._recycle, self._leaders)
 
     # ------------------------------------------------------------------ start-up and shutdown
 
@@ -248,6 +238,7 @@ class Supervisor:
         """SIGTERM/SIGINT/`procsup shutdown`: stop everything, then let the daemon exit."""
         if not self.shutting_down:
             self.shutting_down = True
+            self.monitors.close()  # no restart may begin while everything stops
             self.log.info("shutting down: stopping every app")
             self._spawn_task(self._shutdown())
 
@@ -277,6 +268,7 @@ class Supervisor:
 
     def close(self) -> None:
         """Release what is left once the loop's work is done (watcher, readers, files, record)."""
+        self.monitors.close()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -320,6 +312,8 @@ class Supervisor:
 
     def feed(self, slot: Slot, event: lifecycle.Event) -> None:
         """Apply one event to one instance and execute the resulting effects."""
+        if isinstance(event, lifecycle.Start | lifecycle.Stop | lifecycle.Restart):
+            slot.note = None  # a command or an apply: a monitor's old reason no longer applies
         old = slot.inst
         new, effects = lifecycle.step(old, slot.policy, event, self.loop.time())
         slot.inst = new
@@ -777,7 +771,6 @@ class Supervisor:
                     stopping += self._retire(action.app, action.instances)
             if action_stops := [s for s in stopping if s.inst.state in LIVE_STATES]:
                 await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in action_stops))
-            fresh = [spec for name, spec in new.apps.items() if self.specs.get(name) != spec]
             previous = dict(self.specs)
             for name in [n for n in self.specs if n not in new.apps]:
                 del self.specs[name]
@@ -821,9 +814,7 @@ class Supervisor:
             self.config_error = "; ".join(failures[failed_before:]) or None
             for line in plan.describe():
                 self.log.info("apply: %s", line)
-            for spec in fresh:
-                for warning in not_yet(spec):
-                    self.log.warning("%s", warning)
+            self.monitors.configure(self.specs)
         if wait and starting:
             await self.wait(lambda: all(self.started(s) for s, _ in starting))
         return plan
@@ -891,6 +882,7 @@ class Supervisor:
             self._close_listeners()
             for slot in added:
                 self.feed(slot, lifecycle.Start())
+            self.monitors.configure(self.specs)
         if wait:
             await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in gone)
                             and all(self.started(s) for s in added))
@@ -970,6 +962,54 @@ class Supervisor:
             self.outgoing.append(old)
             self.feed(old, lifecycle.Stop())
         return None
+
+    # ------------------------------------------------------------------ monitors (monitors.py)
+
+    def _leaders(self) -> dict[tuple[str, int], int]:
+        """The leader pid of every live instance of the applied apps (replacements included
+        while they start: a leaking replacement is a leaking instance too)."""
+        out: dict[tuple[str, int], int] = {}
+        for slot in [*self.all_slots(), *self.replacements]:
+            if slot.proc is not None and not slot.retiring and slot.inst.state in LIVE_STATES:
+                out[(slot.id.app, slot.id.index)] = slot.proc.pid
+        return out
+
+    def _recycle(self, app: str, index: int | None, reason: str) -> None:
+        """A monitor wants fresh processes for `app` (every instance when `index` is None).
+        A cluster app runs side by side with its replacements (the daemon holds its sockets):
+        replace them one at a time, as `reload` does, so no request is lost. Any other app is
+        restarted in place: a fork app may bind its own port, which a replacement could not."""
+        if self.shutting_down or app not in self.specs:
+            return
+        current = self.slots.get(app, {})
+        indexes = sorted(i for i, s in current.items() if not s.retiring and (
+            index is None or i == index))
+        if not indexes:
+            return
+        if self.specs[app].exec_mode is ExecMode.CLUSTER:
+            self._spawn_task(self._replace(app, indexes, reason))
+            return
+        self.log.info("%s: restarting %s: %s", app,
+                      "every instance" if index is None else f"instance {index}", reason)
+        for i in indexes:
+            slot = current[i]
+            if slot.inst.state in LIVE_STATES:
+                slot.note = f"restarted: {reason}"
+                self.feed(slot, lifecycle.Recycle(reason))
+
+    async def _replace(self, app: str, indexes: list[int], reason: str) -> None:
+        self.log.info("%s: replacing %s one at a time: %s", app,
+                      ", ".join(f"{app}:{i}" for i in indexes), reason)
+        async with self._apply_lock:
+            if self.shutting_down:
+                return
+            failure = await self.rolling(app, indexes)
+            for i in indexes:
+                slot = self.slots.get(app, {}).get(i)
+                if slot is not None:
+                    slot.note = f"replaced: {reason}" if not failure else f"{reason}; {failure}"
+        if failure:
+            self.log.error("%s: %s", app, failure)
 
     @staticmethod
     def started(slot: Slot) -> bool:

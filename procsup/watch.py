@@ -24,8 +24,11 @@ watched again when it reappears. A directory named by a glob with wildcards in i
 part (`conf.d/*/app.toml`, `apps.d/**/*.toml`) is found when `watch()` runs and again whenever
 a directory below the glob's fixed prefix appears.
 
+`AppWatch` is the other user of watchdog: an app's `watch` paths, recursively, for restarting
+the app when its files change (see its docstring).
+
 Watchdog >= 2.2.1 (Debian 12): only `Observer`, `FileSystemEventHandler`, `schedule(handler,
-path, recursive=False)` and `unschedule(watch)` are used. Event paths may be str or bytes.
+path, recursive=...)` and `unschedule(watch)` are used. Event paths may be str or bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ import fnmatch
 import glob
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -187,6 +192,255 @@ class ConfigWatch:
             self._observer.unschedule(watch)
         except KeyError:  # watchdog already dropped it
             pass
+
+
+class _BatchHandler(FileSystemEventHandler):  # type: ignore[misc, unused-ignore]
+    """Runs on watchdog's thread: queues events, and wakes the loop once per batch. A
+    `git checkout` yields thousands of events; one loop callback per event would flood the
+    loop, one per batch does not. Decides nothing."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, drain: Callable[[list[FileSystemEvent]], None]
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._drain = drain
+        self._lock = threading.Lock()
+        self._queue: list[FileSystemEvent] = []
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        with self._lock:
+            self._queue.append(event)
+            first = len(self._queue) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:  # on the loop
+        with self._lock:
+            batch, self._queue = self._queue, []
+        self._drain(batch)
+
+
+@dataclass(frozen=True)
+class _Watched:
+    """What one app watches, as given to `AppWatch.watch`."""
+
+    roots: tuple[str, ...]
+    ignore: tuple[str, ...]
+    own_files: frozenset[str]
+
+
+class AppWatch:
+    """Calls `on_change(key, path)` on the loop once per burst of changes below an app's
+    `watch` paths, `settle` seconds after the last change of the burst (debounced): a
+    `git checkout` or an editor's save restarts the app once.
+
+    A change is a file or directory created, deleted, moved, or a file modified or closed
+    after writing; a directory's own "modified" (its entries changed) and opening or reading
+    a file are not. Not a change either: a path matched by an `ignore` glob (a glob without
+    "/" against each name of the path below the root, e.g. `*.log`, `.git`, `node_modules`;
+    a glob with "/" against the whole path relative to the root, e.g. `static/*.css`), and
+    the app's own log files (`own_files`, with their rotated `<file>.N` siblings).
+
+    Directories are watched recursively (one inotify watch per directory, not per file); a
+    root that is a file is watched through its directory. Watches are added on a worker
+    thread, so that a tree of many thousands of files does not hold up the loop. Create,
+    use and close it on the loop's thread; `close()` before the loop closes.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[str, str], None],
+        *,
+        settle: float = 0.5,
+    ) -> None:
+        self._loop = loop
+        self._on_change = on_change
+        self._settle = settle
+        self._observer: Any = None
+        self._apps: dict[str, _Watched] = {}
+        self._handlers: dict[str, _BatchHandler] = {}
+        self._scheduled: dict[str, list[Any]] = {}  # key -> watchdog ObservedWatch objects
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._first: dict[str, str] = {}  # key -> first changed path of the pending burst
+        self._generation: dict[str, int] = {}
+        self._closed = False
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self._apps)
+
+    def watch(
+        self, key: str, roots: Iterable[str], ignore: Iterable[str], own_files: Iterable[str]
+    ) -> list[str]:
+        """Watch `roots` (absolute) for `key`, replacing what `key` watched before; returns the
+        roots that do not exist (not watched). Raises RuntimeError after close()."""
+        if self._closed:
+            raise RuntimeError("AppWatch is closed")
+        spec = _Watched(
+            tuple(_normalize(r) for r in roots),
+            tuple(ignore),
+            frozenset(_normalize(f) for f in own_files),
+        )
+        if self._apps.get(key) == spec:
+            return [r for r in spec.roots if not os.path.exists(r)]
+        self.unwatch(key)
+        self._apps[key] = spec
+        generation = self._generation[key] = self._generation.get(key, 0) + 1
+        # One handler per app: two apps watching one directory share watchdog's watch (it is
+        # keyed by path), and unwatching one must only detach that app's handler.
+        handler = self._handlers[key] = _BatchHandler(
+            self._loop, lambda batch: self._receive(key, generation, batch)
+        )
+        if self._observer is None:
+            self._observer = Observer()
+            self._observer.daemon = True
+            self._observer.start()
+        targets = []
+        missing = []
+        for root in spec.roots:
+            if os.path.isdir(root):
+                targets.append((root, True))
+            elif os.path.exists(root):
+                targets.append((os.path.dirname(root), False))
+            else:
+                missing.append(root)
+        observer = self._observer
+
+        def schedule() -> list[Any]:  # on a worker thread: may walk a big tree
+            done = []
+            for path, recursive in targets:
+                try:
+                    done.append(observer.schedule(handler, path, recursive=recursive))
+                except (FileNotFoundError, NotADirectoryError):
+                    pass  # removed meanwhile
+            return done
+
+        def scheduled(future: asyncio.Future[list[Any]]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            watches = future.result()
+            if self._closed or self._generation.get(key) != generation:
+                for w in watches:  # superseded while being added
+                    self._detach(observer, handler, w)
+                return
+            self._scheduled[key] = watches
+
+        self._loop.run_in_executor(None, schedule).add_done_callback(scheduled)
+        return missing
+
+    def unwatch(self, key: str) -> None:
+        """Stop watching for `key` and drop a pending change. Idempotent."""
+        self._apps.pop(key, None)
+        self._generation[key] = self._generation.get(key, 0) + 1
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._first.pop(key, None)
+        handler = self._handlers.pop(key, None)
+        for w in self._scheduled.pop(key, []):
+            if handler is not None:
+                self._detach(self._observer, handler, w)
+
+    def close(self) -> None:
+        """Stop observing, join the watchdog thread (bounded), drop pending changes."""
+        self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._apps.clear()
+        self._scheduled.clear()
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(_JOIN_TIMEOUT)
+
+    def _detach(self, observer: Any, handler: _BatchHandler, watch: Any) -> None:
+        """Detach `handler` from `watch`; unschedule the watch when no other app uses it."""
+        if observer is None:
+            return
+        shared = any(watch in ws for k, ws in self._scheduled.items() if k in self._apps)
+        try:
+            if shared:
+                observer.remove_handler_for_watch(handler, watch)
+            else:
+                observer.unschedule(watch)
+        except (KeyError, ValueError):  # already gone (watchdog drops deleted roots itself)
+            pass
+
+    # -- on the loop ------------------------------------------------------------------------
+
+    def _receive(self, key: str, generation: int, batch: list[FileSystemEvent]) -> None:
+        spec = self._apps.get(key)
+        if self._closed or spec is None or self._generation.get(key) != generation:
+            return
+        for event in batch:
+            if event.event_type not in _CHANGES:
+                continue
+            if event.is_directory and event.event_type in ("modified", "attrib", "closed"):
+                continue
+            paths = [event.src_path]
+            if event.event_type == "moved":
+                paths.append(getattr(event, "dest_path", ""))
+            for raw in paths:
+                if not raw:
+                    continue
+                path = _normalize(os.fsdecode(raw))
+                if _counts(path, spec):
+                    self._changed(key, path)
+
+    def _changed(self, key: str, path: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._first.setdefault(key, path)
+        self._timers[key] = self._loop.call_later(self._settle, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        path = self._first.pop(key, "")
+        if key in self._apps:
+            self._on_change(key, path)
+
+
+def _counts(path: str, spec: _Watched) -> bool:
+    """Whether a change of `path` counts for an app watching `spec` (pure)."""
+    if path in spec.own_files or _rotated_own(path, spec.own_files):
+        return False
+    for root in spec.roots:
+        if path == root:
+            rel = os.path.basename(root)
+        elif _below(path, root):
+            rel = path[len(root.rstrip("/")) + 1 :]
+        else:
+            continue
+        if not _ignored(rel, spec.ignore):
+            return True
+    return False
+
+
+def _rotated_own(path: str, own: frozenset[str]) -> bool:
+    base, dot, suffix = path.rpartition(".")
+    return bool(dot) and suffix.isdigit() and base in own
+
+
+def _ignored(rel: str, patterns: Iterable[str]) -> bool:
+    """`rel` is a path relative to the watched root. A pattern without "/" is matched against
+    each name of it; one with "/" name by name against its first names (anchored at the root,
+    and a wildcard stays within one name, as in .gitignore), so it also covers what is below."""
+    names = rel.split("/")
+    for raw in patterns:
+        pattern = raw.strip("/")  # "/.git/" or "build/" name the same thing as ".git", "build"
+        if "/" in pattern:
+            parts = pattern.split("/")
+            if len(parts) <= len(names) and all(
+                fnmatch.fnmatchcase(n, p) for n, p in zip(names, parts, strict=False)
+            ):
+                return True
+        elif any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            return True
+    return False
 
 
 # -- paths and globs (pure) ----------------------------------------------------------------------

@@ -60,5 +60,27 @@ def notify(message: bytes) -> None:
 
 if mode == "notify":
     notify(b"READY=1\nSTATUS=serving on fd 3")
+
+
+held: list[bytearray] = []
+
+
+def hog(mib: int, marker: str) -> None:
+    """$HOG_MIB and $HOG_MARKER: the first instance to create the marker then holds that much
+    resident memory (a leak, for max_memory_restart)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return
+    hoard = bytearray(mib << 20)
+    for i in range(0, len(hoard), 4096):
+        hoard[i] = 1
+    held.append(hoard)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+
+
+if os.environ.get("HOG_MIB"):
+    threading.Timer(0.3, hog, (int(os.environ["HOG_MIB"]), os.environ["HOG_MARKER"])).start()
 server.serve_forever(poll_interval=0.05)
 server.socket.detach()  # the daemon keeps the listening socket open; do not close our copy early

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from procsup.metrics import Metrics, group_alive, group_members, scan_groups
+from procsup.metrics import Metrics, group_alive, group_members, scan_groups, tree_rss
 
 BUSY = "while True: pass"
 
@@ -190,3 +190,39 @@ def test_sample_200_groups_is_fast() -> None:
             p.kill()
         for p in procs:
             p.wait(timeout=5)
+
+
+def test_tree_rss_counts_the_group_and_descendants_that_left_it(
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """A child in the leader's group and a grandchild that called setsid both count."""
+    hold = "import sys; b = b'x' * (30 << 20); sys.stdin.read()"
+    escaped = f"import os; os.setsid(); {hold}"
+    code = (
+        "import subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', {hold!r}])\n"
+        f"subprocess.Popen([sys.executable, '-c', {escaped!r}])\n"
+        "sys.stdin.read()\n"
+    )
+    leader = spawn(sys.executable, "-c", code)
+    other = spawn(sys.executable, "-c", hold)  # another instance: counted apart
+
+    def tree() -> list[psutil.Process]:
+        root = psutil.Process(leader.pid)
+        return [root, *root.children(recursive=True)]
+
+    def resident() -> bool:
+        procs = tree()
+        big = [p for p in procs if p.memory_info().rss > 30 << 20]
+        return len(procs) == 3 and len(big) == 2
+
+    wait_for(resident, timeout=10, what="both children resident")
+    assert len(group_members(leader.pid)) == 2  # the setsid grandchild left the group
+    rss = tree_rss([leader.pid, other.pid, 999_999_999])
+    expected = sum(p.memory_info().rss for p in tree())
+    assert rss[leader.pid] > 60 << 20
+    assert abs(rss[leader.pid] - expected) < 4 << 20
+    assert 30 << 20 < rss[other.pid] < 60 << 20
+    assert rss[999_999_999] == 0
+    assert tree_rss([]) == {}
+

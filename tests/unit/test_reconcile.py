@@ -514,6 +514,10 @@ def test_executing_the_plan_reaches_the_desired_state(
         ("exp_backoff_restart_delay", 0.1),
         ("kill_signal", 2),
         ("kill_timeout", 9.0),
+        ("max_memory_restart", 1 << 30),
+        ("watch", ("/srv/web",)),
+        ("ignore_watch", ("*.tmp",)),
+        ("cron_restart", "0 4 * * *"),
     ],
 )
 def test_live_keys_never_restart(key: str, value: Any) -> None:

@@ -1,0 +1,184 @@
+"""The app monitors: `max_memory_restart`, `watch`, `cron_restart` (layer 3, under supervisor).
+
+Each monitor decides only *when* an app or one instance needs a fresh process and says so with
+`recycle(app, index, reason)` (`index` None = every instance of the app). *How* is the
+supervisor's business: replacement first for an app that can run side by side (a cluster app,
+whose sockets the daemon holds), a restart in place otherwise. Everything here runs on the
+loop; the only blocking work, the process-table scan of the memory check, runs on a worker
+thread.
+
+- Memory: every `interval` seconds (2 s; the contract asks for at least every 5 s) the RSS of
+  each instance of an app with `max_memory_restart`, with all its descendants
+  (`metrics.tree_rss`). An instance over its limit is recycled once per process: the same pid
+  is not asked for again while its replacement starts. No app with a limit, no timer at all.
+- Watch: `watch.AppWatch` reports a burst of changes once, after it settles; the app's own log
+  files never count.
+- Cron: one timer per app with `cron_restart`, armed for the next fire time in local time and
+  re-checked at least every minute, so that a change of the wall clock (NTP, DST, a suspended
+  machine) neither skips nor repeats a fire by more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from procsup import cron, metrics, units, watch
+from procsup.model import AppSpec
+
+__all__ = ["Monitors", "Recycle"]
+
+#: recycle(app, instance index or None for all, reason)
+Recycle = Callable[[str, "int | None", str], None]
+#: The live instances to measure: (app, index) -> pid of the instance's leader.
+Leaders = Callable[[], Mapping[tuple[str, int], int]]
+
+MEMORY_INTERVAL = 2.0
+#: Longest sleep of a cron timer before it looks at the wall clock again.
+CRON_RECHECK = 60.0
+
+
+def local_now() -> datetime:
+    return datetime.now().astimezone()
+
+
+class Monitors:
+    """Owns the monitors' timers, the memory task and the file watches of every app."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        log: logging.Logger,
+        recycle: Recycle,
+        leaders: Leaders,
+        *,
+        memory_interval: float = MEMORY_INTERVAL,
+        settle: float = 0.5,
+        clock: Callable[[], datetime] = local_now,
+    ) -> None:
+        self.loop = loop
+        self.log = log
+        self._recycle = recycle
+        self._leaders = leaders
+        self._interval = memory_interval
+        self._clock = clock
+        self._specs: dict[str, AppSpec] = {}
+        self._watch = watch.AppWatch(loop, self._on_watch, settle=settle)
+        self._cron: dict[str, tuple[str, datetime, asyncio.TimerHandle]] = {}
+        self._memory_task: asyncio.Task[None] | None = None
+        self._recycled_pids: set[int] = set()
+        self._closed = False
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def configure(self, specs: Mapping[str, AppSpec]) -> None:
+        """Monitor `specs` (every app of the applied config, after scale overrides), replacing
+        what was monitored before. Unchanged settings keep their state (a cron timer is not
+        re-armed, a watch not re-added)."""
+        if self._closed:
+            return
+        self._specs = dict(specs)
+        for app in [a for a in self._cron if specs.get(a) is None
+                    or specs[a].cron_restart != self._cron[a][0]]:
+            self._cron.pop(app)[2].cancel()
+        for app in [a for a in self._watch.keys if a not in specs or not specs[a].watch]:
+            self._watch.unwatch(app)
+        for name, spec in specs.items():
+            if spec.cron_restart is not None and name not in self._cron:
+                self._arm_cron(name, spec.cron_restart, self._clock())
+            if spec.watch:
+                own = [p for i in range(max(spec.instances, 1))
+                       for p in spec.log_paths(i) if p is not None]
+                try:
+                    missing = self._watch.watch(name, spec.watch, spec.ignore_watch, own)
+                except OSError as exc:  # the inotify watch limit, say
+                    self.log.error("%s: cannot watch %s: %s", name, ", ".join(spec.watch), exc)
+                    continue
+                for path in missing:
+                    self.log.warning("%s: watch: %s does not exist; not watched", name, path)
+        wants_memory = any(s.max_memory_restart is not None for s in specs.values())
+        if wants_memory and self._memory_task is None:
+            self._memory_task = self.loop.create_task(self._memory_loop())
+        elif not wants_memory and self._memory_task is not None:
+            self._memory_task.cancel()
+            self._memory_task = None
+
+    def next_cron_restart(self, app: str) -> str | None:
+        """The next planned cron restart of `app`, ISO 8601 with the UTC offset, or None."""
+        entry = self._cron.get(app)
+        return entry[1].isoformat() if entry is not None else None
+
+    def close(self) -> None:
+        """Cancel every timer and the memory task, stop watching. Idempotent."""
+        self._closed = True
+        for _, _, timer in self._cron.values():
+            timer.cancel()
+        self._cron.clear()
+        if self._memory_task is not None:
+            self._memory_task.cancel()
+            self._memory_task = None
+        self._watch.close()
+
+    # -- watch ------------------------------------------------------------------------------
+
+    def _on_watch(self, app: str, path: str) -> None:
+        if app in self._specs:
+            self._recycle(app, None, f"watch: {path} changed")
+
+    # -- cron -------------------------------------------------------------------------------
+
+    def _arm_cron(self, app: str, expr: str, after: datetime) -> None:
+        fire = cron.next_fire(expr, after)
+        delay = min(max((fire - self._clock()).total_seconds(), 0.0), CRON_RECHECK)
+        timer = self.loop.call_later(delay, self._cron_due, app)
+        self._cron[app] = (expr, fire, timer)
+
+    def _cron_due(self, app: str) -> None:
+        entry = self._cron.get(app)
+        if entry is None or self._closed:
+            return
+        expr, fire, _ = entry
+        now = self._clock()
+        if now < fire:  # a re-check, or the clock went back: wait on
+            delay = min((fire - now).total_seconds(), CRON_RECHECK)
+            self._cron[app] = (expr, fire, self.loop.call_later(delay, self._cron_due, app))
+            return
+        # Fired. The next one is counted from the later of now and this fire time, so a clock
+        # that jumped forward past several fire times restarts once, not once per fire time.
+        self._arm_cron(app, expr, max(now, fire))
+        self.log.info("%s: cron_restart %r fired (planned %s)", app, expr, fire.isoformat())
+        self._recycle(app, None, f"cron_restart {expr!r} at {fire.strftime('%Y-%m-%d %H:%M')}")
+
+    # -- memory -----------------------------------------------------------------------------
+
+    async def _memory_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._check_memory()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the boundary: a failed check must not end the monitoring
+                self.log.exception("memory check failed")
+
+    async def _check_memory(self) -> None:
+        limits = {n: s.max_memory_restart for n, s in self._specs.items()
+                  if s.max_memory_restart is not None}
+        leaders = {key: pid for key, pid in self._leaders().items() if key[0] in limits}
+        if not leaders:
+            self._recycled_pids.clear()
+            return
+        rss = await asyncio.to_thread(metrics.tree_rss, set(leaders.values()))
+        self._recycled_pids &= set(leaders.values())  # forget pids that are gone
+        for (app, index), pid in leaders.items():
+            limit = limits.get(app)
+            used = rss.get(pid, 0)
+            if limit is None or used <= limit or pid in self._recycled_pids:
+                continue
+            self._recycled_pids.add(pid)
+            reason = (f"memory {units.format_size(used)} over max_memory_restart "
+                      f"{units.format_size(limit)}")
+            self.log.warning("%s:%d (pid %d): %s: replacing it", app, index, pid, reason)
+            self._recycle(app, index, reason)

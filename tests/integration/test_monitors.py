@@ -1,0 +1,174 @@
+"""max_memory_restart, watch and cron_restart with a real procsupd and real processes."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from .conftest import Daemon, app_cmd, pid_alive, wait_for
+from .test_cluster import _cluster, _free_port, _load_during
+
+
+def test_a_memory_hog_is_restarted_within_5_s_of_crossing_its_limit(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    marker = tmp_path / "hogged"
+    daemon.write(f"""
+        [apps.hog]
+        command = {app_cmd("hog", "120", "0.5", str(marker))}
+        max_memory_restart = "60M"
+        min_uptime = "100ms"
+        [apps.calm]
+        command = {app_cmd("sleeper")}
+        max_memory_restart = "60M"
+        """)
+    daemon.start()
+    [first] = daemon.wait_states("hog", "running", 1)
+    [calm] = daemon.wait_states("calm", "running", 1)
+    wait_for(lambda: marker.exists() and marker.read_text().endswith("\n"), 10, "the hog")
+    crossed = float(marker.read_text())
+
+    def replaced() -> dict[str, object] | None:
+        [row] = daemon.instances("hog")
+        return row if row["pid"] not in (None, first["pid"]) and row["state"] == "running" \
+            else None
+
+    row = wait_for(replaced, 10, "the hog replaced")
+    assert time.time() - crossed < 5.0, "replaced more than 5 s after crossing the limit"
+    assert not pid_alive(first["pid"])
+    assert row["restarts"] == 1
+    assert "max_memory_restart 60M" in row["reason"] and "restarted" in row["reason"]
+    assert "over max_memory_restart 60M" in daemon.daemon_log()
+    # The replacement does not hog (the marker exists): it stays; the calm app was not touched.
+    time.sleep(2.5)
+    [again] = daemon.instances("hog")
+    assert again["pid"] == row["pid"]
+    [calm_now] = daemon.instances("calm")
+    assert calm_now["pid"] == calm["pid"] and calm_now["restarts"] == 0
+
+
+def test_a_leaking_cluster_instance_is_replaced_first_and_no_request_fails(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    port = _free_port()
+    marker = tmp_path / "hogged"
+    _cluster(daemon, port, extra=f"""max_memory_restart = "60M"
+        env = {{ HOG_MIB = "120", HOG_MARKER = "{marker}" }}""")
+    daemon.start()
+    before = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
+
+    def leaker_replaced() -> bool:
+        if not marker.exists() or not marker.read_text():
+            return False
+        leaker = int(marker.read_text())
+        pids = {r["pid"] for r in daemon.instances("web") if r["state"] == "running"}
+        return leaker in before and leaker not in pids and len(pids) == 2 \
+            and not pid_alive(leaker)
+
+    _, load = _load_during(port, lambda: wait_for(leaker_replaced, 15, "the leaker replaced"))
+    assert load["failed"] == 0, load
+    assert load["ok"] > 0
+    rows = daemon.instances("web")
+    replaced = [r for r in rows if r["pid"] not in before]
+    assert len(replaced) == 1
+    assert replaced[0]["reason"].startswith("replaced: memory")
+    assert "replacing web:" in daemon.daemon_log()
+
+
+def test_a_burst_of_200_writes_restarts_the_app_once(daemon: Daemon, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / ".git").mkdir(parents=True)
+    (src / "node_modules").mkdir()
+    daemon.write(f"""
+        [apps.dev]
+        command = {app_cmd("sleeper")}
+        cwd = "{src}"
+        watch = true
+        min_uptime = "100ms"
+        [apps.other]
+        command = {app_cmd("sleeper")}
+        """)
+    daemon.start()
+    [first] = daemon.wait_states("dev", "running", 1)
+    [other] = daemon.wait_states("other", "running", 1)
+    time.sleep(0.5)  # the watches are added on a worker thread
+    # Ignored paths change: nothing happens.
+    for i in range(20):
+        (src / ".git" / f"obj{i}").write_text("x")
+        (src / "node_modules" / f"m{i}.js").write_text("x")
+        (src / f"debug{i}.log").write_text("x")
+    time.sleep(2.0)
+    [row] = daemon.instances("dev")
+    assert row["pid"] == first["pid"] and row["restarts"] == 0
+    # A burst of 200 writes: one restart, within 2 s of the last write.
+    for i in range(200):
+        (src / f"mod{i % 25}.py").write_text(f"v = {i}\n")
+    last = time.monotonic()
+    row = wait_for(lambda: next((r for r in daemon.instances("dev")
+                                 if r["pid"] not in (None, first["pid"])), None), 5, "restart")
+    assert time.monotonic() - last < 2.5
+    time.sleep(1.5)  # a second restart would have happened by now
+    [row] = daemon.wait_states("dev", "running", 1)
+    assert row["restarts"] == 1
+    assert row["reason"].startswith("restarted: watch: ")
+    [other_now] = daemon.instances("other")
+    assert other_now["pid"] == other["pid"]
+
+
+def test_next_cron_restart_is_shown_in_status(daemon: Daemon) -> None:
+    daemon.write(f"""
+        [apps.nightly]
+        command = {app_cmd("sleeper")}
+        cron_restart = "30 4 * * *"
+        [apps.plain]
+        command = {app_cmd("sleeper")}
+        """)
+    daemon.start()
+    [row] = daemon.wait_states("nightly", "running", 1)
+    planned = datetime.fromisoformat(row["next_cron_restart"])
+    now = datetime.now().astimezone()
+    assert (planned.hour, planned.minute, planned.second) == (4, 30, 0)
+    assert timedelta(0) < planned - now <= timedelta(days=1)
+    [plain] = daemon.wait_states("plain", "running", 1)
+    assert plain["next_cron_restart"] is None
+    # Adding a monitor is applied live: the instance keeps running, the plan shows up.
+    text = daemon.config.read_text()
+    with_cron = text.replace("[apps.plain]\n", '[apps.plain]\ncron_restart = "0 5 * * *"\n')
+    daemon.config.write_text(with_cron)
+    assert daemon.cli("update").returncode == 0
+    [plain_now] = daemon.instances("plain")
+    assert plain_now["pid"] == plain["pid"]
+    assert datetime.fromisoformat(plain_now["next_cron_restart"]).hour == 5
+    bad = daemon.config.read_text().replace("30 4 * * *", "61 4 * * *")
+    daemon.config.write_text(bad)
+    done = daemon.cli("update")
+    assert done.returncode == 1
+    said = done.stdout + done.stderr
+    assert "cron_restart" in said and "out of range" in said
+
+
+@pytest.mark.slow
+def test_cron_restart_fires_on_the_minute(daemon: Daemon) -> None:
+    """A real minute: `* * * * *` restarts the app at the next minute boundary."""
+    daemon.write(f"""
+        [apps.tick]
+        command = {app_cmd("sleeper")}
+        cron_restart = "* * * * *"
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    [first] = daemon.wait_states("tick", "running", 1)
+    planned = datetime.fromisoformat(first["next_cron_restart"])
+    wait = (planned - datetime.now().astimezone()).total_seconds()
+    assert 0 < wait <= 60
+    row = wait_for(lambda: next((r for r in daemon.instances("tick")
+                                 if r["pid"] not in (None, first["pid"])), None),
+                   wait + 5, "the cron restart")
+    fired = datetime.now().astimezone()
+    assert fired >= planned
+    assert (fired - planned).total_seconds() < 3
+    assert row["reason"].startswith("restarted: cron_restart '* * * * *'")
+    assert datetime.fromisoformat(row["next_cron_restart"]) == planned + timedelta(minutes=1)

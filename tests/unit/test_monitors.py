@@ -1,0 +1,148 @@
+"""procsup.monitors: cron with an injected clock, memory and watch with real processes/files."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from procsup.model import AppSpec
+from procsup.monitors import Monitors
+
+DEADLINE = 5.0
+LOG = logging.getLogger("test-monitors")
+
+
+def spec(name: str = "web", **kw: object) -> AppSpec:
+    return dataclasses.replace(AppSpec(name=name, command=("sleep", "1000")), **kw)  # type: ignore[arg-type]
+
+
+class Calls(list[tuple[str, int | None, str]]):
+    def __call__(self, app: str, index: int | None, reason: str) -> None:
+        self.append((app, index, reason))
+
+    async def wait(self, n: int, timeout: float = DEADLINE) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self)} recycle(s), wanted {n}: {list(self)}")
+            await asyncio.sleep(0.01)
+
+
+def shifted_clock(start: datetime) -> Callable[[], datetime]:
+    """A wall clock that reads `start` now and runs at the real rate."""
+    t0 = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - t0)
+
+
+def run(body: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await asyncio.wait_for(body(asyncio.get_running_loop()), 30)
+
+    asyncio.run(main())
+
+
+def test_cron_fires_at_the_minute_and_plans_the_next() -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        calls = Calls()
+        clock = shifted_clock(datetime(2026, 11, 21, 8, 0, 59, 600_000, tzinfo=UTC))
+        m = Monitors(loop, LOG, calls, dict, clock=clock)
+        try:
+            m.configure({"web": spec(cron_restart="* * * * *"), "api": spec("api")})
+            assert m.next_cron_restart("web") == "2026-11-21T08:01:00+00:00"
+            assert m.next_cron_restart("api") is None
+            await calls.wait(1, timeout=3)
+            assert calls == [("web", None, "cron_restart '* * * * *' at 2026-11-21 08:01")]
+            assert m.next_cron_restart("web") == "2026-11-21T08:02:00+00:00"
+            # Reconfiguring with the same expression keeps the plan; removing it drops it.
+            m.configure({"web": spec(cron_restart="* * * * *")})
+            assert m.next_cron_restart("web") == "2026-11-21T08:02:00+00:00"
+            m.configure({"web": spec(cron_restart="0 4 * * *")})
+            assert m.next_cron_restart("web") == "2026-11-22T04:00:00+00:00"
+            m.configure({"web": spec()})
+            assert m.next_cron_restart("web") is None
+        finally:
+            m.close()
+
+    run(body)
+
+
+def test_cron_after_a_clock_jump_fires_once() -> None:
+    """The wall clock jumps two hours ahead of the plan: one restart, then the next plan."""
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        calls = Calls()
+        now = [datetime(2026, 11, 21, 8, 0, 30, tzinfo=UTC)]
+        m = Monitors(loop, LOG, calls, dict, clock=lambda: now[0])
+        try:
+            m.configure({"web": spec(cron_restart="* * * * *")})
+            now[0] = datetime(2026, 11, 21, 10, 0, 30, tzinfo=UTC)
+            m._cron_due("web")  # what the re-check timer does
+            assert len(calls) == 1
+            assert m.next_cron_restart("web") == "2026-11-21T10:01:00+00:00"
+            m._cron_due("web")  # an early wake-up: nothing
+            assert len(calls) == 1
+        finally:
+            m.close()
+
+    run(body)
+
+
+def test_memory_over_the_limit_recycles_that_instance_once(tmp_path: Path) -> None:
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "import sys; b = b'x' * (80 << 20); sys.stdin.read()"],
+        stdin=subprocess.PIPE, start_new_session=True,
+    )
+    small = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE, start_new_session=True)
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        calls = Calls()
+        leaders = {("web", 0): hog.pid, ("web", 1): small.pid, ("free", 0): hog.pid}
+        m = Monitors(loop, LOG, calls, lambda: leaders, memory_interval=0.1)
+        try:
+            m.configure({"web": spec(max_memory_restart=40 << 20), "free": spec("free")})
+            await calls.wait(1)
+            await asyncio.sleep(0.5)  # several more checks: the same pid is not asked again
+            assert len(calls) == 1
+            app, index, reason = calls[0]
+            assert (app, index) == ("web", 0)
+            assert "over max_memory_restart 40M" in reason
+            m.configure({"web": spec()})  # no limit left: the task stops
+            assert m._memory_task is None
+        finally:
+            m.close()
+
+    try:
+        run(body)
+    finally:
+        for p in (hog, small):
+            p.kill()
+            p.wait()
+            assert p.stdin is not None
+            p.stdin.close()
+
+
+def test_watch_recycles_the_app_once_per_burst(tmp_path: Path) -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        calls = Calls()
+        m = Monitors(loop, LOG, calls, dict, settle=0.2)
+        try:
+            log_file = str(tmp_path / "web-out.log")
+            m.configure({"web": spec(watch=(str(tmp_path),), out_file=log_file)})
+            await asyncio.sleep(0.3)  # the watch is added on a worker thread
+            for i in range(50):
+                (tmp_path / f"f{i}.py").write_text("x")
+            await calls.wait(1)
+            await asyncio.sleep(0.5)
+            assert len(calls) == 1 and calls[0][:2] == ("web", None)
+            assert calls[0][2].startswith("watch: ")
+        finally:
+            m.close()
+
+    run(body)
