@@ -13,9 +13,10 @@ thread.
   is not asked for again while its replacement starts. No app with a limit, no timer at all.
 - Watch: `watch.AppWatch` reports a burst of changes once, after it settles; the app's own log
   files never count.
-- Cron: one timer per app with `cron_restart`, armed for the next fire time in local time and
-  re-checked at least every minute, so that a change of the wall clock (NTP, DST, a suspended
-  machine) neither skips nor repeats a fire by more than that.
+- Cron: one timer per app with `cron_restart`, armed for the next fire time on the local wall
+  clock (naive datetimes, so 04:00 stays 04:00 across a DST change) and re-checked at least
+  every minute, so that a change of the wall clock (NTP, a suspended machine) delays a fire by
+  at most that, and a jump over several fire times restarts once.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ CRON_RECHECK = 60.0
 
 
 def local_now() -> datetime:
-    return datetime.now().astimezone()
+    """The local wall-clock time, naive (cron.py's convention)."""
+    return datetime.now()
 
 
 class Monitors:
@@ -65,7 +67,10 @@ class Monitors:
         self._interval = memory_interval
         self._clock = clock
         self._specs: dict[str, AppSpec] = {}
-        self._watch = watch.AppWatch(loop, self._on_watch, settle=settle)
+        self._watch = watch.AppWatch(
+            loop, self._on_watch, settle=settle,
+            on_error=lambda app, message: self.log.error("%s: watch: %s", app, message),
+        )
         self._cron: dict[str, tuple[str, datetime, asyncio.TimerHandle]] = {}
         self._memory_task: asyncio.Task[None] | None = None
         self._recycled_pids: set[int] = set()
@@ -106,9 +111,10 @@ class Monitors:
             self._memory_task = None
 
     def next_cron_restart(self, app: str) -> str | None:
-        """The next planned cron restart of `app`, ISO 8601 with the UTC offset, or None."""
+        """The next planned cron restart of `app`, ISO 8601 with the UTC offset it will have
+        then (local time), or None."""
         entry = self._cron.get(app)
-        return entry[1].isoformat() if entry is not None else None
+        return entry[1].astimezone().isoformat() if entry is not None else None
 
     def close(self) -> None:
         """Cancel every timer and the memory task, stop watching. Idempotent."""
@@ -130,7 +136,12 @@ class Monitors:
     # -- cron -------------------------------------------------------------------------------
 
     def _arm_cron(self, app: str, expr: str, after: datetime) -> None:
-        fire = cron.next_fire(expr, after)
+        try:
+            fire = cron.next_fire(expr, after)
+        except cron.CronError as exc:  # validated, so only past croniter's search horizon
+            self.log.error("%s: cron_restart: %s; no cron restart planned", app, exc)
+            self._cron.pop(app, None)
+            return
         delay = min(max((fire - self._clock()).total_seconds(), 0.0), CRON_RECHECK)
         timer = self.loop.call_later(delay, self._cron_due, app)
         self._cron[app] = (expr, fire, timer)

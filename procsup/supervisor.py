@@ -897,20 +897,25 @@ class Supervisor:
                     return failure
         return None
 
-    async def rolling(self, app: str, indexes: Iterable[int]) -> str | None:
+    async def rolling(
+        self, app: str, indexes: Iterable[int], *, only_running: bool = False
+    ) -> str | None:
         """Replace instances one at a time: start a replacement, wait until it is ready, only
         then stop the old one (gracefully), so a cluster app never stops serving. A
         replacement that is not ready within ready_timeout ends the rollout: it is stopped,
         the old instances keep running, and the reason is returned. An old instance's graceful
         stop overlaps the next replacement's start-up (it was replaced already); the rollout
-        returns once every old instance is gone."""
+        returns once every old instance is gone. `only_running` (a monitor's replacement)
+        skips an instance that is not running when its turn comes, where `reload` starts it."""
         stopping: list[Slot] = []
         try:
-            return await self._roll(app, indexes, stopping)
+            return await self._roll(app, indexes, stopping, only_running)
         finally:
             await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in stopping))
 
-    async def _roll(self, app: str, indexes: Iterable[int], stopping: list[Slot]) -> str | None:
+    async def _roll(
+        self, app: str, indexes: Iterable[int], stopping: list[Slot], only_running: bool
+    ) -> str | None:
         for index in indexes:
             if self.shutting_down:
                 return f"reload of {app} stopped: procsupd is shutting down"
@@ -918,6 +923,8 @@ class Supervisor:
             if old is None or old.retiring:
                 continue
             if old.inst.state not in (State.RUNNING, State.STARTING):  # nothing to keep serving
+                if only_running:
+                    continue
                 self.feed(old, lifecycle.Restart())
                 await self.wait(lambda old=old: self.started(old))  # type: ignore[misc]
                 continue
@@ -966,10 +973,11 @@ class Supervisor:
     # ------------------------------------------------------------------ monitors (monitors.py)
 
     def _leaders(self) -> dict[tuple[str, int], int]:
-        """The leader pid of every live instance of the applied apps (replacements included
-        while they start: a leaking replacement is a leaking instance too)."""
+        """The leader pid of every live instance of the applied apps. While a reload replaces
+        an instance, its replacement (later in `all_slots`) stands for it: a leaking
+        replacement is a leaking instance too, and the old one is on its way out."""
         out: dict[tuple[str, int], int] = {}
-        for slot in [*self.all_slots(), *self.replacements]:
+        for slot in self.all_slots():
             if slot.proc is not None and not slot.retiring and slot.inst.state in LIVE_STATES:
                 out[(slot.id.app, slot.id.index)] = slot.proc.pid
         return out
@@ -982,8 +990,10 @@ class Supervisor:
         if self.shutting_down or app not in self.specs:
             return
         current = self.slots.get(app, {})
+        # Only running instances: one stopped by a command stays stopped, and one in backoff
+        # or errored is the restart policy's business.
         indexes = sorted(i for i, s in current.items() if not s.retiring and (
-            index is None or i == index))
+            index is None or i == index) and s.inst.state in (State.RUNNING, State.STARTING))
         if not indexes:
             return
         if self.specs[app].exec_mode is ExecMode.CLUSTER:
@@ -993,21 +1003,28 @@ class Supervisor:
                       "every instance" if index is None else f"instance {index}", reason)
         for i in indexes:
             slot = current[i]
-            if slot.inst.state in LIVE_STATES:
-                slot.note = f"restarted: {reason}"
-                self.feed(slot, lifecycle.Recycle(reason))
+            slot.note = f"restarted: {reason}"
+            self.feed(slot, lifecycle.Recycle(reason))
 
     async def _replace(self, app: str, indexes: list[int], reason: str) -> None:
         self.log.info("%s: replacing %s one at a time: %s", app,
                       ", ".join(f"{app}:{i}" for i in indexes), reason)
         async with self._apply_lock:
-            if self.shutting_down:
+            # What changed while this waited for an apply, a scale or a reload: only the
+            # instances still running are replaced (a stopped one stays stopped).
+            current = self.slots.get(app, {})
+            indexes = [i for i in indexes if i in current and not current[i].retiring
+                       and current[i].inst.state in (State.RUNNING, State.STARTING)]
+            if self.shutting_down or not indexes:
                 return
-            failure = await self.rolling(app, indexes)
+            before = {i: current[i] for i in indexes}
+            failure = await self.rolling(app, indexes, only_running=True)
             for i in indexes:
                 slot = self.slots.get(app, {}).get(i)
-                if slot is not None:
-                    slot.note = f"replaced: {reason}" if not failure else f"{reason}; {failure}"
+                if slot is not None and slot is not before[i]:
+                    slot.note = f"replaced: {reason}"
+                elif slot is not None and failure:
+                    slot.note = f"{reason}; {failure}"
         if failure:
             self.log.error("%s: %s", app, failure)
 

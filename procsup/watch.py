@@ -34,6 +34,7 @@ path, recursive=...)` and `unschedule(watch)` are used. Event paths may be str o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fnmatch
 import glob
 import os
@@ -243,9 +244,12 @@ class AppWatch:
     the app's own log files (`own_files`, with their rotated `<file>.N` siblings).
 
     Directories are watched recursively (one inotify watch per directory, not per file); a
-    root that is a file is watched through its directory. Watches are added on a worker
-    thread, so that a tree of many thousands of files does not hold up the loop. Create,
-    use and close it on the loop's thread; `close()` before the loop closes.
+    root that is a file is watched through its directory. Watches are added and removed on
+    one worker thread, in the order asked (so a quick re-watch cannot undo itself), so that a
+    tree of many thousands of files does not hold up the loop. A watch the OS refuses (the
+    inotify limits) is reported to `on_error(key, message)` on the loop, and the app is
+    forgotten so that the next `watch()` tries again. Create, use and close it on the loop's
+    thread; `close()` before the loop closes.
     """
 
     def __init__(
@@ -254,14 +258,21 @@ class AppWatch:
         on_change: Callable[[str, str], None],
         *,
         settle: float = 0.5,
+        on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self._loop = loop
         self._on_change = on_change
+        self._on_error = on_error
         self._settle = settle
         self._observer: Any = None
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        # Owned by the worker thread alone: which app handlers use each watchdog watch (watches
+        # are keyed by path, so two apps watching one directory share one).
+        self._users: dict[Any, set[_BatchHandler]] = {}
+        self._watches: dict[_BatchHandler, list[Any]] = {}
         self._apps: dict[str, _Watched] = {}
         self._handlers: dict[str, _BatchHandler] = {}
-        self._scheduled: dict[str, list[Any]] = {}  # key -> watchdog ObservedWatch objects
+        self._scheduled: set[str] = set()  # keys whose watches are all in place
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._first: dict[str, str] = {}  # key -> first changed path of the pending burst
         self._generation: dict[str, int] = {}
@@ -288,8 +299,6 @@ class AppWatch:
         self.unwatch(key)
         self._apps[key] = spec
         generation = self._generation[key] = self._generation.get(key, 0) + 1
-        # One handler per app: two apps watching one directory share watchdog's watch (it is
-        # keyed by path), and unwatching one must only detach that app's handler.
         handler = self._handlers[key] = _BatchHandler(
             self._loop, lambda batch: self._receive(key, generation, batch)
         )
@@ -297,6 +306,9 @@ class AppWatch:
             self._observer = Observer()
             self._observer.daemon = True
             self._observer.start()
+            self._worker = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="procsup-watch"
+            )
         targets = []
         missing = []
         for root in spec.roots:
@@ -306,42 +318,37 @@ class AppWatch:
                 targets.append((os.path.dirname(root), False))
             else:
                 missing.append(root)
+
+        def attached(future: asyncio.Future[list[str]]) -> None:
+            if future.cancelled() or self._closed or self._generation.get(key) != generation:
+                return
+            errors = future.result() if future.exception() is None else [str(future.exception())]
+            if errors:
+                self._apps.pop(key, None)  # so that the next watch() tries again
+                if self._on_error is not None:
+                    self._on_error(key, "; ".join(errors))
+                return
+            self._scheduled.add(key)
+
+        assert self._worker is not None
         observer = self._observer
-
-        def schedule() -> list[Any]:  # on a worker thread: may walk a big tree
-            done = []
-            for path, recursive in targets:
-                try:
-                    done.append(observer.schedule(handler, path, recursive=recursive))
-                except (FileNotFoundError, NotADirectoryError):
-                    pass  # removed meanwhile
-            return done
-
-        def scheduled(future: asyncio.Future[list[Any]]) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
-            watches = future.result()
-            if self._closed or self._generation.get(key) != generation:
-                for w in watches:  # superseded while being added
-                    self._detach(observer, handler, w)
-                return
-            self._scheduled[key] = watches
-
-        self._loop.run_in_executor(None, schedule).add_done_callback(scheduled)
+        self._loop.run_in_executor(
+            self._worker, self._attach, observer, handler, targets
+        ).add_done_callback(attached)
         return missing
 
     def unwatch(self, key: str) -> None:
         """Stop watching for `key` and drop a pending change. Idempotent."""
         self._apps.pop(key, None)
+        self._scheduled.discard(key)
         self._generation[key] = self._generation.get(key, 0) + 1
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         self._first.pop(key, None)
         handler = self._handlers.pop(key, None)
-        for w in self._scheduled.pop(key, []):
-            if handler is not None:
-                self._detach(self._observer, handler, w)
+        if handler is not None and self._worker is not None and not self._closed:
+            self._loop.run_in_executor(self._worker, self._detach, self._observer, handler)
 
     def close(self) -> None:
         """Stop observing, join the watchdog thread (bounded), drop pending changes."""
@@ -351,23 +358,47 @@ class AppWatch:
         self._timers.clear()
         self._apps.clear()
         self._scheduled.clear()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=False, cancel_futures=True)
         observer, self._observer = self._observer, None
         if observer is not None:
             observer.stop()
             observer.join(_JOIN_TIMEOUT)
 
-    def _detach(self, observer: Any, handler: _BatchHandler, watch: Any) -> None:
-        """Detach `handler` from `watch`; unschedule the watch when no other app uses it."""
-        if observer is None:
-            return
-        shared = any(watch in ws for k, ws in self._scheduled.items() if k in self._apps)
-        try:
-            if shared:
-                observer.remove_handler_for_watch(handler, watch)
-            else:
-                observer.unschedule(watch)
-        except (KeyError, ValueError):  # already gone (watchdog drops deleted roots itself)
-            pass
+    # -- on the worker thread ---------------------------------------------------------------
+
+    def _attach(
+        self, observer: Any, handler: _BatchHandler, targets: list[tuple[str, bool]]
+    ) -> list[str]:
+        """Schedule `handler` on each target (walking a tree takes a while); the errors."""
+        errors = []
+        watches = self._watches.setdefault(handler, [])
+        for path, recursive in targets:
+            try:
+                w = observer.schedule(handler, path, recursive=recursive)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed meanwhile
+            except Exception as exc:  # the OS's refusal (inotify limits), reported as data
+                errors.append(f"cannot watch {path}: {exc}")
+                continue
+            watches.append(w)
+            self._users.setdefault(w, set()).add(handler)
+        return errors
+
+    def _detach(self, observer: Any, handler: _BatchHandler) -> None:
+        """Detach `handler` from its watches; unschedule a watch no other app uses."""
+        for w in self._watches.pop(handler, []):
+            users = self._users.get(w, set())
+            users.discard(handler)
+            try:
+                if users:
+                    observer.remove_handler_for_watch(handler, w)
+                else:
+                    self._users.pop(w, None)
+                    observer.unschedule(w)
+            except (KeyError, ValueError):  # already gone (watchdog drops deleted roots)
+                pass
 
     # -- on the loop ------------------------------------------------------------------------
 

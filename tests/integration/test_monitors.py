@@ -172,3 +172,25 @@ def test_cron_restart_fires_on_the_minute(daemon: Daemon) -> None:
     assert (fired - planned).total_seconds() < 3
     assert row["reason"].startswith("restarted: cron_restart '* * * * *'")
     assert datetime.fromisoformat(row["next_cron_restart"]) == planned + timedelta(minutes=1)
+
+
+def test_a_change_does_not_start_instances_stopped_by_command(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    port = _free_port()
+    _cluster(daemon, port, extra=f'cwd = "{src}"\n        watch = true')
+    daemon.start()
+    daemon.wait_states("web", "running", 2)
+    assert daemon.cli("stop", "web:1").returncode == 0
+    [kept] = [r for r in daemon.instances("web") if r["instance"] == 0]
+    time.sleep(0.5)  # the watches are added on a worker thread
+    (src / "app.py").write_text("changed\n")
+    # The running instance is replaced; the stopped one stays stopped.
+    wait_for(lambda: next((r for r in daemon.instances("web") if r["instance"] == 0
+                           and r["pid"] not in (None, kept["pid"])
+                           and r["state"] == "running"), None), 10, "web:0 replaced")
+    time.sleep(1.0)
+    [stopped] = [r for r in daemon.instances("web") if r["instance"] == 1]
+    assert stopped["state"] == "stopped" and stopped["pid"] is None

@@ -229,3 +229,28 @@ def test_ten_thousand_files_are_watched_without_holding_the_loop(tmp_path: Path)
         assert rec.calls[0][1] == str(tmp_path / "d57" / "f3.txt")
 
     run(scenario)
+
+
+def test_a_quick_rewatch_of_a_big_tree_keeps_watching(tmp_path: Path) -> None:
+    """Re-watching while the first walk of the tree is still going (an ignore_watch edit
+    during start-up) ends with the second watch in place, not with nothing watched."""
+    for d in range(60):
+        sub = tmp_path / f"d{d}"
+        sub.mkdir()
+        for f in range(20):
+            (sub / f"f{f}.txt").touch()
+
+    async def scenario(aw: AppWatch, rec: Recorder) -> None:
+        aw.watch("a", [str(tmp_path)], ("*.log",), [])
+        await asyncio.sleep(0.01)
+        aw.watch("a", [str(tmp_path)], ("*.tmp",), [])
+        aw.watch("b", [str(tmp_path)], (), [])
+        aw.unwatch("b")
+        await settled(aw, "a")
+        await asyncio.sleep(0.3)  # the superseded attach and detach have run by now
+        (tmp_path / "d7" / "new.log").write_text("x")  # counts under the second ignore list
+        await rec.wait_calls(1)
+        assert rec.calls[0][:2] == ("a", str(tmp_path / "d7" / "new.log"))
+
+    for _ in range(3):  # the race was timing-dependent
+        run(scenario)

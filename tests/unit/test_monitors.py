@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from procsup.model import AppSpec
@@ -35,6 +35,11 @@ class Calls(list[tuple[str, int | None, str]]):
             await asyncio.sleep(0.01)
 
 
+def iso(*fields: int) -> str:
+    """How status shows a local wall-clock time: ISO 8601 with that time's UTC offset."""
+    return datetime(*fields).astimezone().isoformat()
+
+
 def shifted_clock(start: datetime) -> Callable[[], datetime]:
     """A wall clock that reads `start` now and runs at the real rate."""
     t0 = time.monotonic()
@@ -51,20 +56,20 @@ def run(body: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]) -> None:
 def test_cron_fires_at_the_minute_and_plans_the_next() -> None:
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         calls = Calls()
-        clock = shifted_clock(datetime(2026, 11, 21, 8, 0, 59, 600_000, tzinfo=UTC))
+        clock = shifted_clock(datetime(2026, 11, 21, 8, 0, 59, 600_000))
         m = Monitors(loop, LOG, calls, dict, clock=clock)
         try:
             m.configure({"web": spec(cron_restart="* * * * *"), "api": spec("api")})
-            assert m.next_cron_restart("web") == "2026-11-21T08:01:00+00:00"
+            assert m.next_cron_restart("web") == iso(2026, 11, 21, 8, 1)
             assert m.next_cron_restart("api") is None
             await calls.wait(1, timeout=3)
             assert calls == [("web", None, "cron_restart '* * * * *' at 2026-11-21 08:01")]
-            assert m.next_cron_restart("web") == "2026-11-21T08:02:00+00:00"
+            assert m.next_cron_restart("web") == iso(2026, 11, 21, 8, 2)
             # Reconfiguring with the same expression keeps the plan; removing it drops it.
             m.configure({"web": spec(cron_restart="* * * * *")})
-            assert m.next_cron_restart("web") == "2026-11-21T08:02:00+00:00"
+            assert m.next_cron_restart("web") == iso(2026, 11, 21, 8, 2)
             m.configure({"web": spec(cron_restart="0 4 * * *")})
-            assert m.next_cron_restart("web") == "2026-11-22T04:00:00+00:00"
+            assert m.next_cron_restart("web") == iso(2026, 11, 22, 4, 0)
             m.configure({"web": spec()})
             assert m.next_cron_restart("web") is None
         finally:
@@ -77,14 +82,14 @@ def test_cron_after_a_clock_jump_fires_once() -> None:
     """The wall clock jumps two hours ahead of the plan: one restart, then the next plan."""
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         calls = Calls()
-        now = [datetime(2026, 11, 21, 8, 0, 30, tzinfo=UTC)]
+        now = [datetime(2026, 11, 21, 8, 0, 30)]
         m = Monitors(loop, LOG, calls, dict, clock=lambda: now[0])
         try:
             m.configure({"web": spec(cron_restart="* * * * *")})
-            now[0] = datetime(2026, 11, 21, 10, 0, 30, tzinfo=UTC)
+            now[0] = datetime(2026, 11, 21, 10, 0, 30)
             m._cron_due("web")  # what the re-check timer does
             assert len(calls) == 1
-            assert m.next_cron_restart("web") == "2026-11-21T10:01:00+00:00"
+            assert m.next_cron_restart("web") == iso(2026, 11, 21, 10, 1)
             m._cron_due("web")  # an early wake-up: nothing
             assert len(calls) == 1
         finally:
