@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 
 import psutil
 
-__all__ = ["Metrics", "group_alive", "group_members", "scan_groups", "tree_rss"]
+__all__ = ["Metrics", "TreeRss", "group_alive", "group_members", "scan_groups", "tree_rss"]
 
 # Processes that vanish or turn unreadable between listing and reading are simply not counted.
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
@@ -45,62 +45,85 @@ def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
 
 
 def tree_rss(leaders: Collection[int]) -> dict[int, int]:
+    """`TreeRss()(leaders)`: one measurement without a cache (see TreeRss)."""
+    return TreeRss()(leaders)
+
+
+class TreeRss:
     """RSS bytes of each instance, for `max_memory_restart`: every process of the leader's
     process group plus every descendant of the leader that left the group (a `setsid`
-    grandchild), each counted once. A process belongs to the instance whose leader is its
-    nearest ancestor, or whose group it is in. One pass over the process table (pid, ppid);
-    memory is read only for the processes that belong to an instance. A leader that is gone
-    reads 0. With no leader, nothing is read at all.
+    grandchild), each counted once. A process belongs to the instance whose group it is in, or
+    else whose leader is its nearest ancestor. A leader that is gone reads 0; with no leader,
+    nothing is read at all.
+
+    Cost, per call: one listing of the pids, one `getpgid` system call each, the parent of
+    only the processes outside every instance group (walked up with memoization), and one
+    `memory_info` read per process that belongs to an instance. The psutil `Process` objects
+    are kept between calls (creating one reads /proc/PID/stat for its start time), which is
+    what makes the periodic check cheap with 1000 instances.
     """
-    wanted = set(leaders)
-    result = dict.fromkeys(wanted, 0)
-    if not wanted:
-        return result
-    parent: dict[int, int] = {}
-    procs: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["ppid"]):
-        ppid = proc.info.get("ppid")
-        if isinstance(ppid, int):
-            parent[proc.pid] = ppid
-            procs[proc.pid] = proc
-    owner: dict[int, int | None] = {}
 
-    def owner_of(pid: int) -> int | None:
-        # Iterative walk up the ppid chain with memoization: O(processes) for the whole pass.
-        chain: list[int] = []
-        found: int | None = None
-        while True:
-            if pid in owner:
-                found = owner[pid]
-                break
-            chain.append(pid)
-            if pid in wanted:
-                found = pid
-                break
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _proc(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = psutil.Process(pid)
+        return proc
+
+    def __call__(self, leaders: Collection[int]) -> dict[int, int]:
+        wanted = set(leaders)
+        result = dict.fromkeys(wanted, 0)
+        if not wanted:
+            self._procs.clear()
+            return result
+        pids = psutil.pids()
+        live = set(pids)
+        for pid in [p for p in self._procs if p not in live]:
+            del self._procs[pid]  # gone: a reused pid must get a fresh Process
+        group: dict[int, int] = {}
+        for pid in pids:
             try:
-                pgid = os.getpgid(pid)
+                group[pid] = os.getpgid(pid)
             except OSError:  # exited since the listing
-                pgid = 0
-            if pgid in wanted:
-                found = pgid
-                break
-            up = parent.get(pid)
-            if up is None or up <= 1 or len(chain) > 4096:
-                break
-            pid = up
-        for p in chain:
-            owner[p] = found
-        return found
+                pass
+        owner: dict[int, int | None] = {}
 
-    for pid, proc in procs.items():
-        leader = owner_of(pid)
-        if leader is None:
-            continue
-        try:
-            result[leader] += proc.memory_info().rss
-        except _GONE:
-            continue
-    return result
+        def owner_of(pid: int) -> int | None:
+            chain: list[int] = []
+            found: int | None = None
+            while True:
+                if pid in owner:
+                    found = owner[pid]
+                    break
+                chain.append(pid)
+                if pid in wanted:
+                    found = pid
+                    break
+                if group.get(pid) in wanted:
+                    found = group[pid]
+                    break
+                try:
+                    up = self._proc(pid).ppid()
+                except _GONE:
+                    break
+                if up <= 1 or len(chain) > 4096:
+                    break
+                pid = up
+            for p in chain:
+                owner[p] = found
+            return found
+
+        for pid in group:
+            leader = owner_of(pid)
+            if leader is None:
+                continue
+            try:
+                result[leader] += self._proc(pid).memory_info().rss
+            except _GONE:
+                self._procs.pop(pid, None)
+        return result
 
 
 def group_members(pgid: int) -> list[int]:

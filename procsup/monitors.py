@@ -74,6 +74,7 @@ class Monitors:
         self._cron: dict[str, tuple[str, datetime, asyncio.TimerHandle]] = {}
         self._memory_task: asyncio.Task[None] | None = None
         self._recycled_pids: set[int] = set()
+        self._tree_rss = metrics.TreeRss()
         self._closed = False
 
     # -- configuration ----------------------------------------------------------------------
@@ -181,7 +182,7 @@ class Monitors:
         if not leaders:
             self._recycled_pids.clear()
             return
-        rss = await asyncio.to_thread(metrics.tree_rss, set(leaders.values()))
+        rss = await asyncio.to_thread(self._tree_rss, set(leaders.values()))
         self._recycled_pids &= set(leaders.values())  # forget pids that are gone
         for (app, index), pid in leaders.items():
             limit = limits.get(app)

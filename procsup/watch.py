@@ -195,10 +195,18 @@ class ConfigWatch:
             pass
 
 
+#: Events handed to the loop per callback: a `git checkout` of 10,000 files makes ~80,000
+#: events, and one callback taking them all would hold the loop (control requests) for long.
+_BATCH = 1024
+#: Directory events that are never a change of their own (an entry of it changed: that entry's
+#: own event tells).
+_DIR_NOISE = frozenset({"modified", "attrib", "closed"})
+
+
 class _BatchHandler(FileSystemEventHandler):  # type: ignore[misc, unused-ignore]
-    """Runs on watchdog's thread: queues events, and wakes the loop once per batch. A
-    `git checkout` yields thousands of events; one loop callback per event would flood the
-    loop, one per batch does not. Decides nothing."""
+    """Runs on watchdog's thread: queues events, and wakes the loop once per batch (at most
+    `_BATCH` events per loop callback). Only event *types* that can never be a change are
+    dropped here; which paths count is decided on the loop."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, drain: Callable[[list[FileSystemEvent]], None]
@@ -210,6 +218,9 @@ class _BatchHandler(FileSystemEventHandler):  # type: ignore[misc, unused-ignore
         self._queue: list[FileSystemEvent] = []
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        if kind not in _CHANGES or (event.is_directory and kind in _DIR_NOISE):
+            return
         with self._lock:
             self._queue.append(event)
             first = len(self._queue) == 1
@@ -218,7 +229,10 @@ class _BatchHandler(FileSystemEventHandler):  # type: ignore[misc, unused-ignore
 
     def _flush(self) -> None:  # on the loop
         with self._lock:
-            batch, self._queue = self._queue, []
+            batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
+            more = bool(self._queue)
+        if more:  # the rest after whatever else waits on the loop
+            self._loop.call_soon(self._flush)
         self._drain(batch)
 
 
@@ -276,6 +290,9 @@ class AppWatch:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._first: dict[str, str] = {}  # key -> first changed path of the pending burst
         self._generation: dict[str, int] = {}
+        # key -> path -> whether a change of it counts (the same files change over and over in
+        # a burst); reset with the app's watch and when it grows large.
+        self._verdicts: dict[str, dict[str, bool]] = {}
         self._closed = False
 
     @property
@@ -341,6 +358,7 @@ class AppWatch:
         """Stop watching for `key` and drop a pending change. Idempotent."""
         self._apps.pop(key, None)
         self._scheduled.discard(key)
+        self._verdicts.pop(key, None)
         self._generation[key] = self._generation.get(key, 0) + 1
         timer = self._timers.pop(key, None)
         if timer is not None:
@@ -403,23 +421,26 @@ class AppWatch:
     # -- on the loop ------------------------------------------------------------------------
 
     def _receive(self, key: str, generation: int, batch: list[FileSystemEvent]) -> None:
+        """One batch: if any event in it counts, the burst goes on (the debounce is re-armed
+        once per batch, from now). The scan stops at the first event that counts; events of
+        ignored paths are judged once per path."""
         spec = self._apps.get(key)
         if self._closed or spec is None or self._generation.get(key) != generation:
             return
+        verdicts = self._verdicts.setdefault(key, {})
+        if len(verdicts) > 65536:
+            verdicts.clear()
         for event in batch:
-            if event.event_type not in _CHANGES:
-                continue
-            if event.is_directory and event.event_type in ("modified", "attrib", "closed"):
-                continue
-            paths = [event.src_path]
-            if event.event_type == "moved":
-                paths.append(getattr(event, "dest_path", ""))
-            for raw in paths:
-                if not raw:
+            for raw in (event.src_path, getattr(event, "dest_path", "")):
+                if not raw:  # "" for the unknown end of a move; non-moves have no dest
                     continue
-                path = _normalize(os.fsdecode(raw))
-                if _counts(path, spec):
-                    self._changed(key, path)
+                path = os.fsdecode(raw)
+                counts = verdicts.get(path)
+                if counts is None:
+                    counts = verdicts[path] = _counts(_normalize(path), spec)
+                if counts:
+                    self._changed(key, _normalize(path))
+                    return
 
     def _changed(self, key: str, path: str) -> None:
         timer = self._timers.pop(key, None)
