@@ -60,6 +60,25 @@ class Note:
         return f"{self.where}: {subject}: {self.message}"
 
 
+class AppTable:
+    """One app's procsup keys (`out`) as an importer builds them from a source's options.
+    Subclasses say how to point at a source key in an error (`fail`)."""
+
+    out: dict[str, object]
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        raise NotImplementedError
+
+    def checked(self, key: str, procsup_key: str, value: object) -> None:
+        """Set `procsup_key` to `value` if the schema accepts it; else ConfigError at the
+        source option `key`."""
+        try:
+            schema.check(schema.APP_KEYS[procsup_key], value)
+        except schema.ValueProblem as exc:
+            raise self.fail(key, exc.message) from None
+        self.out[procsup_key] = value
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """What an importer returns: the procsup config as TOML text, and its notes."""

@@ -32,7 +32,17 @@ from collections.abc import Mapping
 
 from procsup import schema
 from procsup.errors import ConfigError
-from procsup.importers import Files, Note, Result, app_name, is_device, jsobject, read, render
+from procsup.importers import (
+    AppTable,
+    Files,
+    Note,
+    Result,
+    app_name,
+    is_device,
+    jsobject,
+    read,
+    render,
+)
 
 #: Interpreters PM2 picks from the script's extension when `interpreter` is absent.
 EXTENSION_INTERPRETERS = {
@@ -177,7 +187,7 @@ def moment_to_strftime(fmt: str) -> tuple[str, list[str]]:
     return "".join(out), lost
 
 
-class _App:
+class _App(AppTable):
     """One PM2 app: its options in, (procsup name, procsup table) out; notes appended."""
 
     def __init__(self, path: str, raw: dict[str, object], *, files: Files,
@@ -227,14 +237,6 @@ class _App:
         if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
             return [_js_text(v) for v in value]
         raise self.fail(key, f"expected a string or an array of strings, got {_kind(value)}")
-
-    def checked(self, key: str, procsup_key: str, value: object) -> None:
-        """Set `procsup_key` to `value` if the schema accepts it; else ConfigError."""
-        try:
-            schema.check(schema.APP_KEYS[procsup_key], value)
-        except schema.ValueProblem as exc:
-            raise self.fail(key, exc.message) from None
-        self.out[procsup_key] = value
 
     def duration(self, key: str, procsup_key: str | None = None) -> None:
         value = self.take(key)

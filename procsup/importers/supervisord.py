@@ -34,9 +34,9 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from procsup import schema, units
+from procsup import units
 from procsup.errors import ConfigError
-from procsup.importers import Files, Note, Result, app_name, is_device, read, render
+from procsup.importers import AppTable, Files, Note, Result, app_name, is_device, read, render
 
 #: A `%(process_num)...` expansion with its printf-style flags, width and conversion.
 _PROCESS_NUM_RE = re.compile(r"%\(process_num\)([-#0 +]*\d*(?:\.\d+)?)([diouxXeEfFgGcrsa])")
@@ -349,7 +349,7 @@ class _Importer:
             raise self.fail(section, key, str(exc)) from None
 
 
-class _Program:
+class _Program(AppTable):
     """One `[program:x]` -> (procsup name, table); notes go to the importer."""
 
     def __init__(self, importer: _Importer, section: _Section, program: str, group: str,
@@ -480,13 +480,6 @@ class _Program:
         if pos < len(text) or not parts:
             parts.append(shlex.quote(text[pos:]))
         return "".join(parts)
-
-    def checked(self, key: str, procsup_key: str, value: object) -> None:
-        try:
-            schema.check(schema.APP_KEYS[procsup_key], value)
-        except schema.ValueProblem as exc:
-            raise self.fail(key, exc.message) from None
-        self.out[procsup_key] = value
 
     def command_and_env(self) -> None:
         if "command" not in self.opts:
