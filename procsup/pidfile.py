@@ -67,14 +67,15 @@ class PidFile:
             if _same_file(fd, self.path):
                 break
             os.close(fd)
+        self._fd = fd
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             os.fsync(fd)
         except BaseException:
-            os.close(fd)
+            # Interrupted (a signal's SystemExit, a full disk): leave no file naming us behind.
+            self.release()
             raise
-        self._fd = fd
 
     def release(self) -> None:
         """Remove the pidfile if it is still ours, then drop the lock. Idempotent."""

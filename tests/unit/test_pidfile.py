@@ -177,12 +177,39 @@ def test_child_processes_do_not_inherit_the_lock(tmp_path: Path) -> None:
         pidfile.release()
 
 
+FAILED_WRITE = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from procsup.pidfile import PidFile
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the default kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    pidfile = PidFile(sys.argv[1])
+    try:
+        pidfile.acquire()
+    except OSError as exc:
+        print(exc.errno, pidfile.held, flush=True)
+    """
+)
+
+
+def test_a_failed_write_leaves_no_file_and_no_lock(tmp_path: Path) -> None:
+    path = tmp_path / "procsupd.pid"
+    out = subprocess.run([sys.executable, "-c", FAILED_WRITE, str(path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["27", "False"], out  # EFBIG; the object holds nothing
+    assert not path.exists()
+    assert PidFile(str(path)).is_locked() is None
+
+
 DAEMON = textwrap.dedent(
     """
     import sys, time
     import daemon
     from procsup.pidfile import PidFile
     with daemon.DaemonContext(pidfile=PidFile(sys.argv[1]), umask=0o022):
+        # Say "open" only once the context is: a SIGTERM before python-daemon registers its
+        # close would leave the pidfile (python-daemon's window, not ours).
+        open(sys.argv[1] + ".open", "w").close()
         time.sleep(60)
     """
 )
@@ -194,7 +221,7 @@ def test_works_as_python_daemon_pidfile(tmp_path: Path) -> None:
     daemon_pid = 0
     try:
         launcher.wait(timeout=10)  # the launcher exits once the daemon has detached
-        wait_for(lambda: path.exists() and path.read_text().endswith("\n"), what="pidfile")
+        wait_for(lambda: Path(f"{path}.open").exists(), what="the daemon context to open")
         daemon_pid = int(path.read_text())
         assert daemon_pid != launcher.pid  # written after the detaching forks
         assert PidFile(str(path)).is_locked() == daemon_pid
