@@ -1,11 +1,14 @@
 """The app monitors: `max_memory_restart`, `watch`, `cron_restart` (layer 3, under supervisor).
 
 Each monitor decides only *when* an app or one instance needs a fresh process and says so with
-`recycle(app, index, reason)` (`index` None = every instance of the app). *How* is the
-supervisor's business: replacement first for an app that can run side by side (a cluster app,
-whose sockets the daemon holds), a restart in place otherwise. Everything here runs on the
-loop; the only blocking work, the process-table scan of the memory check, runs on a worker
-thread.
+`recycle(app, index, reason, revive)` (`index` None = every instance of the app). `revive` asks
+for instances at rest to be started too (those that exited, errored or wait in backoff; never
+one stopped by a command): watch and cron pass it, so saving the fix of a crashing app runs it,
+and `cron_restart` with `autorestart = false` runs a job at its times, as in PM2. The memory
+check concerns live processes only. *How* is the supervisor's business: replacement first for
+an app that can run side by side (a cluster app, whose sockets the daemon holds), a restart in
+place otherwise. Everything here runs on the loop; the only blocking work, the process-table
+scan of the memory check, runs on a worker thread.
 
 - Memory: every `interval` seconds (2 s; the contract asks for at least every 5 s) the RSS of
   each instance of an app with `max_memory_restart`, with all its descendants
@@ -31,8 +34,8 @@ from procsup.model import AppSpec
 
 __all__ = ["Monitors", "Recycle"]
 
-#: recycle(app, instance index or None for all, reason)
-Recycle = Callable[[str, "int | None", str], None]
+#: recycle(app, instance index or None for all, reason, revive instances at rest)
+Recycle = Callable[[str, "int | None", str, bool], None]
 #: The live instances to measure: (app, index) -> pid of the instance's leader.
 Leaders = Callable[[], Mapping[tuple[str, int], int]]
 
@@ -132,7 +135,7 @@ class Monitors:
 
     def _on_watch(self, app: str, path: str) -> None:
         if app in self._specs:
-            self._recycle(app, None, f"watch: {path} changed")
+            self._recycle(app, None, f"watch: {path} changed", True)
 
     # -- cron -------------------------------------------------------------------------------
 
@@ -161,7 +164,8 @@ class Monitors:
         # that jumped forward past several fire times restarts once, not once per fire time.
         self._arm_cron(app, expr, max(now, fire))
         self.log.info("%s: cron_restart %r fired (planned %s)", app, expr, fire.isoformat())
-        self._recycle(app, None, f"cron_restart {expr!r} at {fire.strftime('%Y-%m-%d %H:%M')}")
+        when = fire.strftime("%Y-%m-%d %H:%M")
+        self._recycle(app, None, f"cron_restart {expr!r} at {when}", True)
 
     # -- memory -----------------------------------------------------------------------------
 
@@ -193,4 +197,4 @@ class Monitors:
             reason = (f"memory {units.format_size(used)} over max_memory_restart "
                       f"{units.format_size(limit)}")
             self.log.warning("%s:%d (pid %d): %s: replacing it", app, index, pid, reason)
-            self._recycle(app, index, reason)
+            self._recycle(app, index, reason, False)

@@ -982,18 +982,26 @@ class Supervisor:
                 out[(slot.id.app, slot.id.index)] = slot.proc.pid
         return out
 
-    def _recycle(self, app: str, index: int | None, reason: str) -> None:
+    def _recycle(self, app: str, index: int | None, reason: str, revive: bool) -> None:
         """A monitor wants fresh processes for `app` (every instance when `index` is None).
         A cluster app runs side by side with its replacements (the daemon holds its sockets):
         replace them one at a time, as `reload` does, so no request is lost. Any other app is
-        restarted in place: a fork app may bind its own port, which a replacement could not."""
+        restarted in place: a fork app may bind its own port, which a replacement could not.
+        With `revive`, instances at rest that no command stopped (exited, errored, in backoff)
+        are started as well, with fresh restart counters, as a `restart` command would."""
         if self.shutting_down or app not in self.specs:
             return
         current = self.slots.get(app, {})
-        # Only running instances: one stopped by a command stays stopped, and one in backoff
-        # or errored is the restart policy's business.
-        indexes = sorted(i for i, s in current.items() if not s.retiring and (
-            index is None or i == index) and s.inst.state in (State.RUNNING, State.STARTING))
+        chosen = [(i, s) for i, s in sorted(current.items())
+                  if not s.retiring and (index is None or i == index)]
+        # A running instance gets a fresh process; one stopped by a command stays stopped.
+        indexes = [i for i, s in chosen if s.inst.state in (State.RUNNING, State.STARTING)]
+        if revive:
+            for i, slot in chosen:
+                if slot.inst.state in (State.EXITED, State.ERRORED, State.BACKOFF):
+                    self.log.info("%s:%d: starting it again: %s", app, i, reason)
+                    self.feed(slot, lifecycle.Restart())
+                    slot.note = f"restarted: {reason}"  # after the feed, which clears notes
         if not indexes:
             return
         if self.specs[app].exec_mode is ExecMode.CLUSTER:

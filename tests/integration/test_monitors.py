@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -118,6 +119,38 @@ def test_a_burst_of_200_writes_restarts_the_app_once(daemon: Daemon, tmp_path: P
     assert other_now["pid"] == other["pid"]
 
 
+def test_saving_the_fix_of_a_crashed_app_runs_it(daemon: Daemon, tmp_path: Path) -> None:
+    """PM2's watch workflow: the app crashes until its code is fixed; the save that fixes it
+    starts it again, although the restart policy had given up (errored) or was waiting."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sleeper = json.loads(app_cmd("sleeper"))
+    script = f'test -f fixed.py || exit 3; exec {" ".join(sleeper)}'
+    daemon.write(f"""
+        [apps.dev]
+        command = ["/bin/sh", "-c", {json.dumps(script)}]
+        cwd = "{src}"
+        watch = true
+        max_restarts = 1
+        min_uptime = "100ms"
+        [apps.slow]
+        command = ["/bin/sh", "-c", {json.dumps(script)}]
+        cwd = "{src}"
+        watch = true
+        restart_delay = "60s"
+        """)
+    daemon.start()
+    [gave_up] = daemon.wait_states("dev", "errored", 1)
+    assert gave_up["reason"].startswith("gave up after 1 restart")
+    daemon.wait_states("slow", "backoff", 1)  # would wait a minute before its next try
+    time.sleep(0.5)  # the watches are added on a worker thread
+    (src / "fixed.py").write_text("ok = True\n")
+    [dev] = daemon.wait_states("dev", "running", 1, timeout=5)
+    assert dev["reason"].startswith("restarted: watch: ") and dev["restarts"] == 0
+    [slow] = daemon.wait_states("slow", "running", 1, timeout=5)
+    assert slow["reason"].startswith("restarted: watch: ")
+
+
 def test_next_cron_restart_is_shown_in_status(daemon: Daemon) -> None:
     daemon.write(f"""
         [apps.nightly]
@@ -152,14 +185,22 @@ def test_next_cron_restart_is_shown_in_status(daemon: Daemon) -> None:
 
 @pytest.mark.slow
 def test_cron_restart_fires_on_the_minute(daemon: Daemon) -> None:
-    """A real minute: `* * * * *` restarts the app at the next minute boundary."""
+    """A real minute: `* * * * *` restarts the app at the next minute boundary, and runs a
+    job that exited (PM2's periodic script: `cron_restart` with `autorestart = false`)."""
     daemon.write(f"""
         [apps.tick]
         command = {app_cmd("sleeper")}
         cron_restart = "* * * * *"
         min_uptime = "100ms"
+        [apps.job]
+        command = {app_cmd("crasher", "0")}
+        autorestart = false
+        cron_restart = "* * * * *"
         """)
     daemon.start()
+    [job] = daemon.wait_states("job", "exited", 1)
+    job_log = daemon.log_dir / "job-out.log"
+    assert job_log.read_text().count("crashing with 0") == 1
     [first] = daemon.wait_states("tick", "running", 1)
     planned = datetime.fromisoformat(first["next_cron_restart"])
     wait = (planned - datetime.now().astimezone()).total_seconds()
@@ -172,6 +213,10 @@ def test_cron_restart_fires_on_the_minute(daemon: Daemon) -> None:
     assert (fired - planned).total_seconds() < 3
     assert row["reason"].startswith("restarted: cron_restart '* * * * *'")
     assert datetime.fromisoformat(row["next_cron_restart"]) == planned + timedelta(minutes=1)
+    # The job ran once more at the same minute, and exited again.
+    wait_for(lambda: job_log.read_text().count("crashing with 0") == 2, 5, "the job's second run")
+    [job] = daemon.wait_states("job", "exited", 1)
+    assert job["restarts"] == 0
 
 
 def test_a_change_does_not_start_instances_stopped_by_command(

@@ -24,8 +24,15 @@ def spec(name: str = "web", **kw: object) -> AppSpec:
 
 
 class Calls(list[tuple[str, int | None, str]]):
-    def __call__(self, app: str, index: int | None, reason: str) -> None:
+    """The recycle calls, as (app, index, reason); `revived` holds their `revive` flags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revived: list[bool] = []
+
+    def __call__(self, app: str, index: int | None, reason: str, revive: bool) -> None:
         self.append((app, index, reason))
+        self.revived.append(revive)
 
     async def wait(self, n: int, timeout: float = DEADLINE) -> None:
         deadline = time.monotonic() + timeout
@@ -64,6 +71,7 @@ def test_cron_fires_at_the_minute_and_plans_the_next() -> None:
             assert m.next_cron_restart("api") is None
             await calls.wait(1, timeout=3)
             assert calls == [("web", None, "cron_restart '* * * * *' at 2026-11-21 08:01")]
+            assert calls.revived == [True]  # a cron job that exited runs again
             assert m.next_cron_restart("web") == iso(2026, 11, 21, 8, 2)
             # Reconfiguring with the same expression keeps the plan; removing it drops it.
             m.configure({"web": spec(cron_restart="* * * * *")})
@@ -118,6 +126,7 @@ def test_memory_over_the_limit_recycles_that_instance_once(tmp_path: Path) -> No
             app, index, reason = calls[0]
             assert (app, index) == ("web", 0)
             assert "over max_memory_restart 40M" in reason
+            assert calls.revived == [False]  # live processes only
             m.configure({"web": spec()})  # no limit left: the task stops
             assert m._memory_task is None
         finally:
@@ -147,6 +156,7 @@ def test_watch_recycles_the_app_once_per_burst(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             assert len(calls) == 1 and calls[0][:2] == ("web", None)
             assert calls[0][2].startswith("watch: ")
+            assert calls.revived == [True]  # saving the fix of a crashed app runs it
         finally:
             m.close()
 
