@@ -96,6 +96,7 @@ class Instance:
     then_start: bool = False  # the stop in progress is part of a restart: start once stopped
     ready: bool = False  # readiness reached for the current process
     failed_run: bool = False  # the stop in progress ends a failed run (not ready in time)
+    failed_how: str | None = None  # with failed_run: how each failed run failed, if not by time
 
 
 # --- events -------------------------------------------------------------------------------
@@ -147,9 +148,16 @@ class Ready:
 @dataclass(frozen=True)
 class Recycle:
     """A monitor asks for a restart (memory limit, cron, file watch, heartbeat): like
-    `Restart`, but the counters are kept and `reason` is recorded."""
+    `Restart`, but the counters are kept and `reason` is recorded.
+
+    With `unstable` (how the run failed, e.g. "each run was over max_memory_restart at its
+    first check") the run is a failed one instead: the restart policy decides what follows,
+    as after a crash (restart_delay or backoff, `errored` after max_restarts in a row), so an
+    instance that is over its limit from the start is not restarted every few seconds forever.
+    """
 
     reason: str
+    unstable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,8 +214,8 @@ def step(inst: Instance, policy: Policy, event: Event, now: float) -> Step:
             return _on_exited(inst, policy, code, sig, now)
         case Ready():
             return _on_ready(inst)
-        case Recycle(reason=reason):
-            return _on_recycle(inst, policy, reason, now)
+        case Recycle(reason=reason, unstable=how):
+            return _on_recycle(inst, policy, reason, how, now)
         case Tick():
             return _on_tick(inst, policy, now)
     return inst, ()  # not an event of ours: nothing to do (total, never raises)
@@ -332,10 +340,26 @@ def _on_restart(inst: Instance, policy: Policy, now: float) -> Step:
     return _spawn(inst, restarts=0, unstable=0)
 
 
-def _on_recycle(inst: Instance, policy: Policy, reason: str, now: float) -> Step:
+def _on_recycle(
+    inst: Instance, policy: Policy, reason: str, unstable: str | None, now: float
+) -> Step:
+    if inst.state in _LIVE_RUN and inst.pid is not None and unstable is not None:
+        # A failed run: stop it; its exit goes to the restart policy like a crash's.
+        stopping, effects = _begin_stop(
+            inst,
+            policy,
+            now,
+            then_start=False,
+            reason=reason,
+            restarts=inst.restarts,
+            unstable=inst.unstable,
+        )
+        return replace(stopping, failed_run=True, failed_how=unstable), effects
     if inst.state in _LIVE_RUN and inst.pid is not None:
         # A monitor wants a fresh process: stop and start again, counting it as an automatic
-        # restart and keeping the reason visible while it happens.
+        # restart and keeping the reason visible while it happens. A run that was stable (ready,
+        # alive min_uptime) ends the unstable runs in a row, as a stable run that ends does.
+        stable = inst.ready and now - (inst.started_at or now) >= policy.min_uptime
         return _begin_stop(
             inst,
             policy,
@@ -343,7 +367,7 @@ def _on_recycle(inst: Instance, policy: Policy, reason: str, now: float) -> Step
             then_start=True,
             reason=reason,
             restarts=inst.restarts + 1,
-            unstable=inst.unstable,
+            unstable=0 if stable else inst.unstable,
         )
     # No process (or a spawn in flight, which is already fresh), or already stopping: the
     # monitor's concern is moot.
@@ -409,7 +433,7 @@ def _on_tick(inst: Instance, policy: Policy, now: float) -> Step:
             restarts=inst.restarts,
             unstable=inst.unstable,
         )
-        return replace(stopping, failed_run=True), effects
+        return replace(stopping, failed_run=True, failed_how=None), effects
     if inst.state is State.BACKOFF:
         # The backoff delay is over: try again.
         return _spawn(inst, restarts=inst.restarts, unstable=inst.unstable)
@@ -481,7 +505,8 @@ def _ended(
         return replace(ended, state=State.EXITED, reason=why), ()
     if unstable > policy.max_restarts:
         # max_restarts restarts in a row after unstable runs were not enough: give up.
-        return replace(ended, state=State.ERRORED, reason=_gave_up(policy, unstable, why)), ()
+        gave_up = _gave_up(policy, unstable, why, inst.failed_how if failed else None)
+        return replace(ended, state=State.ERRORED, reason=gave_up), ()
     restarts = inst.restarts + 1
     delay = _delay(policy, unstable)
     if delay <= 0:
@@ -511,10 +536,12 @@ def _delay(policy: Policy, unstable: int) -> float:
     return min(math.ldexp(base, doublings), max(BACKOFF_CAP, base))  # base * 2**doublings
 
 
-def _gave_up(policy: Policy, unstable: int, why: str) -> str:
+def _gave_up(policy: Policy, unstable: int, why: str, how: str | None) -> str:
     restarts = unstable - 1  # the restarts in a row between those unstable runs
     noun = "restart" if restarts == 1 else "restarts"
-    if policy.ready == READY_STARTED:
+    if how is not None:
+        short = how
+    elif policy.ready == READY_STARTED:
         short = f"each run was shorter than min_uptime {_secs(policy.min_uptime)}"
     else:
         short = (

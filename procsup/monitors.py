@@ -1,19 +1,24 @@
 """The app monitors: `max_memory_restart`, `watch`, `cron_restart` (layer 3, under supervisor).
 
 Each monitor decides only *when* an app or one instance needs a fresh process and says so with
-`recycle(app, index, reason, revive)` (`index` None = every instance of the app). `revive` asks
-for instances at rest to be started too (those that exited, errored or wait in backoff; never
-one stopped by a command): watch and cron pass it, so saving the fix of a crashing app runs it,
-and `cron_restart` with `autorestart = false` runs a job at its times, as in PM2. The memory
-check concerns live processes only. *How* is the supervisor's business: replacement first for
-an app that can run side by side (a cluster app, whose sockets the daemon holds), a restart in
-place otherwise. Everything here runs on the loop; the only blocking work, the process-table
-scan of the memory check, runs on a worker thread.
+`recycle(app, index, reason, revive=..., unstable=...)` (`index` None = every instance of the
+app). `revive` asks for instances at rest to be started too (those that exited, errored or wait
+in backoff; never one stopped by a command): watch and cron pass it, so saving the fix of a
+crashing app runs it, and `cron_restart` with `autorestart = false` runs a job at its times, as
+in PM2. The memory check concerns live processes only; `unstable` (how the run failed) marks a
+process that was over its limit within 2.5 s of its start: that run is a failed one
+for the restart policy (backoff, then `errored`), not a reason to restart it forever. *How* is
+the supervisor's business: replacement first for an app that can run side by side (a cluster
+app, whose sockets the daemon holds), a restart in place otherwise. Everything here runs on the
+loop; the only blocking work, the process-table scan of the memory check, runs on a worker
+thread.
 
 - Memory: every `interval` seconds (2 s; the contract asks for at least every 5 s) the RSS of
   each instance of an app with `max_memory_restart`, with all its descendants
   (`metrics.tree_rss`). An instance over its limit is recycled once per process: the same pid
   is not asked for again while its replacement starts. No app with a limit, no timer at all.
+  A process over its limit when younger than one interval (and a bit: the scan's own time) has
+  been over it from its start as far as the check can tell: `unstable`.
 - Watch: `watch.AppWatch` reports a burst of changes once, after it settles; the app's own log
   files never count.
 - Cron: one timer per app with `cron_restart`, armed for the next fire time on the local wall
@@ -28,20 +33,43 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import NamedTuple, Protocol
 
 from procsup import cron, metrics, units, watch
 from procsup.model import AppSpec
 
-__all__ = ["Monitors", "Recycle"]
+__all__ = ["Leader", "Monitors", "Recycle"]
 
-#: recycle(app, instance index or None for all, reason, revive instances at rest)
-Recycle = Callable[[str, "int | None", str, bool], None]
-#: The live instances to measure: (app, index) -> pid of the instance's leader.
-Leaders = Callable[[], Mapping[tuple[str, int], int]]
+
+
+class Recycle(Protocol):
+    """recycle(app, instance index or None for all, reason, *, revive instances at rest,
+    unstable = how the run of process `pid` failed, or None)."""
+
+    def __call__(
+        self, app: str, index: int | None, reason: str, *, revive: bool = False,
+        unstable: str | None = None, pid: int | None = None,
+    ) -> None: ...
+
+
+
+
+class Leader(NamedTuple):
+    """The leader process of a live instance, and when it started (the loop's clock)."""
+
+    pid: int
+    started: float
+
+
+#: The live instances to measure: (app, index) -> the instance's leader.
+Leaders = Callable[[], Mapping[tuple[str, int], Leader]]
 
 MEMORY_INTERVAL = 2.0
 #: Longest sleep of a cron timer before it looks at the wall clock again.
 CRON_RECHECK = 60.0
+#: A process over its limit younger than interval * this (2.5 s) was over it from its start, as
+#: far as the checks can tell: the first check after its start, and a margin for the scan.
+FROM_START = 1.25
 
 
 def local_now() -> datetime:
@@ -135,7 +163,7 @@ class Monitors:
 
     def _on_watch(self, app: str, path: str) -> None:
         if app in self._specs:
-            self._recycle(app, None, f"watch: {path} changed", True)
+            self._recycle(app, None, f"watch: {path} changed", revive=True)
 
     # -- cron -------------------------------------------------------------------------------
 
@@ -165,7 +193,7 @@ class Monitors:
         self._arm_cron(app, expr, max(now, fire))
         self.log.info("%s: cron_restart %r fired (planned %s)", app, expr, fire.isoformat())
         when = fire.strftime("%Y-%m-%d %H:%M")
-        self._recycle(app, None, f"cron_restart {expr!r} at {when}", True)
+        self._recycle(app, None, f"cron_restart {expr!r} at {when}", revive=True)
 
     # -- memory -----------------------------------------------------------------------------
 
@@ -182,13 +210,15 @@ class Monitors:
     async def _check_memory(self) -> None:
         limits = {n: s.max_memory_restart for n, s in self._specs.items()
                   if s.max_memory_restart is not None}
-        leaders = {key: pid for key, pid in self._leaders().items() if key[0] in limits}
+        leaders = {key: lead for key, lead in self._leaders().items() if key[0] in limits}
         if not leaders:
             self._recycled_pids.clear()
             return
-        rss = await asyncio.to_thread(self._tree_rss, set(leaders.values()))
-        self._recycled_pids &= set(leaders.values())  # forget pids that are gone
-        for (app, index), pid in leaders.items():
+        now = self.loop.time()
+        live = {lead.pid for lead in leaders.values()}
+        rss = await asyncio.to_thread(self._tree_rss, live)
+        self._recycled_pids &= live  # forget pids that are gone
+        for (app, index), (pid, started) in leaders.items():
             limit = limits.get(app)
             used = rss.get(pid, 0)
             if limit is None or used <= limit or pid in self._recycled_pids:
@@ -196,5 +226,9 @@ class Monitors:
             self._recycled_pids.add(pid)
             reason = (f"memory {units.format_size(used)} over max_memory_restart "
                       f"{units.format_size(limit)}")
-            self.log.warning("%s:%d (pid %d): %s: replacing it", app, index, pid, reason)
-            self._recycle(app, index, reason, False)
+            first = now - started < self._interval * FROM_START
+            early = units.format_duration(self._interval * FROM_START)
+            self.log.warning("%s:%d (pid %d): %s%s: replacing it", app, index, pid, reason,
+                             f" within {early} of its start" if first else "")
+            how = f"each run was over max_memory_restart within {early} of its start"
+            self._recycle(app, index, reason, unstable=how if first else None, pid=pid)

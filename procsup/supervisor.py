@@ -972,26 +972,36 @@ class Supervisor:
 
     # ------------------------------------------------------------------ monitors (monitors.py)
 
-    def _leaders(self) -> dict[tuple[str, int], int]:
+    def _leaders(self) -> dict[tuple[str, int], monitors.Leader]:
         """The leader pid of every live instance of the applied apps. While a reload replaces
         an instance, its replacement (later in `all_slots`) stands for it: a leaking
         replacement is a leaking instance too, and the old one is on its way out."""
-        out: dict[tuple[str, int], int] = {}
+        out: dict[tuple[str, int], monitors.Leader] = {}
         for slot in self.all_slots():
             if slot.proc is not None and not slot.retiring and slot.inst.state in LIVE_STATES:
-                out[(slot.id.app, slot.id.index)] = slot.proc.pid
+                started = slot.inst.started_at
+                out[(slot.id.app, slot.id.index)] = monitors.Leader(
+                    slot.proc.pid, self.loop.time() if started is None else started)
         return out
 
-    def _recycle(self, app: str, index: int | None, reason: str, revive: bool) -> None:
+    def _recycle(self, app: str, index: int | None, reason: str, *, revive: bool = False,
+                 unstable: str | None = None, pid: int | None = None) -> None:
         """A monitor wants fresh processes for `app` (every instance when `index` is None).
         A cluster app runs side by side with its replacements (the daemon holds its sockets):
         replace them one at a time, as `reload` does, so no request is lost. Any other app is
         restarted in place: a fork app may bind its own port, which a replacement could not.
         With `revive`, instances at rest that no command stopped (exited, errored, in backoff)
-        are started as well, with fresh restart counters, as a `restart` command would."""
+        are started as well, with fresh restart counters, as a `restart` command would.
+        With `unstable` (how the run of process `pid` failed) the run is a failed one: stopped
+        in place and left to the restart policy, cluster app or not, since a replacement would
+        fail the same way. (A reload's replacement that is not yet the instance is recycled as
+        usual instead: the reload is under way.)"""
         if self.shutting_down or app not in self.specs:
             return
         current = self.slots.get(app, {})
+        if unstable is not None and not (index is not None and index in current and (
+                proc := current[index].proc) is not None and proc.pid == pid):
+            unstable = None
         chosen = [(i, s) for i, s in sorted(current.items())
                   if not s.retiring and (index is None or i == index)]
         # A running instance gets a fresh process; one stopped by a command stays stopped.
@@ -1004,7 +1014,7 @@ class Supervisor:
                     slot.note = f"restarted: {reason}"  # after the feed, which clears notes
         if not indexes:
             return
-        if self.specs[app].exec_mode is ExecMode.CLUSTER:
+        if self.specs[app].exec_mode is ExecMode.CLUSTER and unstable is None:
             self._spawn_task(self._replace(app, indexes, reason))
             return
         self.log.info("%s: restarting %s: %s", app,
@@ -1012,7 +1022,7 @@ class Supervisor:
         for i in indexes:
             slot = current[i]
             slot.note = f"restarted: {reason}"
-            self.feed(slot, lifecycle.Recycle(reason))
+            self.feed(slot, lifecycle.Recycle(reason, unstable))
 
     async def _replace(self, app: str, indexes: list[int], reason: str) -> None:
         self.log.info("%s: replacing %s one at a time: %s", app,

@@ -19,7 +19,7 @@ def test_a_memory_hog_is_restarted_within_5_s_of_crossing_its_limit(
     marker = tmp_path / "hogged"
     daemon.write(f"""
         [apps.hog]
-        command = {app_cmd("hog", "120", "0.5", str(marker))}
+        command = {app_cmd("hog", "120", "3", str(marker))}
         max_memory_restart = "60M"
         min_uptime = "100ms"
         [apps.calm]
@@ -49,6 +49,27 @@ def test_a_memory_hog_is_restarted_within_5_s_of_crossing_its_limit(
     assert again["pid"] == row["pid"]
     [calm_now] = daemon.instances("calm")
     assert calm_now["pid"] == calm["pid"] and calm_now["restarts"] == 0
+
+
+def test_an_app_over_its_limit_from_the_start_backs_off_then_errors(daemon: Daemon) -> None:
+    """Not a leak but a limit too low for the app: each run is a failed one for the restart
+    policy (backoff between runs, errored after max_restarts), not restarted forever."""
+    daemon.write(f"""
+        [apps.big]
+        command = {app_cmd("hog", "120", "0", "-")}
+        max_memory_restart = "60M"
+        max_restarts = 2
+        exp_backoff_restart_delay = "200ms"
+        """)
+    daemon.start()
+    [row] = daemon.wait_states("big", "errored", 1, timeout=30)
+    reason = row["reason"]
+    assert reason.startswith("gave up after 2 restarts: each run was over max_memory_restart "
+                             "within 2.5s of its start (last: memory "), reason
+    assert reason.endswith(" over max_memory_restart 60M)"), reason
+    log = daemon.daemon_log()
+    assert log.count("over max_memory_restart 60M within 2.5s of its start") == 3  # 3 runs
+    assert "restarting in 0.4s" in log  # the backoff doubled
 
 
 def test_a_leaking_cluster_instance_is_replaced_first_and_no_request_fails(

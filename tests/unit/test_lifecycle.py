@@ -237,7 +237,7 @@ TABLE: list[tuple[str, Instance, Event, Instance, tuple[Effect, ...]]] = [
     ("restart stopped", STOPPED, Restart(), inst(State.STARTING, exit_code=0), (Spawn(),)),
     # Recycle
     (
-        "recycle running keeps counters",
+        "recycle running: a restart; the stable run ends the unstable ones",
         RUNNING,
         Recycle("memory limit"),
         dataclasses.replace(
@@ -247,9 +247,31 @@ TABLE: list[tuple[str, Instance, Event, Instance, tuple[Effect, ...]]] = [
             then_start=True,
             reason="memory limit",
             restarts=3,
+            unstable=0,
         ),
         (Kill(TERM),),
     ),
+    (
+        "recycle starting: a restart; not yet stable, unstable kept",
+        STARTING,
+        Recycle("cron"),
+        dataclasses.replace(
+            STARTING, state=State.STOPPING, deadline=105.0, then_start=True, reason="cron",
+            restarts=3,
+        ),
+        (Kill(TERM),),
+    ),
+    (
+        "unstable recycle: a failed run, stopped for the policy",
+        RUNNING,
+        Recycle("memory 90M over 60M", unstable="over the limit from the start"),
+        dataclasses.replace(
+            RUNNING, state=State.STOPPING, deadline=105.0, reason="memory 90M over 60M",
+            failed_run=True, failed_how="over the limit from the start",
+        ),
+        (Kill(TERM),),
+    ),
+    ("unstable recycle pending: no-op", PENDING, Recycle("m", unstable="x"), PENDING, NOTHING),
     ("recycle pending: no-op", PENDING, Recycle("cron"), PENDING, NOTHING),
     ("recycle stopping: no-op", STOPPING, Recycle("cron"), STOPPING, NOTHING),
     ("recycle stopped: no-op", STOPPED, Recycle("cron"), STOPPED, NOTHING),
@@ -820,6 +842,47 @@ def test_recycle_keeps_counters_and_counts_a_restart() -> None:
     assert len(sim.spawns) == 2
 
 
+def test_runs_over_the_memory_limit_from_the_start_back_off_then_error() -> None:
+    """Unstable recycles follow the crash-loop policy: backoff between runs, errored after
+    max_restarts in a row, with the monitor's words in the reason."""
+    sim = Sim(policy(max_restarts=2, exp_backoff_restart_delay=0.5))
+    sim.feed(Start())
+    delays = []
+    for _ in range(3):
+        sim.advance(2.0)
+        sim.feed(Recycle("memory 90M over max_memory_restart 60M", unstable="each run was "
+                         "over max_memory_restart within 2.5s of its start"))
+        assert sim.inst.state is State.STOPPING
+        sim.feed(Exited(None, TERM))
+        if sim.inst.state is State.BACKOFF:
+            assert sim.inst.deadline is not None
+            delays.append(sim.inst.deadline - sim.now)
+            assert "memory 90M" in (sim.inst.reason or "")
+            sim.advance(sim.inst.deadline - sim.now)  # ticks at the deadline: spawns
+    assert delays == [0.5, 1.0]  # the backoff doubles per unstable run
+    assert sim.inst.state is State.ERRORED
+    assert sim.inst.reason == (
+        "gave up after 2 restarts: each run was over max_memory_restart within 2.5s of its "
+        "start (last: memory 90M over max_memory_restart 60M)"
+    )
+    assert len(sim.spawns) == 3
+
+
+def test_a_stable_run_ended_by_a_monitor_resets_the_unstable_count() -> None:
+    sim = Sim(policy(max_restarts=1, exp_backoff_restart_delay=0.5))
+    sim.feed(Start())
+    sim.advance(2.0)
+    sim.feed(Recycle("memory", unstable="over"))
+    sim.feed(Exited(None, TERM))
+    assert (sim.inst.state, sim.inst.unstable) == (State.BACKOFF, 1)
+    sim.advance(0.5)  # the backoff: spawned again
+    sim.advance(2.0)  # alive min_uptime: running, a stable run
+    assert sim.state() is State.RUNNING
+    sim.feed(Recycle("cron"))
+    sim.feed(Exited(None, TERM))
+    assert (sim.inst.state, sim.inst.unstable) == (State.STARTING, 0)
+
+
 def test_spawn_failed_goes_straight_to_errored() -> None:
     final, trace = replay(
         policy(restart_delay=0.0),
@@ -959,7 +1022,7 @@ events = st.one_of(
         st.none() | st.integers(min_value=1, max_value=64),
     ),
     st.builds(Ready),
-    st.builds(Recycle, st.text(max_size=5)),
+    st.builds(Recycle, st.text(max_size=5), st.none() | st.text(max_size=5)),
     st.builds(Tick),
 )
 policies = st.builds(

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from procsup.model import AppSpec
-from procsup.monitors import Monitors
+from procsup.monitors import Leader, Monitors
 
 DEADLINE = 5.0
 LOG = logging.getLogger("test-monitors")
@@ -24,15 +24,19 @@ def spec(name: str = "web", **kw: object) -> AppSpec:
 
 
 class Calls(list[tuple[str, int | None, str]]):
-    """The recycle calls, as (app, index, reason); `revived` holds their `revive` flags."""
+    """The recycle calls, as (app, index, reason); `revived` and `unstable` hold their
+    keyword arguments."""
 
     def __init__(self) -> None:
         super().__init__()
         self.revived: list[bool] = []
+        self.unstable: list[str | None] = []
 
-    def __call__(self, app: str, index: int | None, reason: str, revive: bool) -> None:
+    def __call__(self, app: str, index: int | None, reason: str, *, revive: bool = False,
+                 unstable: str | None = None, pid: int | None = None) -> None:
         self.append((app, index, reason))
         self.revived.append(revive)
+        self.unstable.append(unstable)
 
     async def wait(self, n: int, timeout: float = DEADLINE) -> None:
         deadline = time.monotonic() + timeout
@@ -116,19 +120,30 @@ def test_memory_over_the_limit_recycles_that_instance_once(tmp_path: Path) -> No
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         calls = Calls()
-        leaders = {("web", 0): hog.pid, ("web", 1): small.pid, ("free", 0): hog.pid}
-        m = Monitors(loop, LOG, calls, lambda: leaders, memory_interval=0.1)
+        def leaders() -> dict[tuple[str, int], Leader]:  # web's just started, free's long ago
+            now = loop.time()
+            return {("web", 0): Leader(hog.pid, now), ("web", 1): Leader(small.pid, now),
+                    ("free", 0): Leader(small.pid, now - 3600)}
+
+        m = Monitors(loop, LOG, calls, leaders, memory_interval=0.2)
         try:
             m.configure({"web": spec(max_memory_restart=40 << 20), "free": spec("free")})
             await calls.wait(1)
-            await asyncio.sleep(0.5)  # several more checks: the same pid is not asked again
+            await asyncio.sleep(1.0)  # several more checks: the same pid is not asked again
             assert len(calls) == 1
             app, index, reason = calls[0]
             assert (app, index) == ("web", 0)
             assert "over max_memory_restart 40M" in reason
             assert calls.revived == [False]  # live processes only
+            # Over the limit at its first check: a failed run for the restart policy.
+            assert calls.unstable == ["each run was over max_memory_restart within 250ms of "
+                                      "its start"]
             m.configure({"web": spec()})  # no limit left: the task stops
             assert m._memory_task is None
+            # An old process over its limit (a limit added live, say): a plain recycle.
+            m.configure({"free": spec("free", max_memory_restart=1 << 20)})
+            await calls.wait(2)
+            assert calls[1][:2] == ("free", 0) and calls.unstable[1] is None
         finally:
             m.close()
 
