@@ -33,7 +33,11 @@ def test_sigterm_during_recovery_leaves_nothing_running(daemon: Daemon, tmp_path
     daemon.proc.wait(5)
     # the new daemon spends kill_timeout stopping the stubborn leftover; stop it meanwhile
     daemon.start(wait=False)
-    time.sleep(0.5)
+    # Signal once it is recovering (its handlers are installed by then): on a loaded machine
+    # a fixed delay may still be in Python's start-up, where SIGTERM just kills it.
+    wait_for(lambda: "stopping what a previous procsupd left running" in daemon.daemon_log(),
+             20, "recovery under way")
+    assert daemon.proc.poll() is None  # still stopping the stubborn leftover (kill_timeout 2s)
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
     wait_for(lambda: not daemon.app_processes(), 5, "no process of ours left")
