@@ -132,11 +132,13 @@ class Applier:
             )
             stopping: list[Slot] = []
             starting: list[tuple[Slot, int]] = []
+            # Counted as the planner counts: instances still stopping from an earlier scale-down
+            # are on their way out (counting them made a scale back up start nothing).
             downs = {
                 id(a) for a in plan.actions
                 if a.action == reconcile.STOP or (
-                    a.action == reconcile.SCALE
-                    and reconcile.scales_down(a, len(self.sup.slots.get(a.app, {}))))
+                    a.action == reconcile.SCALE and reconcile.scales_down(a, sum(
+                        not s.retiring for s in self.sup.slots.get(a.app, {}).values())))
             }
             for action in plan.actions:
                 if id(action) in downs:
@@ -220,8 +222,13 @@ class Applier:
                 self.sup.processes.retarget(slot)
 
     def _slot(self, app: str, index: int) -> Slot:
+        """The slot of instance `index`, a new one if there is none or it is retiring. A
+        retiring one still stopping moves to `outgoing`, so it stays in status, in the
+        instance record and in what shutdown waits for until it is gone."""
         slots = self.sup.slots.setdefault(app, {})
         slot = slots.get(index)
+        if slot is not None and slot.retiring and slot.inst.state in LIVE_STATES:
+            self.sup.outgoing.append(slot)
         if slot is None or slot.retiring:
             spec = self.sup.specs[app]
             iid = InstanceId(app, index)

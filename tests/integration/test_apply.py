@@ -237,6 +237,40 @@ def test_scale_command_until_next_apply(daemon: Daemon) -> None:
     assert daemon.wait_states("s", "running", 2)[0]["pid"] == rows[0]["pid"]
 
 
+def test_scaling_back_up_while_a_scale_down_is_still_stopping(daemon: Daemon) -> None:
+    """Instances that linger in `stopping` (they ignore SIGTERM) after a scale-down: an update
+    back to 3 starts the third at once, and the lingering ones stay visible until gone."""
+    daemon.write("""
+        [apps.slow]
+        command = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"]
+        instances = 4
+        min_uptime = "100ms"
+        kill_timeout = "4s"
+        """, "watch_config = false")
+    daemon.start()
+    rows = daemon.wait_states("slow", "running", 4)
+    assert daemon.cli("scale", "--no-wait", "slow", "2").returncode == 0
+    wait_for(lambda: [r["state"] for r in daemon.instances("slow")].count("stopping") == 2, 5,
+             "two instances stopping")
+    daemon.config.write_text(daemon.config.read_text().replace("instances = 4", "instances = 3"))
+    r = daemon.cli("update")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def three_running() -> list[dict[str, object]] | None:
+        live = [x for x in daemon.instances("slow") if x["state"] == "running"]
+        return live if len(live) == 3 else None
+
+    live = wait_for(three_running, 3, "a third instance running before the old ones are gone")
+    assert {x["instance"] for x in live} == {0, 1, 2}
+    # The old slow:2 and slow:3 are still stopping (kill_timeout 4s), and still shown.
+    lingering = [x for x in daemon.instances("slow") if x["state"] == "stopping"]
+    assert sorted(x["pid"] for x in lingering) == sorted(x["pid"] for x in rows[2:])
+    rows3 = daemon.wait_states("slow", "running", 3, timeout=15)  # the old ones are gone
+    assert not any(pid_alive(x["pid"]) for x in rows[2:])
+    assert daemon.cli("reread", "--json").stdout.count('"action"') == 0  # nothing pending
+    assert {x["instance"] for x in rows3} == {0, 1, 2}
+
+
 def test_daemon_keys_needing_a_restart_are_reported(daemon: Daemon) -> None:
     _start_five(daemon, "watch_config = false")
     text = daemon.config.read_text().replace(daemon.pidfile, daemon.pidfile + ".new")
