@@ -525,6 +525,7 @@ def test_the_cli_loads_no_daemon_machinery(tmp_path: Path) -> None:
         "from procsup import cli\n"
         f"rc = cli.main(['-s', {str(tmp_path / 'none.sock')!r}, 'status'])\n"
         "heavy = ['asyncio', 'psutil', 'daemon', 'watchdog', 'procsup.supervisor',\n"
+        "         'procsup.apply', 'procsup.running', 'procsup.monitors',\n"
         "         'procsup.control', 'procsup.spawn', 'procsup.logs', 'procsup.metrics',\n"
         "         'procsup.config', 'procsup.schema']\n"
         "print(rc, [m for m in heavy if m in sys.modules])\n"
