@@ -189,7 +189,7 @@ class Applier:
             self.sup.config_error = "; ".join(failures[failed_before:]) or None
             for line in plan.describe():
                 self.log.info("apply: %s", line)
-            self.sup.monitors.configure(self.sup.specs)
+            self.sup.monitors.configure(self.sup.specs, self.sup.desired.daemon)
         if wait and starting:
             await self.sup.wait(lambda: all(self.sup.started(s) for s, _ in starting))
         return plan
@@ -262,7 +262,7 @@ class Applier:
             self.sup.close_listeners()
             for slot in added:
                 self.sup.feed(slot, lifecycle.Start())
-            self.sup.monitors.configure(self.sup.specs)
+            self.sup.monitors.configure(self.sup.specs, self.sup.desired.daemon)
         if wait:
             await self.sup.wait(lambda: all(s.inst.state not in LIVE_STATES for s in gone)
                             and all(self.sup.started(s) for s in added))

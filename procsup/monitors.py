@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
-from procsup import cron, metrics, units, watch
-from procsup.model import AppSpec
+from procsup import cron, metrics, statefile, units, watch
+from procsup.model import AppSpec, DaemonSpec
 
 __all__ = ["Leader", "Monitors", "Recycle"]
 
@@ -110,10 +111,12 @@ class Monitors:
 
     # -- configuration ----------------------------------------------------------------------
 
-    def configure(self, specs: Mapping[str, AppSpec]) -> None:
+    def configure(self, specs: Mapping[str, AppSpec], daemon: DaemonSpec | None = None) -> None:
         """Monitor `specs` (every app of the applied config, after scale overrides), replacing
         what was monitored before. Unchanged settings keep their state (a cron timer is not
-        re-armed, a watch not re-added)."""
+        re-armed, a watch not re-added). A change of procsup's own files never counts for
+        `watch`: every app's log files and `daemon`'s log, pidfile, socket and instance record
+        (a restart writes some of them: a watched directory holding them restarted forever)."""
         if self._closed:
             return
         self._specs = dict(specs)
@@ -126,8 +129,7 @@ class Monitors:
             if spec.cron_restart is not None and name not in self._cron:
                 self._arm_cron(name, spec.cron_restart, self._clock())
             if spec.watch:
-                own = [p for i in range(max(spec.instances, 1))
-                       for p in spec.log_paths(i) if p is not None]
+                own = self._own_files(specs, daemon)
                 try:
                     missing = self._watch.watch(name, spec.watch, spec.ignore_watch, own)
                 except OSError as exc:  # the inotify watch limit, say
@@ -141,6 +143,15 @@ class Monitors:
         elif not wants_memory and self._memory_task is not None:
             self._memory_task.cancel()
             self._memory_task = None
+
+    @staticmethod
+    def _own_files(specs: Mapping[str, AppSpec], daemon: DaemonSpec | None) -> list[str]:
+        own = [p for spec in specs.values() for i in range(max(spec.instances, 1))
+               for p in spec.log_paths(i) if p is not None]
+        if daemon is not None:
+            own += [daemon.daemon_log, daemon.pidfile, daemon.socket,
+                    os.path.join(daemon.state_dir, statefile.FILENAME)]
+        return [p for p in own if p]
 
     def next_cron_restart(self, app: str) -> str | None:
         """The next planned cron restart of `app`, ISO 8601 with the UTC offset it will have

@@ -255,7 +255,9 @@ class AppWatch:
     a file are not. Not a change either: a path matched by an `ignore` glob (a glob without
     "/" against each name of the path below the root, e.g. `*.log`, `.git`, `node_modules`;
     a glob with "/" against the whole path relative to the root, e.g. `static/*.css`), and
-    the app's own log files (`own_files`, with their rotated `<file>.N` siblings).
+    procsup's own files (`own_files`: log files, the daemon's pidfile, socket and instance
+    record), with their rotated `<file>.N` siblings and the `.<file>.<random>.tmp` files they
+    are written through: a restart writes them, so counting them would restart forever.
 
     Directories are watched recursively (one inotify watch per directory, not per file); a
     root that is a file is watched through its directory. Watches are added and removed on
@@ -458,7 +460,7 @@ class AppWatch:
 
 def _counts(path: str, spec: _Watched) -> bool:
     """Whether a change of `path` counts for an app watching `spec` (pure)."""
-    if path in spec.own_files or _rotated_own(path, spec.own_files):
+    if _own(path, spec.own_files):
         return False
     for root in spec.roots:
         if path == root:
@@ -472,9 +474,18 @@ def _counts(path: str, spec: _Watched) -> bool:
     return False
 
 
-def _rotated_own(path: str, own: frozenset[str]) -> bool:
+def _own(path: str, own: frozenset[str]) -> bool:
+    """`path` is one of `own`, a rotated `<own>.N`, or a `.<own>.<random>.tmp` beside it."""
+    if path in own:
+        return True
     base, dot, suffix = path.rpartition(".")
-    return bool(dot) and suffix.isdigit() and base in own
+    if dot and suffix.isdigit() and base in own:
+        return True
+    head, _, name = path.rpartition("/")
+    if name.startswith(".") and name.endswith(".tmp"):
+        stem = name[1 : -len(".tmp")].rpartition(".")[0]
+        return bool(stem) and f"{head}/{stem}" in own
+    return False
 
 
 def _ignored(rel: str, patterns: Iterable[str]) -> bool:

@@ -172,6 +172,40 @@ def test_saving_the_fix_of_a_crashed_app_runs_it(daemon: Daemon, tmp_path: Path)
     assert slow["reason"].startswith("restarted: watch: ")
 
 
+def test_procsups_own_files_in_a_watched_directory_do_not_restart_it(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """A project-local setup: the daemon's state, pidfile, socket and logs under the app's
+    watched directory. A restart writes the instance record; counting that would restart the
+    app forever."""
+    src = tmp_path / "src"
+    src.mkdir()
+    daemon.state_dir = src / "state"
+    daemon.log_dir = src / "logs"
+    daemon.write(f"""
+        [apps.dev]
+        command = {app_cmd("sleeper")}
+        cwd = "{src}"
+        watch = true
+        ignore_watch = []
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    [first] = daemon.wait_states("dev", "running", 1)
+    time.sleep(0.5)  # the watches are added on a worker thread
+    assert daemon.cli("restart", "dev").returncode == 0  # writes the record, the logs
+    [second] = daemon.wait_states("dev", "running", 1)
+    assert second["pid"] != first["pid"]
+    time.sleep(2.0)  # a restart by the watch would have happened by now
+    [row] = daemon.instances("dev")
+    assert row["pid"] == second["pid"] and row["restarts"] == 0, row
+    assert (src / "state" / "instances.json").exists()
+    # A file of the app's own still counts.
+    (src / "app.py").write_text("v = 2\n")
+    wait_for(lambda: daemon.instances("dev")[0]["pid"] not in (None, second["pid"]), 5,
+             "the restart by the watch")
+
+
 def test_next_cron_restart_is_shown_in_status(daemon: Daemon) -> None:
     daemon.write(f"""
         [apps.nightly]

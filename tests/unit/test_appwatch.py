@@ -108,6 +108,17 @@ def test_counts_skips_own_logs_and_paths_outside() -> None:
     assert _counts("/srv/app", spec)  # the root itself (deleted, moved)
 
 
+def test_counts_skips_the_temporary_files_own_files_are_written_through() -> None:
+    record = "/srv/app/state/instances.json"
+    spec = _Watched(("/srv/app",), DEFAULT_IGNORE, frozenset({record}))
+    assert not _counts(record, spec)
+    assert not _counts("/srv/app/state/.instances.json.jti0p53v.tmp", spec)  # mkstemp's name
+    assert _counts("/srv/app/state/.instances.json.tmp", spec)  # no random part: not ours
+    assert _counts("/srv/app/state/.other.json.x1.tmp", spec)
+    assert _counts("/srv/app/.instances.json.x1.tmp", spec)  # another directory
+    assert _counts("/srv/app/state/instances.json.x1.tmp", spec)  # not hidden: not ours
+
+
 # -- real files ----------------------------------------------------------------------------------
 
 
