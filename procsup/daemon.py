@@ -17,6 +17,7 @@ import logging.handlers
 import os
 import resource
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -76,6 +77,33 @@ def prepare_dirs(desired: Desired) -> None:
         except OSError as exc:
             raise ProcsupError(
                 f"[procsup] {key}: cannot create {path}: {exc.strerror or exc}") from None
+
+
+def check_runtime_dirs(desired: Desired) -> None:
+    """Create the directories of the control socket and the pidfile (0755) and refuse to use
+    one that someone else could tamper with: owned by another user than us or root, or writable
+    by group or others without the sticky bit (as `/tmp` has). The per-user fallback
+    `/tmp/procsup-<uid>` is only a name: another local user may have made it first, and could
+    then swap the socket or the pidfile."""
+    d = desired.daemon
+    me = os.geteuid()
+    for key, path in (("socket", d.socket), ("pidfile", d.pidfile)):
+        parent = os.path.dirname(path) or "."
+        try:
+            os.makedirs(parent, 0o755, exist_ok=True)
+            st = os.stat(parent)
+        except OSError as exc:
+            raise ProcsupError(
+                f"[procsup] {key}: cannot create {parent}: {exc.strerror or exc}") from None
+        if st.st_uid not in (me, 0):
+            raise ProcsupError(
+                f"[procsup] {key}: {parent} belongs to uid {st.st_uid}, not to you (uid {me}) "
+                "or root; remove it, or set XDG_RUNTIME_DIR or the key to a directory of yours")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise ProcsupError(
+                f"[procsup] {key}: {parent} is writable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), who could replace the {key}; "
+                f"chmod go-w {parent}, or use another directory")
 
 
 def socket_gid(desired: Desired) -> int | None:
@@ -284,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print(config.describe(desired))
         return ExitCode.OK
+    try:
+        check_runtime_dirs(desired)
+    except ProcsupError as exc:
+        print(f"procsupd: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
     if args.foreground:
         return run(
             desired,

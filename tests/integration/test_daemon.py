@@ -135,6 +135,42 @@ def test_daemon_mode_reports_failure_on_stderr(daemon: Daemon) -> None:
         srv.close()
 
 
+def _start_refused(daemon: Daemon) -> str:
+    r = subprocess.run([PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
+                       capture_output=True, text=True, timeout=30, env=daemon.env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    return r.stderr
+
+
+def test_a_socket_directory_others_can_write_is_refused(daemon: Daemon) -> None:
+    """Anyone who can write the socket's directory could replace the socket (or the pidfile):
+    refused, unless the directory is sticky as /tmp is."""
+    shared = daemon.run_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    daemon.socket = str(shared / "procsup.sock")
+    _two_apps(daemon)
+    said = _start_refused(daemon)
+    assert f"[procsup] socket: {shared} is writable by others (mode 0777)" in said, said
+    assert not os.path.exists(daemon.socket)
+    shared.chmod(0o1777)  # sticky: others cannot remove or rename what is ours
+    daemon.start()
+    assert daemon.ping()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_a_socket_directory_of_another_user_is_refused(daemon: Daemon) -> None:
+    """The per-user fallback /tmp/procsup-<uid> made first by someone else, say."""
+    theirs = daemon.run_dir / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    daemon.pidfile = str(theirs / "procsupd.pid")
+    _two_apps(daemon)
+    said = _start_refused(daemon)
+    assert f"[procsup] pidfile: {theirs} belongs to uid 65534, not to you (uid 0)" in said, said
+    assert not os.path.exists(daemon.pidfile)
+
+
 def test_check_validates_without_starting(daemon: Daemon) -> None:
     _two_apps(daemon)
     r = subprocess.run(
