@@ -439,6 +439,7 @@ class Applier:
         except ConfigError as exc:
             self.sup.config_error = str(exc)
             self.log.error("%s: config not applied: %s", trigger, exc)
+            self.update_watch(exc)
             raise
         plan = await self.apply(new, wait=wait, failures=failures)
         self.update_watch()
@@ -454,8 +455,10 @@ class Applier:
         except ConfigError:
             pass  # logged and shown in status by reload()
 
-    def update_watch(self) -> None:
-        """(Re)watch the config files, or stop watching, per `watch_config`."""
+    def update_watch(self, failed: ConfigError | None = None) -> None:
+        """(Re)watch the config files, or stop watching, per `watch_config`. After a `failed`
+        load, the files and include globs that config named are watched as well, so that a
+        fix of a file it newly includes is applied on save too."""
         d = self.sup.desired
         if not d.daemon.watch_config:
             if self._watch is not None:
@@ -464,7 +467,11 @@ class Applier:
             return
         if self._watch is None:
             self._watch = watch.ConfigWatch(self.loop, self._on_config_event)
-        self._watch.watch(d.files, d.daemon.include)
+        files, include = d.files, d.daemon.include
+        if failed is not None:
+            files = tuple(dict.fromkeys((*files, *failed.files)))
+            include = tuple(dict.fromkeys((*include, *failed.include)))
+        self._watch.watch(files, include)
 
     def _on_config_event(self, path: str) -> None:
         """A watched file changed: apply once the burst of events is over (debounced)."""
@@ -484,6 +491,7 @@ class Applier:
                 return
             self.sup.config_error = str(exc)
             self.log.error("saved config not applied: %s", exc)
+            self.update_watch(exc)
             return
         self.sup.spawn_task(self._apply_saved(new))
 

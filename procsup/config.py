@@ -332,7 +332,12 @@ def load(
                 continue
             sources.append(src)
             add_apps(src)
-    _raise_all(errors)
+    try:
+        _raise_all(errors)
+    except ConfigError as exc:
+        exc.files = (main.path, *sorted(seen - {main.path}))
+        exc.include = daemon.include
+        raise
     return Desired(daemon=daemon, apps=apps, profile=active, files=tuple(s.path for s in sources))
 
 

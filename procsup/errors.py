@@ -53,6 +53,10 @@ class ConfigError(ProcsupError):
         self.line = line
         self.app = app
         self.key = key
+        # What the invalid config read and includes, when `config.load` got that far: a
+        # watcher of the config watches these too, so that fixing a new include applies it.
+        self.files: tuple[str, ...] = ()
+        self.include: tuple[str, ...] = ()
 
     def location(self) -> str:
         """`file:line: app 'x', key 'y'` with the parts that are known."""

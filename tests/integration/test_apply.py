@@ -352,6 +352,30 @@ def test_include_glob_files_added_and_removed_are_applied(daemon: Daemon) -> Non
     assert daemon.status()["config"]["applied"] is True
 
 
+def test_fixing_a_file_first_included_by_an_invalid_save_applies_it(daemon: Daemon) -> None:
+    """The save that adds `include` is refused (the included file is broken); saving the fix of
+    that file, not of the main one, applies both."""
+    apps = """
+        [apps.main]
+        command = ["sleep", "1000"]
+        min_uptime = "100ms"
+        """
+    daemon.write(apps)
+    daemon.start()
+    [main] = daemon.wait_states("main", "running", 1)
+    (daemon.root / "apps.d").mkdir()
+    extra = daemon.root / "apps.d" / "extra.toml"
+    extra.write_text('[apps.extra]\ncommand = ["sleep", "1001"]\ninstances = 1.5\n')
+    os.chmod(extra, 0o644)
+    daemon.write(apps, 'include = ["apps.d/*.toml"]')
+    wait_for(lambda: "instances" in (daemon.status()["config"].get("error") or ""), 5,
+             "the broken include reported")
+    extra.write_text('[apps.extra]\ncommand = ["sleep", "1001"]\nmin_uptime = "100ms"\n')
+    daemon.wait_states("extra", "running", 1, timeout=5)
+    assert daemon.status()["config"]["applied"] is True
+    assert daemon.instances("main")[0]["pid"] == main["pid"]
+
+
 def test_profile_switch_restarts_only_apps_whose_env_changed(daemon: Daemon) -> None:
     apps = """
         [apps.plain]

@@ -555,6 +555,14 @@ def test_duplicate_app_between_main_and_include(tmp_path: Path) -> None:
     assert "defined twice" in err.message
 
 
+def test_an_invalid_config_names_the_files_and_globs_it_read(tmp_path: Path) -> None:
+    """For the config watch: what a refused config would have read, to watch it as well."""
+    inc = write(tmp_path, '[apps.a]\ncommand = "x"\ninstances = 1.5\n', "apps.d/inc.toml")
+    err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
+    assert err.files == (str(tmp_path / "apps.toml"), inc)
+    assert err.include == (str(tmp_path / "apps.d/*.toml"),)
+
+
 def test_duplicate_app_between_two_includes(tmp_path: Path) -> None:
     one = write(tmp_path, '[apps.a]\ncommand = "x"\n', "apps.d/1.toml")
     two = write(tmp_path, '[apps.b]\ncommand = "x"\n[apps.a]\ncommand = "y"\n', "apps.d/2.toml")
