@@ -311,6 +311,7 @@ class Applier:
             spec = self.sup.specs[app]
             new = Slot(id=old.id, inst=Instance(id=old.id), policy=Policy.of(spec), spec=spec)
             self.sup.replacements.append(new)
+            began = self.loop.time()
             self.sup.feed(new, lifecycle.Start())
             limit = spec.ready_timeout + spec.min_uptime + spec.kill_timeout + 1.0
             try:
@@ -332,11 +333,7 @@ class Applier:
                 return (f"reload of {app} stopped at {new.id}: the instance was stopped or "
                         "procsupd is shutting down")
             if new.inst.state is not State.RUNNING:
-                if new.inst.exit_code is not None or new.generation > 1:
-                    reason = (f"the replacement was not ready within ready_timeout "
-                              f"{units.format_duration(spec.ready_timeout)} or ended")
-                else:
-                    reason = new.inst.reason or f"the replacement is {new.inst.state.value}"
+                reason = self._not_ready(new, spec, self.loop.time() - began)
                 new.retiring = True
                 self.sup.feed(new, lifecycle.Stop())
                 await self.sup.wait(lambda new=new: new.inst.state not in LIVE_STATES)  # type: ignore[misc]
@@ -404,6 +401,23 @@ class Applier:
             slot = current[i]
             slot.note = f"restarted: {reason}"
             self.sup.feed(slot, lifecycle.Recycle(reason, unstable))
+
+    @staticmethod
+    def _not_ready(new: Slot, spec: AppSpec, waited: float) -> str:
+        """Why a reload's replacement did not take over, for the user: its own exit, said as
+        such (with a hint for a fork app, the usual cause being its own port), or the wait."""
+        code = new.inst.exit_code
+        if code is None and new.generation <= 1:  # it never ran: the command cannot execute
+            return new.inst.reason or f"the replacement is {new.inst.state.value}"
+        if waited >= spec.ready_timeout or code is None:
+            return (f"the replacement was not ready within ready_timeout "
+                    f"{units.format_duration(spec.ready_timeout)}")
+        how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+        reason = f"the replacement {how} before it was ready (see procsup logs {new.id.app})"
+        if spec.exec_mode is ExecMode.FORK:
+            reason += ("; a fork app that binds its own port cannot run beside its old "
+                       "instance: use restart, or exec_mode = \"cluster\"")
+        return reason
 
     async def _replace(self, app: str, indexes: list[int], reason: str) -> None:
         self.log.info("%s: replacing %s one at a time: %s", app,

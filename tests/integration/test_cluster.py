@@ -255,6 +255,27 @@ def test_tcp_readiness_for_a_fork_app(daemon: Daemon) -> None:
         pass
 
 
+def test_reload_of_a_fork_app_on_its_own_port_says_why_it_failed(daemon: Daemon) -> None:
+    """Replacement first cannot work for a fork app that binds its own port: the replacement
+    exits at once (address in use). The reload says so, and how to get a new process."""
+    port = _free_port()
+    daemon.write(f"""
+        [apps.srv]
+        command = ["{sys.executable}", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+        min_uptime = "500ms"
+        """, "watch_config = false")
+    daemon.start()
+    [old] = daemon.wait_states("srv", "running", 1)
+    r = daemon.cli("reload", "srv")
+    assert r.returncode == 1
+    assert "the replacement exited with code 1 before it was ready" in r.stderr, r.stderr
+    assert "use restart" in r.stderr and "the old instances keep running" in r.stderr
+    [now] = daemon.instances("srv")
+    assert now["pid"] == old["pid"] and now["state"] == "running"
+    assert daemon.cli("restart", "srv").returncode == 0
+    assert daemon.wait_states("srv", "running", 1)[0]["pid"] != old["pid"]
+
+
 def test_node_server_listening_on_fd_3(daemon: Daemon) -> None:
     import shutil
 
