@@ -63,10 +63,19 @@ class Commands:
                 continue
             app, _, idx = name.partition(":")
             slots = self.sup.slots.get(app)
+            if app in self.sup.specs and not slots:
+                raise RemoteError(
+                    WireError.UNKNOWN_APP.value,
+                    f"{app} has no instances (instances = 0): run some with "
+                    f"procsup scale {app} N")
             if app not in self.sup.specs or slots is None or (
                 idx and (not idx.isdigit() or int(idx) not in slots)
             ):
                 known = ", ".join(self.sup.specs) or "none"
+                if app in self.sup.specs and slots is not None:
+                    have = ", ".join(f"{app}:{i}" for i in sorted(slots))
+                    raise RemoteError(WireError.UNKNOWN_APP.value,
+                                      f"unknown instance: {name} ({app} has {have})")
                 raise RemoteError(
                     WireError.UNKNOWN_APP.value, f"unknown app or instance: {name} (apps: {known})"
                 )

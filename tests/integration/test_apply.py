@@ -237,6 +237,23 @@ def test_scale_command_until_next_apply(daemon: Daemon) -> None:
     assert daemon.wait_states("s", "running", 2)[0]["pid"] == rows[0]["pid"]
 
 
+def test_an_app_with_no_instances_says_how_to_run_it(daemon: Daemon) -> None:
+    """What `autostart = false` imports to: `start` explains `scale` instead of calling a
+    configured app unknown."""
+    daemon.write("""
+        [apps.idle]
+        command = ["sleep", "1000"]
+        instances = 0
+        """, "watch_config = false")
+    daemon.start()
+    r = daemon.cli("start", "idle")
+    assert r.returncode == 1
+    assert "idle has no instances (instances = 0): run some with procsup scale idle N" \
+        in r.stderr, r.stderr
+    assert daemon.cli("scale", "idle", "1").returncode == 0
+    daemon.wait_states("idle", "running", 1)
+
+
 def test_scaling_back_up_while_a_scale_down_is_still_stopping(daemon: Daemon) -> None:
     """Instances that linger in `stopping` (they ignore SIGTERM) after a scale-down: an update
     back to 3 starts the third at once, and the lingering ones stay visible until gone."""

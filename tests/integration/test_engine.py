@@ -191,6 +191,9 @@ def test_start_restart_signal_commands(daemon: Daemon) -> None:
     # unknown app: exit 1, named
     r = daemon.cli("stop", "nope")
     assert r.returncode == 1 and "nope" in r.stderr + r.stdout
+    r = daemon.cli("stop", "web:7")
+    assert r.returncode == 1
+    assert "unknown instance: web:7 (web has web:0, web:1)" in r.stderr
 
 
 def test_exp_backoff_spaces_restarts(daemon: Daemon) -> None:
