@@ -13,6 +13,7 @@ import errno
 import grp
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -143,6 +144,11 @@ def _explain(exc: OSError, launch: Launch) -> str:
     if exc.errno == errno.ENOENT:
         return f"executable not found: {exe}"
     if exc.errno == errno.EACCES:
+        if "/" not in exe and shutil.which(exe, path=launch.env.get("PATH", os.defpath)) is None:
+            # execvp reports EACCES when a PATH directory could not be searched, even though
+            # the program is in none of them: it is missing, which is what the user must hear.
+            return (f"executable not found: {exe} (and some directories of PATH could not be "
+                    "searched)")
         return f"permission denied: {exe}"
     if exc.errno == errno.ENOEXEC:
         return f"not an executable format: {exe}"

@@ -106,6 +106,27 @@ def test_unexecutable_command_is_errored_at_once(
     assert reason in r.stdout + r.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="running an app as another user needs root")
+def test_a_missing_program_is_not_found_although_path_has_a_closed_directory(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """execvp says EACCES when it could not search a PATH directory, even if the program is in
+    none: the user must hear "not found", not "permission denied"."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)  # root's: nobody cannot search it
+    daemon.write(f"""
+        [apps.x]
+        command = ["no-such-program-procsup"]
+        user = "nobody"
+        cwd = "/"
+        env = {{ PATH = "{closed}:/usr/bin:/bin" }}
+        """)
+    daemon.start()
+    [row] = daemon.wait_states("x", "errored", 1, timeout=5)
+    assert row["reason"] == ("executable not found: no-such-program-procsup (and some "
+                             "directories of PATH could not be searched)")
+
+
 def test_autorestart_policies(daemon: Daemon) -> None:
     daemon.write(f"""
         [apps.once]
