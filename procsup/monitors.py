@@ -239,7 +239,7 @@ class Monitors:
                       f"{units.format_size(limit)}")
             first = now - started < self._interval * FROM_START
             early = units.format_duration(self._interval * FROM_START)
-            self.log.warning("%s:%d (pid %d): %s%s: replacing it", app, index, pid, reason,
+            self.log.warning("%s:%d (pid %d): %s%s", app, index, pid, reason,
                              f" within {early} of its start" if first else "")
             how = f"each run was over max_memory_restart within {early} of its start"
             self._recycle(app, index, reason, unstable=how if first else None, pid=pid)

@@ -375,7 +375,9 @@ class Processes:
         if slot.inst.state is not State.STOPPING:  # unplanned: say how, whatever happens next
             how = f"exited with code {code}" if code is not None else (
                 f"killed by {units.signal_name(sig)}" if sig is not None else "ended")
-            self.log.warning("%s: pid %d %s after %s", slot.id, pgid, how,
+            # A clean exit (a job, a one-shot) is news, not a problem; anything else warns.
+            level = logging.INFO if code == 0 else logging.WARNING
+            self.log.log(level, "%s: pid %d %s after %s", slot.id, pgid, how,
                              units.format_duration(round(
                                  self.loop.time() - (slot.inst.started_at or 0), 3)))
         self.release_run(slot)

@@ -8,6 +8,11 @@ a sign), `true`, `false`, `null`, `undefined`, `__dirname`, `__filename`, or sev
 joined with `+` (string concatenation or number addition, as JavaScript does it). Object keys
 are identifiers, strings or numbers. Comments `//` and `/* */` are skipped.
 
+Declarations before the export (`const`, `let`, `var NAME = ...;`) are read: a name bound to
+such a value can be used in it (`const app = "api"`); any other (`const path =
+require('path')`) is skipped, and only a use of that name is an error, so the usual first line
+of an ecosystem file does not stop the import.
+
 Anything else (a variable, a function call such as `require(...)` or `path.join(...)`,
 `process.env.X`, a spread `...x`, a computed key, shorthand `{ name }`) is a ConfigError
 naming file:line and what was found, because its value is only known to Node at run time.
@@ -166,10 +171,13 @@ class _Reader:
 
     def program(self) -> object:
         following = self.tokens[self.pos + 1] if self.tok.kind != "end" else self.tok
-        if self.tok.kind == "string" and following.text in (";", "module"):
+        if self.tok.kind == "string" and following.text in (";", "module", "const", "let",
+                                                            "var"):
             self.take()  # a directive such as "use strict"
             if self.at(";"):
                 self.take()
+        while self.tok.kind == "ident" and self.tok.text in ("const", "let", "var"):
+            self.declaration()
         if self.tok.kind == "ident" and self.tok.text == "module":
             self.take()
             self.expect(".", "after 'module'")
@@ -193,6 +201,47 @@ class _Reader:
                 "`module.exports = {...}` with a plain object literal can be read without "
                 "running Node", self.tok.line)
         return value
+
+    def declaration(self) -> None:
+        """`const|let|var NAME = VALUE` up to `;` or the end of its line: NAME is bound when
+        VALUE is plain data, otherwise the statement is skipped (NAME stays unknown)."""
+        keyword = self.take()
+        start = self.pos
+        name = self.tok.text if self.tok.kind == "ident" else None
+        try:
+            if name is None:
+                raise self.error("not a simple declaration", keyword.line)
+            self.take()
+            self.expect("=", f"after 'const {name}'")
+            value = self.value()
+            if not (self.at(";") or self.tok.kind == "end"
+                    or self.tok.line > self.tokens[self.pos - 1].line):
+                raise self.error("more than a value", self.tok.line)
+            self.names[name] = value
+        except ConfigError:
+            self.pos = start
+            self.names.pop(name or "", None)
+            self._skip_statement()
+        while self.at(";"):
+            self.take()
+
+    def _skip_statement(self) -> None:
+        """Past the statement at `pos`: to a `;` or a line break outside brackets, where the
+        next line starts another declaration or the export."""
+        depth = 0
+        while self.tok.kind != "end":
+            tok = self.tok
+            if depth == 0 and tok.kind == "punct" and tok.text == ";":
+                return
+            if depth == 0 and tok.kind == "ident" and tok.text in ("module", "const", "let",
+                                                                    "var") \
+                    and tok.line > self.tokens[self.pos - 1].line:
+                return
+            if tok.kind == "punct" and tok.text in "([{":
+                depth += 1
+            elif tok.kind == "punct" and tok.text in ")]}":
+                depth = max(depth - 1, 0)
+            self.take()
 
     def value(self) -> object:
         line = self.tok.line

@@ -64,6 +64,14 @@ def one_app(tmp_path: Path, options: dict[str, Any]) -> tuple[dict[str, Any], li
         ("[{name: 'bare'}]", [{"name": "bare"}]),
         ("module.exports = {a: 'slash // not a comment', b: '/* nor this */'}",
          {"a": "slash // not a comment", "b": "/* nor this */"}),
+        # declarations: plain data is bound, anything else skipped while unused
+        ("const base = {};\nmodule.exports = base", {}),
+        ("const path = require('path')\nconst name = 'api';\n"
+         "module.exports = { apps: [{ script: name + '.js' }] }",
+         {"apps": [{"script": "api.js"}]}),
+        ("'use strict'\nlet os = require('os'), fs = require('fs');\nvar n = 2\n"
+         "module.exports = { instances: n }", {"instances": 2}),
+        ("const cfg = {\n  a: require('x'),\n}\nmodule.exports = { b: 1 }", {"b": 1}),
     ],
 )
 def test_js_reader_reads_plain_data(text: str, expected: object) -> None:
@@ -76,7 +84,8 @@ def test_js_reader_reads_plain_data(text: str, expected: object) -> None:
         ("module.exports = require('./base')", 1, "function call require(...)"),
         ("module.exports = {\n  cwd: path.join(__dirname, 'x'),\n}", 2, "path.join(...)"),
         ("module.exports = {\n  a: 1,\n  b: process.env.PORT || 3000 }", 3, "process.env.PORT"),
-        ("const base = {};\nmodule.exports = base", 1, "'const'"),
+        ("const path = require('path');\nmodule.exports = {\n  cwd: path }", 3,
+         "variable 'path'"),
         ("module.exports = {\n\n  ...base }", 3, "spread"),
         ("module.exports = { name }", 1, "shorthand"),
         ("module.exports = {\n  [k]: 1 }", 2, "computed key"),
