@@ -19,8 +19,8 @@ thread.
   is not asked for again while its replacement starts. No app with a limit, no timer at all.
   A process over its limit when younger than one interval (and a bit: the scan's own time) has
   been over it from its start as far as the check can tell: `unstable`.
-- Watch: `watch.AppWatch` reports a burst of changes once, after it settles; the app's own log
-  files never count.
+- Watch: `watch.AppWatch` reports a burst of changes once, after it settles; procsup's own
+  files (every app's logs, the daemon's log, pidfile, socket and instance record) never count.
 - Cron: one timer per app with `cron_restart`, armed for the next fire time on the local wall
   clock (naive datetimes, so 04:00 stays 04:00 across a DST change) and re-checked at least
   every minute, so that a change of the wall clock (NTP, a suspended machine) delays a fire by
@@ -42,7 +42,6 @@ from procsup.model import AppSpec, DaemonSpec
 __all__ = ["Leader", "Monitors", "Recycle"]
 
 
-
 class Recycle(Protocol):
     """recycle(app, instance index or None for all, reason, *, revive instances at rest,
     unstable = how the run of process `pid` failed, or None)."""
@@ -51,8 +50,6 @@ class Recycle(Protocol):
         self, app: str, index: int | None, reason: str, *, revive: bool = False,
         unstable: str | None = None, pid: int | None = None,
     ) -> None: ...
-
-
 
 
 class Leader(NamedTuple):
@@ -125,11 +122,11 @@ class Monitors:
             self._cron.pop(app)[2].cancel()
         for app in [a for a in self._watch.keys if a not in specs or not specs[a].watch]:
             self._watch.unwatch(app)
+        own = self._own_files(specs, daemon) if any(s.watch for s in specs.values()) else []
         for name, spec in specs.items():
             if spec.cron_restart is not None and name not in self._cron:
                 self._arm_cron(name, spec.cron_restart, self._clock())
             if spec.watch:
-                own = self._own_files(specs, daemon)
                 try:
                     missing = self._watch.watch(name, spec.watch, spec.ignore_watch, own)
                 except OSError as exc:  # the inotify watch limit, say
