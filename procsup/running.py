@@ -66,6 +66,7 @@ class Slot:
     status: str | None = None  # the last STATUS= the instance sent
     probe: asyncio.Task[None] | None = None  # tcp/http readiness probe of the current run
     heartbeat: asyncio.TimerHandle | None = None  # heartbeat_timeout watch
+    beaten: bool = False  # the current run has sent WATCHDOG=1 at least once
     note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
 
 
@@ -232,6 +233,7 @@ class Processes:
         if fields.get("READY") == "1" and slot.spec.ready == "notify":
             self._feed(slot, lifecycle.Ready())  # a tcp/http probe is not cut short by it
         if fields.get("WATCHDOG") == "1":
+            slot.beaten = True
             self.arm_heartbeat(slot)
         if fields.get("STOPPING") == "1":
             self.log.info("%s: says it is stopping", slot.id)
@@ -248,9 +250,14 @@ class Processes:
     def _heartbeat_missed(self, slot: Slot) -> None:
         slot.heartbeat = None
         timeout = units.format_duration(slot.spec.heartbeat_timeout or 0)
-        self.log.warning("%s: no WATCHDOG=1 within heartbeat_timeout %s: restarting", slot.id,
-                         timeout)
-        self._feed(slot, lifecycle.Recycle(f"no WATCHDOG=1 within heartbeat_timeout {timeout}"))
+        self.log.warning("%s: no WATCHDOG=1 within heartbeat_timeout %s%s", slot.id, timeout,
+                         "" if slot.beaten else " (none since it started)")
+        # A run that never beat is not a hang but an app that does not send heartbeats (or
+        # not yet when ready): a failed run for the restart policy, not a restart forever.
+        unstable = None if slot.beaten else (
+            f"each run sent no WATCHDOG=1 within heartbeat_timeout {timeout} of being ready")
+        self._feed(slot, lifecycle.Recycle(f"no WATCHDOG=1 within heartbeat_timeout {timeout}",
+                                           unstable))
 
     def _listeners_for(self, slot: Slot) -> list[socket.socket]:
         """The cluster app's listening sockets for this instance, in `listen` order, bound on
@@ -397,6 +404,7 @@ class Processes:
         if slot.heartbeat is not None:
             slot.heartbeat.cancel()
             slot.heartbeat = None
+        slot.beaten = False
         if slot.pgid is not None and self._by_pgid.get(slot.pgid) is slot:
             del self._by_pgid[slot.pgid]
         if slot.pidfd is not None:

@@ -238,6 +238,26 @@ def test_heartbeat_timeout_restarts_a_silent_instance(daemon: Daemon) -> None:
     assert "heartbeat_timeout" in daemon.daemon_log()
 
 
+def test_an_app_that_never_beats_backs_off_then_errors(daemon: Daemon) -> None:
+    """heartbeat_timeout on an app that sends no WATCHDOG=1 at all: not a hang to restart
+    forever, but failed runs for the restart policy; one that beat and then hung is restarted
+    as before (the steady/beat test above)."""
+    daemon.write(f"""
+        [apps.mute]
+        command = {app_cmd("notifier", "0")}
+        ready = "notify"
+        heartbeat_timeout = "300ms"
+        min_uptime = "100ms"
+        max_restarts = 2
+        """, "watch_config = false")
+    daemon.start()
+    [row] = daemon.wait_states("mute", "errored", 1, timeout=15)
+    assert row["reason"] == ("gave up after 2 restarts: each run sent no WATCHDOG=1 within "
+                             "heartbeat_timeout 300ms of being ready (last: no WATCHDOG=1 "
+                             "within heartbeat_timeout 300ms)"), row
+    assert daemon.daemon_log().count("(none since it started)") == 3
+
+
 def test_tcp_readiness_for_a_fork_app(daemon: Daemon) -> None:
     port = _free_port()
     daemon.write(f"""
