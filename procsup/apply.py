@@ -189,6 +189,8 @@ class Applier:
             self.sup.config_error = "; ".join(failures[failed_before:]) or None
             for line in plan.describe():
                 self.log.info("apply: %s", line)
+            for warning in new.warnings:
+                self.log.warning("config: %s", warning)
             self.sup.monitors.configure(self.sup.specs, self.sup.desired.daemon)
         if wait and starting:
             await self.sup.wait(lambda: all(self.sup.started(s) for s, _ in starting))

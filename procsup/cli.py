@@ -339,9 +339,17 @@ def cmd_ping(ctx: _Context) -> int:
     return ExitCode.OK
 
 
+def _warn(res: dict[str, Any]) -> None:
+    """The config's warnings (odd but valid values), on stderr: they are not the plan."""
+    for warning in _seq(res.get("warnings")):
+        print(f"procsup: warning: {warning}", file=sys.stderr)
+
+
 def cmd_reread(ctx: _Context) -> int:
     res = ctx.call("reread")
     _out(json.dumps(res, sort_keys=False) + "\n" if ctx.ns.json else format_plan(res))
+    if not ctx.ns.json:
+        _warn(res)
     return ExitCode.OK
 
 
@@ -349,6 +357,7 @@ def cmd_update(ctx: _Context) -> int:
     wait = not ctx.ns.no_wait
     res = ctx.call("update", None if wait else QUICK_TIMEOUT, wait=wait)
     _out(format_plan(res))
+    _warn(res)
     if res.get("error"):
         print(f"procsup: {res['error']}", file=sys.stderr)
     return ExitCode.FAILED if res.get("failed") else ExitCode.OK

@@ -234,16 +234,18 @@ class Commands:
             raise RemoteError(WireError.INVALID_CONFIG.value, str(exc), exc.to_dict()) from None
 
     async def cmd_reread(self, args: dict[str, Any], send: Send) -> object:
-        return self.sup.plan(self._load()).to_json()
+        new = self._load()
+        return {**self.sup.plan(new).to_json(), "warnings": list(new.warnings)}
 
     async def cmd_update(self, args: dict[str, Any], send: Send) -> object:
         try:
             wait = bool(args.get("wait", True))
             failures: list[str] = []
             if not wait:  # the plan now; the apply (maybe a long rollout) goes on by itself
-                plan = self.sup.plan(self._load())
+                new = self._load()
+                plan = self.sup.plan(new)
                 self.sup.request_reload("update")
-                return {**plan.to_json(), "failed": False}
+                return {**plan.to_json(), "failed": False, "warnings": list(new.warnings)}
             apply = asyncio.ensure_future(self.sup.reload("update", wait=wait, failures=failures))
             # The apply goes on even if this client goes away (Ctrl-C only stops the waiting);
             # its outcome is then only logged, so retrieve it to keep asyncio quiet.
@@ -256,7 +258,8 @@ class Commands:
             for a in plan.actions
             for s in self.sup.slots.get(a.app, {}).values()
         )
-        result: dict[str, object] = {**plan.to_json(), "failed": failed}
+        result: dict[str, object] = {**plan.to_json(), "failed": failed,
+                                     "warnings": list(self.sup.desired.warnings)}
         if failures:
             result["error"] = "; ".join(failures)
         return result

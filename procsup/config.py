@@ -338,7 +338,27 @@ def load(
         exc.files = (main.path, *sorted(seen - {main.path}))
         exc.include = daemon.include
         raise
-    return Desired(daemon=daemon, apps=apps, profile=active, files=tuple(s.path for s in sources))
+    return Desired(daemon=daemon, apps=apps, profile=active, files=tuple(s.path for s in sources),
+                   warnings=_warnings(sources))
+
+
+def _warnings(sources: list[_Source]) -> tuple[str, ...]:
+    """Valid but probably not meant: a duration written as a small integer (milliseconds)."""
+    out = []
+    for src in sources:
+        tables: list[tuple[object, tuple[str, ...], str | None, Mapping[str, schema.Key]]] = [
+            (src.data.get("procsup"), ("procsup",), None, schema.DAEMON_KEYS)]
+        apps = src.data.get("apps")
+        if isinstance(apps, dict):
+            tables += [(t, ("apps", n), n, schema.APP_KEYS) for n, t in apps.items()]
+        for table, path, app, rows in tables:
+            if not isinstance(table, dict):
+                continue
+            for key, value in table.items():
+                hint = schema.duration_hint(rows.get(key), value)
+                if hint is not None:
+                    out.append(str(src.error(hint, *path, key, app=app, key=key)))
+    return tuple(out)
 
 
 def _add_apps(

@@ -309,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"procsupd: cannot read config: {exc}", file=sys.stderr)
         return ExitCode.FAILED
+    for warning in desired.warnings:
+        print(f"procsupd: warning: {warning}", file=sys.stderr)
     if args.check:
         print(config.describe(desired))
         return ExitCode.OK

@@ -155,6 +155,7 @@ class Desired:
     apps: Mapping[str, AppSpec]  # in file order
     profile: str | None  # the active profile (`--env` over `[procsup] env`)
     files: tuple[str, ...]  # every file read (main + includes), for watching
+    warnings: tuple[str, ...] = ()  # "file:line: app 'x', key 'y': ..." for odd but valid values
 
 
 @dataclasses.dataclass(frozen=True)

@@ -506,6 +506,17 @@ ENV_PROFILE_KEY = Key(
 )
 
 
+def duration_hint(row: Key | None, value: object) -> str | None:
+    """A warning for a duration written as a small integer: milliseconds, as in PM2, which a
+    supervisord user (`stopwaitsecs=5`) may take for seconds. None when nothing is odd."""
+    if row is None or row.types != _DUR or isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if not 0 < value < 1000:
+        return None
+    return (f"{value} means {value} milliseconds (an integer duration counts milliseconds, as "
+            f'in PM2); write "{value}s" for seconds, or "{value}ms" to say so')
+
+
 def app_key(name: str) -> tuple[Key, str | None] | None:
     """The row for an app key and, for `env_<profile>`, the profile; None if unknown."""
     row = APP_KEYS.get(name)

@@ -135,6 +135,30 @@ def test_daemon_mode_reports_failure_on_stderr(daemon: Daemon) -> None:
         srv.close()
 
 
+def test_a_duration_in_milliseconds_by_mistake_is_warned_about(daemon: Daemon) -> None:
+    """`kill_timeout = 5` (supervisord's stopwaitsecs=5) is 5 ms: valid, so it runs, but
+    --check, the daemon log, reread and update all say so, with where."""
+    daemon.write("""
+        [apps.a]
+        command = ["sleep", "1000"]
+        kill_timeout = 5
+        """)
+    line = daemon.config.read_text().splitlines().index("kill_timeout = 5") + 1
+    warning = f"{daemon.config}:{line}: app 'a', key 'kill_timeout': 5 means 5 milliseconds"
+    r = subprocess.run([PY, "-m", "procsup.daemon", "--check", "-c", str(daemon.config)],
+                       capture_output=True, text=True, timeout=30, env=daemon.env)
+    assert r.returncode == 0
+    assert f"procsupd: warning: {warning}" in r.stderr, r.stderr
+    daemon.start()
+    daemon.wait_states("a", "running", 1)
+    assert warning in daemon.daemon_log()
+    for command in ("reread", "update"):
+        r = daemon.cli(command)
+        assert r.returncode == 0
+        assert f"procsup: warning: {warning}" in r.stderr, (command, r.stderr)
+    assert "warning" not in daemon.cli("reread", "--json").stderr
+
+
 def _start_refused(daemon: Daemon) -> str:
     r = subprocess.run([PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
                        capture_output=True, text=True, timeout=30, env=daemon.env)

@@ -1166,3 +1166,28 @@ def test_describe(tmp_path: Path) -> None:
     assert "apps: 2" in out
     assert "  a   1 instance   fork     echo hi | cat\n" in out
     assert "  bb  1 instance   fork     p 'a b'\n" in out
+
+
+# -- warnings: valid but probably not meant -------------------------------------------------
+
+
+def test_a_small_integer_duration_is_warned_about(tmp_path: Path) -> None:
+    """supervisord's stopwaitsecs=5 written as kill_timeout = 5 is 5 ms: valid, but said."""
+    desired = load_text(tmp_path, (
+        "[procsup]\nshutdown_timeout = 30\n\n"
+        "[apps.a]\ncommand = \"x\"\nkill_timeout = 5\nmin_uptime = 1000\n"
+        "restart_delay = 0\nready_timeout = \"5s\"\n"
+    ))
+    path = str(tmp_path / "apps.toml")
+    assert desired.apps["a"].kill_timeout == 0.005  # still what the contract says
+    assert desired.warnings == (
+        f"{path}:2: key 'shutdown_timeout': 30 means 30 milliseconds (an integer duration "
+        'counts milliseconds, as in PM2); write "30s" for seconds, or "30ms" to say so',
+        f"{path}:6: app 'a', key 'kill_timeout': 5 means 5 milliseconds (an integer duration "
+        'counts milliseconds, as in PM2); write "5s" for seconds, or "5ms" to say so',
+    )
+
+
+def test_no_warnings_for_plain_configs(tmp_path: Path) -> None:
+    desired = load_text(tmp_path, '[apps.a]\ncommand = "x"\nkill_timeout = "5s"\ninstances = 2\n')
+    assert desired.warnings == ()
