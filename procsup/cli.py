@@ -186,7 +186,9 @@ def format_plan(result: object) -> str:
 
 class LogPrinter:
     """Prints `logs` frames: plain text when every line comes from one file, else each line as
-    `app:i | text` (`app | text` for a file shared by all instances).
+    `app:i | text` (`app | text` for a file shared by all instances), and `app:i err | text`
+    for a stderr line when both streams are shown (they come one file after the other, so the
+    label is what tells them apart).
 
     Without follow the whole reply is known, so the choice is exact. With follow the first
     frame (the last N lines) decides, and a line from a second file switches to prefixes.
@@ -200,12 +202,14 @@ class LogPrinter:
         lines = [_obj(line) for line in _seq(_obj(frame).get("lines"))]
         self._sources.update((ln.get("app"), ln.get("instance"), ln.get("stream")) for ln in lines)
         prefixed = len(self._sources) > 1
+        both = len({source[2] for source in self._sources}) > 1
         for ln in lines:
             text = str(ln.get("text", ""))
             if prefixed:
                 inst = ln.get("instance")
                 name = f"{ln.get('app')}:{inst}" if inst is not None else str(ln.get("app"))
-                self._write(f"{name} | {text}\n")
+                label = " err" if both and ln.get("stream") == "err" else ""
+                self._write(f"{name}{label} | {text}\n")
             else:
                 self._write(text + "\n")
 

@@ -250,7 +250,10 @@ def printed(*frames: object) -> str:
 def test_log_lines_plain_from_one_file_prefixed_from_several() -> None:
     assert printed({"lines": [line("a"), line("b")]}) == "a\nb\n"
     assert printed({"lines": [line("a"), line("oops", stream="err"), line("c", "api", None)]}) == (
-        "web:0 | a\nweb:0 | oops\napi | c\n"
+        "web:0 | a\nweb:0 err | oops\napi | c\n"  # both streams shown: stderr labelled
+    )
+    assert printed({"lines": [line("x", stream="err"), line("y", inst=1, stream="err")]}) == (
+        "web:0 | x\nweb:1 | y\n"  # one stream: no label needed
     )
     # Following: the first frame decides; a second file switches to prefixes.
     frames = ({"lines": [line("a")]}, {"lines": [line("b")]}, {"lines": [line("c", inst=1)]})
