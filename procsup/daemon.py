@@ -21,11 +21,13 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, pidfile, systemd
+from procsup import __version__, config, pidfile, statefile, systemd
+from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
 from procsup.errors import ConfigError, ExitCode, ProcsupError
 from procsup.model import Desired
+from procsup.running import Processes, Report
 from procsup.supervisor import Supervisor
 
 #: Open-files limit we try to reach so that 1000 instances (2 pipes, a pidfd and up to 2 log
@@ -144,10 +146,19 @@ async def serve(
             "unexpected error: %s", ctx.get("message"), exc_info=ctx.get("exception")
         )
     )
-    sup = Supervisor(desired, loop=loop, logger=logger, profile_override=profile)
+    state_dir = desired.daemon.state_dir
+    processes = _Layer(loop, logger, state_dir)
+    engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
+    applier = Applier(engine, desired, loop=loop, logger=logger, profile_override=profile)
+    layer = processes.layer
+
+    async def prepare() -> None:
+        await layer.recover(desired.apps)
+        layer.start_notify(desired.daemon.socket + ".notify")
+
     server = ControlServer(
         desired.daemon.socket,
-        Commands(sup),
+        Commands(engine, applier, follow=layer.follow),
         mode=desired.daemon.socket_mode,
         group_gid=socket_gid(desired),
         logger=logger,
@@ -155,15 +166,15 @@ async def serve(
     await server.start()
     signals = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP]
     try:
-        loop.add_signal_handler(signal.SIGTERM, sup.request_shutdown)
-        loop.add_signal_handler(signal.SIGINT, sup.request_shutdown)
-        loop.add_signal_handler(signal.SIGUSR1, sup.reopen_logs)
-        loop.add_signal_handler(signal.SIGHUP, sup.request_reload)
+        loop.add_signal_handler(signal.SIGTERM, applier.request_shutdown)
+        loop.add_signal_handler(signal.SIGINT, applier.request_shutdown)
+        loop.add_signal_handler(signal.SIGUSR1, layer.reopen_logs)
+        loop.add_signal_handler(signal.SIGHUP, applier.request_reload)
         if os.getpid() == 1:  # a container's init: orphans are ours to reap
-            loop.add_signal_handler(signal.SIGCHLD, sup.reap_orphans)
+            loop.add_signal_handler(signal.SIGCHLD, layer.reap_orphans)
             signals.append(signal.SIGCHLD)
-        await sup.start()
-        if sup.shutting_down:
+        await applier.start(prepare)
+        if engine.shutting_down:
             on_ready("stopped by a signal or `procsup shutdown` during start-up")
         else:
             logger.info(
@@ -171,20 +182,41 @@ async def serve(
                 __version__, desired.daemon.socket, os.getpid(), len(desired.apps),
             )
             on_ready(None)
-        await sup.wait_exit()
+        await applier.wait_exit()
     except BaseException:
         # Whatever went wrong, the apps must not outlive the daemon unrecorded.
         logger.exception("procsupd failed; stopping every app")
-        sup.request_shutdown()
-        await sup.wait_exit()
+        applier.request_shutdown()
+        await applier.wait_exit()
         raise
     finally:
         await server.close()
-        sup.close()
+        applier.close()
+        layer.close()
         for sig in signals:
             loop.remove_signal_handler(sig)
     logger.info("procsupd exiting")
     return 0
+
+
+class _Layer:
+    """The process layer, made when the engine hands it its report callback (`bind`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, logger: logging.Logger,
+                 state_dir: str) -> None:
+        self.loop, self.logger, self.state_dir = loop, logger, state_dir
+        self._layer: Processes | None = None
+
+    def bind(self, report: Report) -> Processes:
+        self._layer = Processes(
+            self.loop, self.logger, report, environ=dict(os.environ),
+            marker=statefile.daemon_marker(self.state_dir), state_dir=self.state_dir)
+        return self._layer
+
+    @property
+    def layer(self) -> Processes:
+        assert self._layer is not None
+        return self._layer
 
 
 class ReadyCallback:

@@ -30,10 +30,10 @@ then the instance is `ERRORED`. A stable run resets the count (and the exponenti
 from __future__ import annotations
 
 import math
-import signal  # for signal *names* in reasons only; layer 1 never sends or handles signals
 from dataclasses import dataclass, replace
 
 from procsup.model import AppSpec, InstanceId, RestartPolicy, State
+from procsup.units import exit_text
 
 #: SIGKILL is 9 on every platform procsup runs on (POSIX fixes it); hardcoded so the escalation
 #: is plain data.
@@ -472,7 +472,7 @@ def _on_exited(
             deadline=None,
         ), ()
     # STARTING/RUNNING: it ended on its own.
-    return _ended(inst, policy, exit_code, _exit_text(code, sig), now, failed=False)
+    return _ended(inst, policy, exit_code, exit_text(code, sig), now, failed=False)
 
 
 def _ended(
@@ -548,21 +548,6 @@ def _gave_up(policy: Policy, unstable: int, why: str, how: str | None) -> str:
             f"each run ended before it was ready or within min_uptime {_secs(policy.min_uptime)}"
         )
     return f"gave up after {restarts} {noun}: {short} (last: {why})"
-
-
-def _exit_text(code: int | None, sig: int | None) -> str:
-    if sig is not None:
-        return f"killed by {_signal_name(sig)}"
-    if code is not None:
-        return f"exited with code {code}"
-    return "exited (status unknown)"  # e.g. an adopted process, whose status we cannot reap
-
-
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
 
 
 def _secs(seconds: float) -> str:

@@ -16,11 +16,14 @@ Contract (CONTRACT.md §3 "Reconcile"):
   tuple, so the executor always learns that the app and any app-level resource (its listening
   sockets) goes away.
 - A changed definition restarts the instances that remain, ids `< min(current, new count)`:
-  `reload` (rolling) when both the old and the new spec are cluster apps, else `restart`. The
+  `RELOAD` (rolling) when both the old and the new spec are cluster apps with the same
+  `balance`, `REBIND` (every instance stops, then all start) when the balance changes, else
+  `RESTART` (each in place). The
   reason names the changed keys in `AppSpec` field order: "cwd, env changed". Nothing is emitted
   when no instance remains (the new instances start from the new spec anyway).
 - A count change only starts or stops the difference: `scale` with the ids that are added
-  (going up) or the ids that go (going down; always the highest ones), reason "instances 4 -> 2".
+  (`SCALE_UP`, going up) or the ids that go (`SCALE_DOWN`; always the highest ones), reason
+  "instances 4 -> 2". Instances stopped by a command are started again (`RESUME`).
   The current count is `Running.instances`, so a runtime `procsup scale` lasts only until the
   next apply, as the contract says.
 
@@ -37,17 +40,35 @@ start (from the new spec, so they never need a restart).
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from procsup.model import AppSpec, DaemonSpec, ExecMode
 
-START = "start"
-STOP = "stop"
-RESTART = "restart"
-RELOAD = "reload"
-SCALE = "scale"
-ACTIONS = frozenset({START, STOP, RESTART, RELOAD, SCALE})
+
+class Kind(str, enum.Enum):
+    """What an action does; the executor runs each kind one way and chooses nothing itself.
+
+    The value is the planner's name for it; `Action.action` is the name `reread --json` prints
+    (contract: "start" | "stop" | "restart" | "reload" | "scale")."""
+
+    STOP = "stop"  # a removed app: retire every instance
+    SCALE_DOWN = "scale-down"  # retire the highest ids
+    RESTART = "restart"  # stop then start each instance in place
+    REBIND = "rebind"  # restart all at once: stop every instance, then start (sockets change kind)
+    RELOAD = "reload"  # rolling: each replacement ready before its old instance stops
+    SCALE_UP = "scale-up"  # new instances from the new definition
+    START = "start"  # a new app
+    RESUME = "resume"  # instances stopped by a command, started again by an apply
+
+
+#: The contract's names (`reread --json`, `reread`) of the kinds.
+WIRE = {
+    Kind.STOP: "stop", Kind.SCALE_DOWN: "scale", Kind.RESTART: "restart",
+    Kind.REBIND: "restart", Kind.RELOAD: "reload", Kind.SCALE_UP: "scale",
+    Kind.START: "start", Kind.RESUME: "start",
+}
 
 #: `[procsup]` keys that a running daemon cannot apply: it already bound the control socket,
 #: locked the pidfile and recorded its instances under `state_dir`. Every other key
@@ -88,23 +109,27 @@ class Running:
 
 @dataclass(frozen=True)
 class Action:
-    """One step of a plan: do `action` to the instances `instances` (ascending) of `app`.
+    """One step of a plan: do `kind` to the instances `instances` (ascending) of `app`.
 
-    For `stop` and a `scale` down the ids are the ones that go; for `start` and a `scale` up the
-    ids that are added; for `restart`/`reload` the ids that are replaced. A `scale` goes down
-    exactly when its ids exist at the time it runs (see `scales_down`).
+    For `STOP` and `SCALE_DOWN` the ids are the ones that go; for `START`, `SCALE_UP` and
+    `RESUME` the ids that start; for `RESTART`/`REBIND`/`RELOAD` the ids that are replaced.
     """
 
-    action: str
+    kind: Kind
     app: str
     instances: tuple[int, ...]
     reason: str
 
     def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise ValueError(f"unknown action {self.action!r}")
+        if not isinstance(self.kind, Kind):
+            raise ValueError(f"unknown action {self.kind!r}")
         if list(self.instances) != sorted(set(self.instances)):
             raise ValueError(f"instance ids must be ascending and unique: {self.instances}")
+
+    @property
+    def action(self) -> str:
+        """The contract's name of the action (`reread --json`)."""
+        return WIRE[self.kind]
 
     def to_json(self) -> dict[str, object]:
         """`{"action", "app", "instances": [...], "reason"}` (CONTRACT.md §1, `reread --json`)."""
@@ -118,12 +143,8 @@ class Action:
     def describe(self) -> str:
         """`start web:0-3 (new app)`; without ids: `stop old (removed from config)`."""
         target = f"{self.app}:{format_ids(self.instances)}" if self.instances else self.app
-        return f"{self.action} {target} ({self.reason})"
-
-
-def scales_down(action: Action, current: int) -> bool:
-    """Whether a `scale` action removes instances, given the app's slot count when it runs."""
-    return action.action == SCALE and bool(action.instances) and action.instances[0] < current
+        how = "; every instance stops before any starts" if self.kind is Kind.REBIND else ""
+        return f"{self.action} {target} ({self.reason}{how})"
 
 
 @dataclass(frozen=True)
@@ -206,7 +227,7 @@ def plan(
     """The plan that takes `running` to `apps` (name -> spec, in file order); see the module
     docstring for the rules and the order. Pure: same inputs, same plan."""
     stops = [
-        Action(STOP, name, tuple(range(run.instances)), "removed from config")
+        Action(Kind.STOP, name, tuple(range(run.instances)), "removed from config")
         for name, run in running.items()
         if name not in apps
     ]
@@ -219,7 +240,7 @@ def plan(
         run = running.get(name)
         if run is None:
             if spec.instances > 0:
-                starts.append(Action(START, name, tuple(range(spec.instances)), "new app"))
+                starts.append(Action(Kind.START, name, tuple(range(spec.instances)), "new app"))
             continue
         current, wanted = run.instances, spec.instances
         changed = changed_fields(run.spec, spec)
@@ -230,15 +251,19 @@ def plan(
         if not keys:
             stopped = tuple(i for i in run.stopped if i < remaining)
             if stopped:
-                starts.append(Action(START, name, stopped, "stopped by command; config applied"))
+                starts.append(Action(Kind.RESUME, name, stopped,
+                                      "stopped by command; config applied"))
         if keys and remaining > 0:
             # Rolling only between cluster definitions with the same kind of sockets: a
             # balance change cannot keep the old sockets while the new ones are bound.
-            rolling = (run.spec.exec_mode == ExecMode.CLUSTER == spec.exec_mode
-                       and run.spec.balance == spec.balance)
+            # A cluster app whose sockets change kind cannot bind the new ones while old
+            # instances hold the old ones: every instance stops before any starts.
+            both = run.spec.exec_mode == ExecMode.CLUSTER == spec.exec_mode
+            kind = (Kind.RELOAD if both and run.spec.balance == spec.balance
+                    else Kind.REBIND if both else Kind.RESTART)
             replaces.append(
                 Action(
-                    RELOAD if rolling else RESTART,
+                    kind,
                     name,
                     tuple(range(remaining)),
                     f"{', '.join(keys)} changed",
@@ -247,9 +272,9 @@ def plan(
         if wanted != current:
             reason = f"instances {current} -> {wanted}"
             if wanted < current:
-                downs.append(Action(SCALE, name, tuple(range(wanted, current)), reason))
+                downs.append(Action(Kind.SCALE_DOWN, name, tuple(range(wanted, current)), reason))
             else:
-                ups.append(Action(SCALE, name, tuple(range(current, wanted)), reason))
+                ups.append(Action(Kind.SCALE_UP, name, tuple(range(current, wanted)), reason))
     return Plan(
         actions=(*stops, *downs, *replaces, *ups, *starts),
         restart_daemon=daemon_restart_keys(old_daemon, new_daemon),

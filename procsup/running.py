@@ -1,13 +1,15 @@
-"""The process side of every instance (layer 3, under supervisor): a `Slot` per instance and
-the OS resources of its current run.
+"""The process layer (layer 3, under the engine): the OS side of every run.
 
 `Processes` starts a run (the command, or for a cluster app the activation shell handed the
 daemon-held listening sockets; pipes into its log files; $NOTIFY_SOCKET in its environment),
 watches its leader exit (a pidfd, or polling where there is none), drains the rest of its process
-group, checks readiness (tcp/http probe, READY=1) and heartbeats (WATCHDOG=1), and moves live
-output to new log files. It decides nothing: what it observes goes back to the supervisor as a
-`lifecycle` event through the `feed` callback it is given, and the event core there applies the
-state machine and asks for the next run.
+group, checks readiness (tcp/http probe, READY=1) and heartbeats (WATCHDOG=1), moves live output
+to new log files, records the live runs in `state_dir`, and stops what a previous daemon left.
+
+It decides nothing and owns no instance bookkeeping: `spawn` returns the new `Run` (or why it
+could not start), and what a run does later (its exit, readiness, a missed heartbeat) is reported
+to the engine as a `lifecycle` event through the `report` callback it is given, always from a
+callback of the loop, never from inside a call the engine made. Only this module writes a `Run`.
 """
 
 from __future__ import annotations
@@ -22,21 +24,25 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from procsup import lifecycle, logs, notify, probes, sockets, spawn, statefile, units
-from procsup.lifecycle import Instance, Policy
-from procsup.model import LIVE_STATES, AppSpec, ExecMode, InstanceId, State
+from procsup.model import AppSpec, ExecMode, InstanceId
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
 DRAIN_POLL = 0.02
 #: Exit polling interval where pidfds are unavailable.
 _EXIT_POLL = 0.05
 
+#: app, instance index (reuseport) or None (shared), address, balance
+ListenerKey = tuple[str, int | None, str, str]
+
 
 @dataclasses.dataclass(eq=False)
 class Capture:
     """One output stream of one run: the pipe reader and the log file it writes to (held for
-    as long as the reader lives, so a file is closed only when its last writer is done)."""
+    as long as the reader lives, so a file is closed only when its last writer is done; a
+    reader outlives its run until it reads EOF)."""
 
     stream: str  # "out" | "err"
     reader: logs.PipeReader | None = None
@@ -44,63 +50,89 @@ class Capture:
 
 
 @dataclasses.dataclass(eq=False)
-class Slot:
-    """One instance and the OS resources of its current run."""
+class Run:
+    """One run of one instance: its process group and the handles that watch it. The engine
+    reads `pid` and `status`; everything else is this module's."""
 
     id: InstanceId
-    inst: Instance
-    policy: Policy
-    spec: AppSpec
-    proc: subprocess.Popen[bytes] | None = None
+    spec: AppSpec  # the definition it runs (live keys updated by `retarget`)
+    proc: subprocess.Popen[bytes]
+    started: float  # the loop's clock at spawn
+    start_ticks: int | None  # /proc start time of the leader, for the instance record
+    captures: list[Capture]
+    status: str | None = None  # the last STATUS= it sent
     pidfd: int | None = None
-    pgid: int | None = None
-    start_ticks: int | None = None
-    exit_status: tuple[int | None, int | None] | None = None
-    captures: list[Capture] = dataclasses.field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float | None = None
-    drain: asyncio.TimerHandle | None = None
     poll: asyncio.TimerHandle | None = None  # exit polling where pidfds are unavailable
-    generation: int = 0  # incremented on every spawn
-    retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
-    status: str | None = None  # the last STATUS= the instance sent
-    probe: asyncio.Task[None] | None = None  # tcp/http readiness probe of the current run
-    heartbeat: asyncio.TimerHandle | None = None  # heartbeat_timeout watch
-    beaten: bool = False  # the current run has sent WATCHDOG=1 at least once
-    note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
+    drain: asyncio.TimerHandle | None = None
+    exit_status: tuple[int | None, int | None] | None = None
+    probe: asyncio.Task[None] | None = None  # tcp/http readiness probe
+    heartbeat_timeout: float | None = None  # set by the engine while the instance is running
+    heartbeat: asyncio.TimerHandle | None = None
+    beaten: bool = False  # it has sent WATCHDOG=1 at least once
+    stopping: bool = False  # the engine sent its kill signal: a stop, not a crash
+    released: bool = False
+
+    @property
+    def pid(self) -> int:
+        """The leader's pid, which is also the process group id."""
+        return self.proc.pid
 
 
-#: feed(slot, event): hands what a run did to the supervisor's event core.
-Feed = Callable[[Slot, lifecycle.Event], None]
+class RunHandle(Protocol):
+    """A run as the engine sees it: what `spawn` returned, read-only (a fake process layer
+    has its own kind)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def status(self) -> str | None: ...
+
+
+#: report(run, event): what a run did, for the engine's event queue.
+Report = Callable[[RunHandle, lifecycle.Event], None]
+
+
+def _own(run: RunHandle) -> Run:
+    assert isinstance(run, Run), run  # the engine hands back only what spawn returned
+    return run
 
 
 class Processes:
-    """Owns the OS side of every run: its process group, pidfd, pipes, probe and heartbeat
-    timer, plus the notify socket and the listening sockets of cluster apps. Log files belong
-    to the `sinks` it is given (the supervisor reopens and closes them)."""
+    """Owns the OS side of every run (process group, pidfd, pipes, probe, heartbeat timer), the
+    log files (`sinks`), the notify socket, the listening sockets of cluster apps and the
+    instance record in `state_dir`."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         log: logging.Logger,
-        sinks: logs.LogSinks,
-        feed: Feed,
+        report: Report,
         *,
         environ: Mapping[str, str],
         marker: str,
+        state_dir: str,
     ) -> None:
         self.loop = loop
         self.log = log
-        self.sinks = sinks
-        self._feed = feed
+        self._report = report
         self.environ = environ
         self.marker = marker
+        self.state_dir = state_dir
+        self.sinks = logs.LogSinks(on_error=self._log_error)
         self.notify: notify.NotifyServer | None = None
-        self._by_pgid: dict[int, Slot] = {}  # live instances by process group (notify senders)
+        self._runs: dict[int, Run] = {}  # live runs (not yet released) by pid = pgid
+        self._readers: set[Capture] = set()  # every stream still being read
         # Listening sockets of cluster apps, held for the app's life: per app ("shared") or
         # per instance slot ("reuseport", so a replacement gets the same socket). The key
         # includes the addresses and balance, so a changed `listen` binds anew.
-        self.listeners: dict[tuple[str, int | None, str, str], socket.socket] = {}
+        self.listeners: dict[ListenerKey, socket.socket] = {}
+        # What instances.json holds now: a change of state that does not change the records
+        # (ready, stopping, ...) writes nothing, so a rolling reload's step from READY=1 to
+        # the next spawn does no file I/O.
+        self._recorded: tuple[statefile.Record, ...] | None = None
+
+    def _log_error(self, what: str, exc: OSError) -> None:
+        self.log.error("%s: %s", what, exc)
 
     def start_notify(self, path: str) -> None:
         """The $NOTIFY_SOCKET every instance gets, beside the control socket."""
@@ -114,21 +146,28 @@ class Processes:
         self.notify = server
 
     def close(self) -> None:
-        """Close the notify socket and every listening socket (the daemon is done)."""
+        """The daemon is done: record what (if anything) is left, then close every handle,
+        reader, log file, listening socket and the notify socket."""
         if self.notify is not None:
             self.notify.close()
             self.notify = None
         for sock in self.listeners.values():
             sockets.release(sock)
         self.listeners.clear()
+        self.record()
+        for run in list(self._runs.values()):
+            self._release(run)
+        for cap in list(self._readers):
+            if cap.reader is not None:
+                cap.reader.close()
+        self.sinks.close_all()
 
     # ------------------------------------------------------------------ one run
 
-    def spawn(self, slot: Slot) -> None:
-        """Start a run of `slot` (the lifecycle's `Spawn` effect) and feed `Spawned(pid)`, or
-        `SpawnFailed(reason)` when it cannot start (executable not found, a socket that cannot
-        be bound, a log file that cannot be opened, ...)."""
-        spec = slot.spec
+    def spawn(self, iid: InstanceId, spec: AppSpec) -> Run | str:
+        """Start a run of instance `iid` from `spec`: the new `Run`, or why it cannot start
+        (executable not found, a socket that cannot be bound, a log file that cannot be
+        opened, ...)."""
         captures: list[Capture] = []
         write_ends: list[int] = []  # closed in the parent once the child has them
         try:
@@ -146,7 +185,7 @@ class Processes:
                     found = shutil.which(exe, path=path) is not None
                 if not found:
                     raise spawn.SpawnError(f"executable not found: {exe}")
-                fds = [s.fileno() for s in self._listeners_for(slot)]
+                fds = [s.fileno() for s in self._listeners_for(spec, iid.index)]
                 argv, extra = sockets.activation_argv(
                     spec.command, fds, sockets.fd_names(spec.listen))
                 pass_fds = tuple(fds)
@@ -154,7 +193,7 @@ class Processes:
                 extra["NOTIFY_SOCKET"] = self.notify.path
             ident = spawn.Identity.resolve(spec.user, spec.group)
             out_fds: dict[str, int | None] = {"out": None, "err": None}
-            for stream, path in zip(("out", "err"), spec.log_paths(slot.id.index), strict=True):
+            for stream, path in zip(("out", "err"), spec.log_paths(iid.index), strict=True):
                 if path is None:
                     continue  # discarded: the child writes to /dev/null, no pipe at all
                 cap = Capture(stream, sink=self._acquire(spec, path))
@@ -172,7 +211,7 @@ class Processes:
                 identity=ident,
                 extra={
                     "PROCSUP_APP": spec.name,
-                    "PROCSUP_INSTANCE": str(slot.id.index),
+                    "PROCSUP_INSTANCE": str(iid.index),
                     "PROCSUP_INSTANCES": str(spec.instances),
                     statefile.MARKER_VAR: self.marker,
                     **extra,
@@ -185,90 +224,110 @@ class Processes:
                 )
             )
         except (spawn.SpawnError, OSError) as exc:
-            reason = (
-                exc.reason
-                if isinstance(exc, spawn.SpawnError)
-                else f"cannot set up output pipes: {exc}"
-            )
             for cap in captures:
                 if cap.reader is not None:
                     cap.reader.close()
                 self._capture_done(cap)
-            self._feed(slot, lifecycle.SpawnFailed(reason))
-            return
+            if isinstance(exc, spawn.SpawnError):
+                return exc.reason
+            return f"cannot set up output pipes: {exc}"
         finally:
             for w in write_ends:
                 os.close(w)
-        slot.proc = proc
-        slot.pgid = proc.pid
-        slot.exit_status = None
-        slot.start_ticks = statefile.leader_start_ticks(proc.pid)
-        slot.generation += 1
-        slot.captures = [c for c in slot.captures if c.reader is not None] + captures
-        self._watch_exit(slot, proc)
-        self._by_pgid[proc.pid] = slot
-        slot.status = None
-        self._feed(slot, lifecycle.Spawned(proc.pid))
-        if spec.ready.startswith(("tcp://", "http://")) and slot.proc is proc:
-            slot.probe = self.loop.create_task(self._probe(slot, proc))
+        run = Run(iid, spec, proc, self.loop.time(), statefile.leader_start_ticks(proc.pid),
+                  captures)
+        self._readers.update(captures)
+        self._runs[proc.pid] = run
+        self._watch_exit(run)
+        if spec.ready.startswith(("tcp://", "http://")):
+            run.probe = self.loop.create_task(self._probe(run))
+        return run
 
-    async def _probe(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
-        """Poll the instance's tcp/http readiness target until it answers or ready_timeout."""
-        started = slot.inst.started_at if slot.inst.started_at is not None else self.loop.time()
-        ok = await probes.wait_ready(slot.spec.ready, deadline=started + slot.spec.ready_timeout)
-        slot.probe = None
-        if ok and slot.proc is proc:
-            self._feed(slot, lifecycle.Ready())
+    def kill(self, handle: RunHandle, sig: int) -> None:
+        """The engine's `Kill` effect: `sig` to the run's whole process group, which is now
+        being stopped (what is left of it after its leader exits has the rest of the
+        kill_timeout to go, instead of being killed at once as after a crash)."""
+        run = _own(handle)
+        if not run.released:
+            run.stopping = True
+            spawn.kill_group(run.pid, sig)
+
+    def signal(self, handle: RunHandle, sig: int) -> bool:
+        """`procsup signal`: `sig` to the run's process group; whether it was delivered."""
+        run = _own(handle)
+        return not run.released and spawn.kill_group(run.pid, sig)
+
+    def kill_all(self) -> None:
+        """shutdown_timeout passed: SIGKILL to every live process group."""
+        for run in self._runs.values():
+            spawn.kill_group(run.pid, signal.SIGKILL)
+
+    def live_pids(self) -> set[int]:
+        return set(self._runs)
+
+    async def _probe(self, run: Run) -> None:
+        """Poll the run's tcp/http readiness target until it answers or ready_timeout."""
+        ok = await probes.wait_ready(run.spec.ready,
+                                     deadline=run.started + run.spec.ready_timeout)
+        run.probe = None
+        if ok and not run.released:
+            self._report(run, lifecycle.Ready())
 
     def _on_notify(self, msg: notify.Message) -> None:
         """A datagram on $NOTIFY_SOCKET: attributed by the kernel-checked sender pid to the
         instance whose process group it belongs to; anyone else is ignored."""
         pgid = notify.sender_group(msg.pid)
-        slot = self._by_pgid.get(pgid) if pgid is not None else None
-        if slot is None or slot.proc is None:
+        run = self._runs.get(pgid) if pgid is not None else None
+        if run is None:
             return
         fields = msg.fields
         if "STATUS" in fields:
-            slot.status = fields["STATUS"]
-        if fields.get("READY") == "1" and slot.spec.ready == "notify":
-            self._feed(slot, lifecycle.Ready())  # a tcp/http probe is not cut short by it
+            run.status = fields["STATUS"]
+        if fields.get("READY") == "1" and run.spec.ready == "notify":
+            self._report(run, lifecycle.Ready())  # a tcp/http probe is not cut short by it
         if fields.get("WATCHDOG") == "1":
-            slot.beaten = True
-            self.arm_heartbeat(slot)
+            run.beaten = True
+            self._arm_heartbeat(run)
         if fields.get("STOPPING") == "1":
-            self.log.info("%s: says it is stopping", slot.id)
+            self.log.info("%s: says it is stopping", run.id)
 
-    def arm_heartbeat(self, slot: Slot) -> None:
-        """(Re)start the heartbeat_timeout countdown of a running instance."""
-        if slot.heartbeat is not None:
-            slot.heartbeat.cancel()
-            slot.heartbeat = None
-        timeout = slot.spec.heartbeat_timeout
-        if timeout is not None and slot.inst.state is State.RUNNING:
-            slot.heartbeat = self.loop.call_later(timeout, self._heartbeat_missed, slot)
+    def watch_heartbeat(self, handle: RunHandle, timeout: float | None) -> None:
+        """While the instance is running (`timeout` = its heartbeat_timeout), a missing
+        WATCHDOG=1 for that long is reported; None stops watching."""
+        run = _own(handle)
+        run.heartbeat_timeout = timeout
+        self._arm_heartbeat(run)
 
-    def _heartbeat_missed(self, slot: Slot) -> None:
-        slot.heartbeat = None
-        timeout = units.format_duration(slot.spec.heartbeat_timeout or 0)
-        self.log.warning("%s: no WATCHDOG=1 within heartbeat_timeout %s%s", slot.id, timeout,
-                         "" if slot.beaten else " (none since it started)")
+    def _arm_heartbeat(self, run: Run) -> None:
+        if run.heartbeat is not None:
+            run.heartbeat.cancel()
+            run.heartbeat = None
+        if run.heartbeat_timeout is not None and not run.released:
+            run.heartbeat = self.loop.call_later(
+                run.heartbeat_timeout, self._heartbeat_missed, run)
+
+    def _heartbeat_missed(self, run: Run) -> None:
+        run.heartbeat = None
+        timeout = units.format_duration(run.heartbeat_timeout or 0)
+        self.log.warning("%s: no WATCHDOG=1 within heartbeat_timeout %s%s", run.id, timeout,
+                         "" if run.beaten else " (none since it started)")
         # A run that never beat is not a hang but an app that does not send heartbeats (or
         # not yet when ready): a failed run for the restart policy, not a restart forever.
-        unstable = None if slot.beaten else (
+        unstable = None if run.beaten else (
             f"each run sent no WATCHDOG=1 within heartbeat_timeout {timeout} of being ready")
-        self._feed(slot, lifecycle.Recycle(f"no WATCHDOG=1 within heartbeat_timeout {timeout}",
-                                           unstable))
+        self._report(run, lifecycle.Recycle(
+            f"no WATCHDOG=1 within heartbeat_timeout {timeout}", unstable))
 
-    def _listeners_for(self, slot: Slot) -> list[socket.socket]:
-        """The cluster app's listening sockets for this instance, in `listen` order, bound on
-        first use and held for the app's life (per slot with balance = "reuseport"). Sockets
-        are kept per address, so a `listen` change keeps the addresses it did not touch (their
-        old instances still hold them). SpawnError names an address that cannot be bound."""
-        spec = slot.spec
+    def _listeners_for(self, spec: AppSpec, index: int) -> list[socket.socket]:
+        """The cluster app's listening sockets for instance `index`, in `listen` order, bound
+        on first use and held for the app's life (per slot with balance = "reuseport").
+        Sockets are kept per address, so a `listen` change keeps the addresses it did not
+        touch (their old instances still hold them). SpawnError names an address that cannot
+        be bound."""
         reuseport = spec.balance == "reuseport"
         socks = []
         for address in spec.listen:
-            key = (spec.name, slot.id.index if reuseport else None, address, spec.balance)
+            key = (spec.name, index if reuseport else None, address, spec.balance)
             sock = self.listeners.get(key)
             if sock is None:
                 try:
@@ -279,37 +338,35 @@ class Processes:
             socks.append(sock)
         return socks
 
-    def close_listeners(self, slots: Iterable[Slot], specs: Mapping[str, AppSpec]) -> None:
-        """Close the sockets no instance can use any more (app removed, an address or
-        `balance` changed, reuseport slot scaled away), once the instances that used them are
-        gone: running processes keep their own copies, and a socket no process accepts on
-        would make clients hang instead of being refused. `slots` is every instance, `specs`
-        the applied definition of every app."""
-        wanted: set[tuple[str, int | None, str, str]] = set()
-        for slot in slots:
-            spec = slot.spec
-            if spec.exec_mode is not ExecMode.CLUSTER:
-                continue
-            if slot.retiring and slot.inst.state not in LIVE_STATES:
-                continue
-            index = slot.id.index if spec.balance == "reuseport" else None
-            wanted.update((spec.name, index, a, spec.balance) for a in spec.listen)
-        for name, spec in specs.items():  # slots not started yet keep their sockets too
+    def close_listeners(
+        self, users: Iterable[tuple[AppSpec, int]], specs: Mapping[str, AppSpec]
+    ) -> None:
+        """Close the sockets nobody can use any more (app removed, an address or `balance`
+        changed, reuseport slot scaled away): `users` are the instances that may still use
+        theirs (spec, index), `specs` the applied definition of every app (instances not
+        started yet keep a shared socket too). Running processes keep their own copies, and
+        a socket no process accepts on would make clients hang instead of being refused."""
+        wanted: set[ListenerKey] = set()
+        for spec, index in users:
+            if spec.exec_mode is ExecMode.CLUSTER:
+                slot = index if spec.balance == "reuseport" else None
+                wanted.update((spec.name, slot, a, spec.balance) for a in spec.listen)
+        for name, spec in specs.items():
             if spec.exec_mode is ExecMode.CLUSTER and spec.balance != "reuseport":
                 wanted.update((name, None, a, spec.balance) for a in spec.listen)
         for key in [k for k in self.listeners if k not in wanted]:
             sockets.release(self.listeners.pop(key))
 
-    def _watch_exit(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
-        fd = spawn.pidfd(proc.pid)
+    def _watch_exit(self, run: Run) -> None:
+        fd = spawn.pidfd(run.pid)
         if fd is not None:
             try:
-                self.loop.add_reader(fd, self._on_leader_exit, slot, proc)
-                slot.pidfd = fd
+                self.loop.add_reader(fd, self._on_leader_exit, run)
+                run.pidfd = fd
                 return
             except OSError:
                 os.close(fd)
-        slot.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, slot, proc)
+        run.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, run)
 
     def _acquire(self, spec: AppSpec, path: str) -> logs.LogSink:
         try:
@@ -323,97 +380,187 @@ class Processes:
     def _capture_done(self, cap: Capture) -> None:
         """The stream ended (EOF, or the run never started): let go of its log file."""
         cap.reader = None
+        self._readers.discard(cap)
         if cap.sink is not None:
             self.sinks.release(cap.sink)
             cap.sink = None
 
-    def retarget(self, slot: Slot) -> None:
-        """The instance's log files or their settings changed (a live apply): the running
-        streams continue into the new files at once, without a restart."""
-        paths = dict(zip(("out", "err"), slot.spec.log_paths(slot.id.index), strict=True))
-        for cap in slot.captures:
+    def retarget(self, handle: RunHandle, spec: AppSpec) -> None:
+        """The run's live keys changed (a live apply). When its log files or their settings
+        changed, the running streams continue into the new files at once, without a
+        restart."""
+        run = _own(handle)
+        old, run.spec = run.spec, spec
+        index = run.id.index
+        if (old.log_paths(index), old.log_date_format, old.log_max_size, old.log_retain) == (
+                spec.log_paths(index), spec.log_date_format, spec.log_max_size,
+                spec.log_retain):
+            return
+        paths = dict(zip(("out", "err"), spec.log_paths(index), strict=True))
+        for cap in run.captures:
             if cap.reader is None or cap.reader.closed:
                 continue
             path = paths[cap.stream]
             try:
-                new = None if path is None else self._acquire(slot.spec, path)
+                new = None if path is None else self._acquire(spec, path)
             except spawn.SpawnError as exc:
-                self.log.error("%s: keeps its old log file: %s", slot.id, exc.reason)
+                self.log.error("%s: keeps its old log file: %s", run.id, exc.reason)
                 continue
-            old, cap.sink = cap.sink, new
+            was, cap.sink = cap.sink, new
             cap.reader.sink = new
-            if old is not None:
-                self.sinks.release(old)
+            if was is not None:
+                self.sinks.release(was)
 
-    def _on_leader_exit(self, slot: Slot, proc: subprocess.Popen[bytes]) -> None:
-        slot.poll = None
-        if slot.proc is not proc:  # a stale callback of an earlier run
+    def _on_leader_exit(self, run: Run) -> None:
+        run.poll = None
+        if run.released:  # a stale callback
             return
-        status = spawn.exit_status(proc.pid, slot.pidfd)
+        status = spawn.exit_status(run.pid, run.pidfd)
         if status is None:
-            if slot.pidfd is None:
-                slot.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, slot, proc)
+            if run.pidfd is None:
+                run.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, run)
             return
-        if slot.pidfd is not None:
-            self.loop.remove_reader(slot.pidfd)
-            os.close(slot.pidfd)
-            slot.pidfd = None
-        slot.exit_status = status
+        if run.pidfd is not None:
+            self.loop.remove_reader(run.pidfd)
+            os.close(run.pidfd)
+            run.pidfd = None
+        run.exit_status = status
         # Reap now: a zombie leader would keep `killpg(pgid, 0)` succeeding and force a scan of
         # the process table on every exit; the pgid stays reserved while a member lives.
-        spawn.reap(proc, status)
-        self._drain(slot)
+        spawn.reap(run.proc, status)
+        self._drain(run)
 
-    def _drain(self, slot: Slot) -> None:
-        """The leader is gone; the instance ends when its whole process group is gone.
+    def _drain(self, run: Run) -> None:
+        """The leader is gone; the run ends when its whole process group is gone.
 
         While stopping, the rest of the group gets the remaining kill_timeout (the lifecycle's
         deadline sends SIGKILL). After an unexpected exit, what the leader left behind in its
         group is killed at once, as systemd does for a service's control group."""
-        slot.drain = None
-        pgid = slot.pgid
-        assert pgid is not None and slot.exit_status is not None
-        if spawn.live_members(pgid):
-            if slot.inst.state is not State.STOPPING:
-                spawn.kill_group(pgid, signal.SIGKILL)
-            slot.drain = self.loop.call_later(DRAIN_POLL, self._drain, slot)
+        run.drain = None
+        assert run.exit_status is not None
+        if spawn.live_members(run.pid):
+            if not run.stopping:
+                spawn.kill_group(run.pid, signal.SIGKILL)
+            run.drain = self.loop.call_later(DRAIN_POLL, self._drain, run)
             return
-        code, sig = slot.exit_status
-        if slot.inst.state is not State.STOPPING:  # unplanned: say how, whatever happens next
-            how = f"exited with code {code}" if code is not None else (
-                f"killed by {units.signal_name(sig)}" if sig is not None else "ended")
+        code, sig = run.exit_status
+        if not run.stopping:  # unplanned: say how, whatever happens next
             # A clean exit (a job, a one-shot) is news, not a problem; anything else warns.
             level = logging.INFO if code == 0 else logging.WARNING
-            self.log.log(level, "%s: pid %d %s after %s", slot.id, pgid, how,
-                             units.format_duration(round(
-                                 self.loop.time() - (slot.inst.started_at or 0), 3)))
-        self.release_run(slot)
-        self._feed(slot, lifecycle.Exited(code, sig))
+            self.log.log(level, "%s: pid %d %s after %s", run.id, run.pid,
+                         units.exit_text(code, sig),
+                         units.format_duration(round(self.loop.time() - run.started, 3)))
+        self._release(run)
+        self._report(run, lifecycle.Exited(code, sig))
 
-    def release_run(self, slot: Slot) -> None:
-        """Forget the OS handles of the current run (readers finish on their own at EOF)."""
-        if slot.drain is not None:
-            slot.drain.cancel()
-            slot.drain = None
-        if slot.poll is not None:
-            slot.poll.cancel()
-            slot.poll = None
-        if slot.probe is not None:
-            slot.probe.cancel()
-            slot.probe = None
-        if slot.heartbeat is not None:
-            slot.heartbeat.cancel()
-            slot.heartbeat = None
-        slot.beaten = False
-        if slot.pgid is not None and self._by_pgid.get(slot.pgid) is slot:
-            del self._by_pgid[slot.pgid]
-        if slot.pidfd is not None:
-            self.loop.remove_reader(slot.pidfd)
-            os.close(slot.pidfd)
-            slot.pidfd = None
-        if slot.proc is not None and slot.exit_status is not None and slot.proc.returncode is None:
-            spawn.reap(slot.proc, slot.exit_status)
-        slot.captures = [c for c in slot.captures if c.reader is not None]
-        slot.proc = None
-        slot.pgid = None
-        slot.start_ticks = None
+    def _release(self, run: Run) -> None:
+        """Forget the OS handles of the run (its readers finish on their own at EOF)."""
+        run.released = True
+        for handle in (run.drain, run.poll, run.probe, run.heartbeat):
+            if handle is not None:
+                handle.cancel()
+        run.drain = run.poll = run.probe = run.heartbeat = None
+        if self._runs.get(run.pid) is run:
+            del self._runs[run.pid]
+        if run.pidfd is not None:
+            self.loop.remove_reader(run.pidfd)
+            os.close(run.pidfd)
+            run.pidfd = None
+        if run.exit_status is not None and run.proc.returncode is None:
+            spawn.reap(run.proc, run.exit_status)
+
+    # ------------------------------------------------------------------ the daemon's processes
+
+    def record(self) -> None:
+        """Record the live runs in the state dir, unless that is what it holds already."""
+        records = tuple(
+            statefile.Record(r.id.app, r.id.index, r.pid, r.pid, r.start_ticks)
+            for r in self._runs.values() if r.start_ticks is not None
+        )
+        if records == self._recorded:
+            return
+        self._recorded = None  # unknown until the write succeeded
+        try:
+            statefile.write(self.state_dir, records, os.getpid())
+            self._recorded = records
+        except OSError as exc:
+            self.log.error("cannot record instances in %s: %s", self.state_dir, exc)
+
+    def reap_orphans(self) -> None:
+        """SIGCHLD when procsupd is PID 1: reap re-parented orphans (never an instance leader,
+        whose status is read through its pidfd and which is reaped once its group is gone)."""
+        spawn.reap_orphans(set(self._runs))
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen every log file (after logrotate moved them)."""
+        self.sinks.reopen_all()
+        self.log.info("log files reopened")
+
+    def follow(self, path: str, callback: logs.Follower) -> Callable[[], None]:
+        """Call `callback` with every chunk written to the log file `path`; the unsubscriber."""
+        return self.sinks.follow(path, callback)
+
+    async def recover(self, apps: Mapping[str, AppSpec]) -> None:
+        """Processes recorded by a previous daemon that are still alive cannot be adopted (their
+        stdout/stderr pipes died with that daemon), so they are stopped: kill_signal to the group,
+        then SIGKILL after the app's kill_timeout (`apps`: the definitions to take them from).
+        A process forked (or exec'ing) during a scan can be missed by it, so scan again until a
+        scan finds nothing (a few rounds at most)."""
+        records = statefile.leftovers(statefile.read(self.state_dir))
+        for _ in range(3):
+            if not await self._recover_once(records, apps):
+                break
+            records = []
+        statefile.write(self.state_dir, (), os.getpid())
+        self._recorded = ()
+
+    async def _recover_once(
+        self, records: list[statefile.Record], apps: Mapping[str, AppSpec]
+    ) -> bool:
+        """One round of `recover`; whether it found anything to stop."""
+        groups: dict[int, str] = {}  # pgid -> app
+        for rec in records:
+            groups[rec.pgid] = rec.app
+        # Every instance carries the marker in its environment, and so do its children: that
+        # also finds what the record missed (a daemon killed before it wrote it) and the
+        # children of a leader that is gone, without ever matching an unrelated process.
+        strays: list[int] = []
+        for m in statefile.marked_processes(self.marker):
+            if m.pgid == m.pid or m.pgid in groups:
+                groups.setdefault(m.pgid, m.app or "?")
+            else:
+                strays.append(m.pid)
+        if not groups and not strays:
+            return False
+        self.log.warning(
+            "stopping what a previous procsupd left running: %s",
+            ", ".join(f"{app} (process group {g})" for g, app in groups.items())
+            + (f", {len(strays)} more process(es)" if strays else ""),
+        )
+        await asyncio.gather(
+            *(self._stop_leftover(pgid, apps.get(app)) for pgid, app in groups.items()),
+            self._stop_pids(strays),
+        )
+        return True
+
+    async def _stop_leftover(self, pgid: int, spec: AppSpec | None) -> None:
+        sig = spec.kill_signal if spec else signal.SIGTERM
+        timeout = spec.kill_timeout if spec else 5.0
+        spawn.kill_group(pgid, sig)
+        deadline = self.loop.time() + timeout
+        while spawn.live_members(pgid):
+            if self.loop.time() >= deadline:
+                spawn.kill_group(pgid, signal.SIGKILL)
+                deadline = float("inf")
+            await asyncio.sleep(DRAIN_POLL)
+
+    async def _stop_pids(self, pids: list[int]) -> None:
+        """Marked processes outside any recorded group (they called setsid): SIGTERM, then
+        SIGKILL after 5 s."""
+        spawn.signal_pids(pids, signal.SIGTERM)
+        deadline = self.loop.time() + 5.0
+        while pids := [p for p in pids if spawn.pid_alive(p)]:
+            if self.loop.time() >= deadline:
+                spawn.signal_pids(pids, signal.SIGKILL)
+                deadline = float("inf")
+            await asyncio.sleep(DRAIN_POLL)

@@ -1,34 +1,136 @@
-"""The supervisor: one asyncio loop that owns the actual state (layer 3).
+"""The engine: the one owner of the instance table (layer 3).
 
-With its two parts, `running` (the OS side of every run) and `apply` (the desired state), it is
-the only place where the pure decisions (`lifecycle.step`, `reconcile.plan`) meet the OS
-(layer 2). This module owns the instance table, the daemon's start-up and shutdown, and the
-event core: every outside stimulus (a pidfd becoming readable, a timer, a control command, a
-signal, a saved config file) becomes an event fed to `feed`, which applies the state machine and
-executes the effects it returns; nothing here decides what an instance should do next, and
-executing a plan makes no decision the planner did not make.
+Every instance is a `Slot` here, and only this module writes one. Everything above the engine
+(`apply`, `commands`, `monitors`) uses its intent API: `start`, `stop`, `restart`, `recycle`,
+`replace` (a replacement-first restart), `retire`, `signal`, `annotate`, the waits `settled` and
+`stopped`, and `snapshot`/`view`/`current`, which return frozen `View`s. The OS side of a run is
+the process layer's (`running.Processes`, or a fake one in tests), and time is the clock's: both
+are given at construction.
+
+The event core: every stimulus for an instance (an intent, a timer, what the process layer
+reports) is an event put on one queue, and the queue is worked off one event at a time:
+`lifecycle.step` decides, then its effects are executed. An effect's result (a spawn's pid, or
+why it failed) is a new event on the queue, stepped after the current one, so no step ever runs
+inside another and none works on stale state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import enum
+import itertools
 import logging
-import os
-import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
-from procsup import lifecycle, logs, metrics, monitors, reconcile, spawn, statefile, units
-from procsup.apply import Applier
-from procsup.lifecycle import Instance
-from procsup.model import LIVE_STATES, AppSpec, Desired, ExecMode, State
-from procsup.running import DRAIN_POLL, Processes, Slot
+from procsup import lifecycle, units
+from procsup.lifecycle import Instance, Policy
+from procsup.model import LIVE_STATES, AppSpec, ExecMode, InstanceId, State
+from procsup.running import Report, RunHandle
 
-__all__ = ["SETTLED", "Slot", "Supervisor"]
+__all__ = [
+    "SETTLED", "Clock", "ProcessLayer", "Ref", "Replacement", "Role", "RunHandle", "Supervisor",
+    "View",
+]
 
 #: States in which a `start`/`restart` considers its work done (contract: running or errored;
 #: exited and stopped too, as nothing more will happen without another command).
 SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED})
+
+#: A slot's handle for the layers above: stable for the slot's life, never reused.
+Ref = int
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the engine needs of time: the asyncio loop is one; tests give a fake."""
+
+    def time(self) -> float: ...
+    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable: ...
+
+
+class ProcessLayer(Protocol):
+    """The OS side of runs (`running.Processes`). It reports what runs do later through the
+    `report` callback given to its factory."""
+
+    def spawn(self, iid: InstanceId, spec: AppSpec) -> RunHandle | str: ...
+    def kill(self, run: RunHandle, sig: int) -> None: ...
+    def signal(self, run: RunHandle, sig: int) -> bool: ...
+    def watch_heartbeat(self, run: RunHandle, timeout: float | None) -> None: ...
+    def retarget(self, run: RunHandle, spec: AppSpec) -> None: ...
+    def close_listeners(
+        self, users: Iterable[tuple[AppSpec, int]], specs: Mapping[str, AppSpec]) -> None: ...
+    def record(self) -> None: ...
+
+
+class Role(str, enum.Enum):
+    CURRENT = "current"  # the instance of its id in the table
+    REPLACEMENT = "replacement"  # a reload's new process, until it takes over
+    OUTGOING = "outgoing"  # replaced (or scaled away and started anew), still stopping
+
+
+@dataclasses.dataclass(eq=False)
+class Slot:
+    """One instance: the lifecycle's view of it, and the run it has now. Written here only."""
+
+    ref: Ref
+    id: InstanceId
+    spec: AppSpec
+    policy: Policy
+    inst: Instance
+    role: Role = Role.CURRENT
+    run: RunHandle | None = None
+    timer: Cancellable | None = None
+    timer_at: float | None = None
+    generation: int = 0  # runs spawned so far
+    retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
+    note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
+    gone: bool = False  # forgotten: no longer in the table
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """One instance at one moment, for status, metrics, events and the plan executor."""
+
+    ref: Ref
+    id: InstanceId
+    spec: AppSpec
+    inst: Instance
+    role: Role
+    generation: int
+    retiring: bool
+    note: str | None
+    status: str | None  # the last STATUS= of its current run
+
+    @property
+    def state(self) -> State:
+        return self.inst.state
+
+    @property
+    def pid(self) -> int | None:
+        return self.inst.pid
+
+    @property
+    def live(self) -> bool:
+        return self.inst.state in LIVE_STATES
+
+
+@dataclasses.dataclass(frozen=True)
+class Replacement:
+    """How a `replace` ended: `old` (now outgoing, stopping) when the replacement took over;
+    else `new` as it was when it was given up (`superseded`: it was live, but the old
+    instance stopped or the daemon began to shut down meanwhile) and how long it was waited
+    for."""
+
+    new: View
+    old: Ref | None
+    superseded: bool = False
+    waited: float = 0.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -38,243 +140,337 @@ class _Waiter:
 
 
 class Supervisor:
-    """Owns the instances of every app and drives them towards the desired state: its
-    `processes` run them, its `applier` executes configs, `scale`, `reload` and monitor
-    recycles, and `feed` is the one way an instance changes state."""
+    """Owns every instance and the applied definition of every app; `feed` (through the
+    queue) is the one way an instance changes state."""
 
     def __init__(
         self,
-        desired: Desired,
         *,
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
-        environ: Mapping[str, str] | None = None,
-        profile_override: str | None = None,
+        processes: Callable[[Report], ProcessLayer],
+        clock: Clock | None = None,
     ) -> None:
-        self.desired = desired
         self.loop = loop
+        self.clock: Clock = loop if clock is None else clock
         self.log = logger
-        self.slots: dict[str, dict[int, Slot]] = {}
-        self.specs: dict[str, AppSpec] = {}  # the applied definition of every app
-        self.sinks = logs.LogSinks(on_error=self._log_error)
-        self.metrics = metrics.Metrics()
-        self.config_error: str | None = None
-        self.restart_daemon: tuple[str, ...] = ()
+        self.processes = processes(self._report)
         self.shutting_down = False
+        self._specs: dict[str, AppSpec] = {}
+        self._table: dict[str, dict[int, Slot]] = {}
+        self._replacements: list[Slot] = []
+        self._outgoing: list[Slot] = []
+        self._by_ref: dict[Ref, Slot] = {}
+        self._owners: dict[RunHandle, Slot] = {}  # the slot of every run not yet ended
+        self._refs = itertools.count(1)
+        self._queue: collections.deque[tuple[Slot, lifecycle.Event]] = collections.deque()
+        self._stepping = False
         self._waiters: list[_Waiter] = []
         self._dirty = False
-        # What instances.json holds now (state_dir, records): a change of state that does not
-        # change the records (ready, stopping, ...) writes nothing, so a rolling reload's step
-        # from READY=1 to the next spawn does no file I/O.
-        self._state_written: tuple[str, tuple[statefile.Record, ...]] | None = None
-        self._exit = asyncio.Event()
-        self.started_up = asyncio.Event()  # set once recovery and the first apply are done
-        self.marker = statefile.daemon_marker(desired.daemon.state_dir)
-        self._tasks: set[asyncio.Task[object]] = set()
-        self.replacements: list[Slot] = []
-        self.outgoing: list[Slot] = []  # replaced by a reload, still stopping
-        self.processes = Processes(
-            loop, logger, self.sinks, self.feed,
-            environ=dict(os.environ if environ is None else environ), marker=self.marker,
-        )
-        self.applier = Applier(self, profile_override=profile_override)
-        self.monitors = monitors.Monitors(
-            loop, logger, self.applier.recycle, self.applier.leaders)
 
-    # ------------------------------------------------------------------ start-up and shutdown
+    # ------------------------------------------------------------------ reading the table
 
-    async def start(self) -> None:
-        """Stop what a previous daemon left behind, then start every configured instance.
-        A shutdown asked for meanwhile waits for this to end, then stops what was started."""
-        try:
-            await self.recover()
-            self.processes.start_notify(self.desired.daemon.socket + ".notify")
-            if not self.shutting_down:
-                await self.applier.apply(self.desired, wait=False)
-                self.applier.update_watch()
-        finally:
-            self.started_up.set()
+    def specs(self) -> Mapping[str, AppSpec]:
+        """The applied definition of every app, in file order (a copy)."""
+        return dict(self._specs)
 
-    async def recover(self) -> None:
-        """Processes recorded by a previous daemon that are still alive cannot be adopted (their
-        stdout/stderr pipes died with that daemon), so they are stopped: kill_signal to the group,
-        then SIGKILL after the app's kill_timeout. A process forked (or exec'ing) during a scan
-        can be missed by it, so scan again until a scan finds nothing (a few rounds at most)."""
-        records = statefile.leftovers(statefile.read(self.desired.daemon.state_dir))
-        for _ in range(3):
-            if not await self._recover_once(records):
-                break
-            records = []
-        statefile.write(self.desired.daemon.state_dir, (), os.getpid())
+    def _slots(self) -> Iterator[Slot]:
+        for app in self._table.values():
+            yield from app.values()
+        yield from self._replacements  # a reload's new instances, until they take over
+        yield from self._outgoing  # the instances they replaced, until they are gone
 
-    async def _recover_once(self, records: list[statefile.Record]) -> bool:
-        """One round of `recover`; whether it found anything to stop."""
-        groups: dict[int, str] = {}  # pgid -> app
-        for rec in records:
-            groups[rec.pgid] = rec.app
-        # Every instance carries the marker in its environment, and so do its children: that
-        # also finds what the record missed (a daemon killed before it wrote it) and the
-        # children of a leader that is gone, without ever matching an unrelated process.
-        strays: list[int] = []
-        for m in statefile.marked_processes(self.marker):
-            if m.pgid == m.pid or m.pgid in groups:
-                groups.setdefault(m.pgid, m.app or "?")
+    @staticmethod
+    def _view(slot: Slot) -> View:
+        return View(slot.ref, slot.id, slot.spec, slot.inst, slot.role, slot.generation,
+                    slot.retiring, slot.note, slot.run.status if slot.run else None)
+
+    def snapshot(self) -> list[View]:
+        """Every instance: the table in app order, then replacements, then outgoing ones."""
+        return [self._view(s) for s in self._slots()]
+
+    def view(self, ref: Ref) -> View | None:
+        """The instance now, or None once it left the table (retired and stopped)."""
+        slot = self._by_ref.get(ref)
+        return None if slot is None else self._view(slot)
+
+    def current(self, app: str) -> dict[int, View] | None:
+        """The table's instances of `app` by index (None: the app has no row at all)."""
+        slots = self._table.get(app)
+        return None if slots is None else {i: self._view(s) for i, s in sorted(slots.items())}
+
+    # ------------------------------------------------------------------ definitions
+
+    def set_specs(self, apps: Mapping[str, AppSpec]) -> None:
+        """Make `apps` the applied definitions: an app not in it is forgotten (its instances
+        must be retired first), every other one takes its new definition (`set_spec`)."""
+        for name in [n for n in self._specs if n not in apps]:
+            del self._specs[name]
+            if not self._table.get(name):
+                self._table.pop(name, None)
+        for name, spec in apps.items():
+            self._set_spec(name, spec)
+        self._close_listeners()
+
+    def set_spec(self, name: str, spec: AppSpec) -> None:
+        """Record the applied definition of one app; its instances that are not on their way
+        out take it at once (their live keys: logs, restart policy; what runs changes only
+        with the next run)."""
+        self._set_spec(name, spec)
+        self._close_listeners()
+
+    def _set_spec(self, name: str, spec: AppSpec) -> None:
+        self._specs[name] = spec
+        policy = Policy.of(spec)
+        for slot in self._table.get(name, {}).values():
+            if slot.retiring:
+                continue
+            slot.spec, slot.policy = spec, policy
+            if slot.run is not None:
+                self.processes.retarget(slot.run, spec)
+
+    def add(self, app: str, index: int) -> Ref:
+        """The slot of instance `index` of `app`, a new one if there is none or it is
+        retiring. A retiring one still stopping moves to the outgoing instances, so it stays
+        in status, in the instance record and in what shutdown waits for until it is gone."""
+        slots = self._table.setdefault(app, {})
+        slot = slots.get(index)
+        if slot is not None and slot.retiring and slot.inst.state in LIVE_STATES:
+            slot.role = Role.OUTGOING
+            self._outgoing.append(slot)
+        if slot is None or slot.retiring:
+            slot = self._new_slot(InstanceId(app, index), self._specs[app], Role.CURRENT)
+            slots[index] = slot
+        return slot.ref
+
+    def _new_slot(self, iid: InstanceId, spec: AppSpec, role: Role) -> Slot:
+        slot = Slot(next(self._refs), iid, spec, Policy.of(spec), Instance(id=iid), role)
+        self._by_ref[slot.ref] = slot
+        return slot
+
+    # ------------------------------------------------------------------ intents
+
+    def _pick(self, refs: Iterable[Ref]) -> list[Slot]:
+        return [s for r in refs if (s := self._by_ref.get(r)) is not None]
+
+    def start(self, refs: Iterable[Ref]) -> None:
+        """Start these instances (an instance stopping starts again once it is stopped)."""
+        slots = self._pick(refs)
+        if any(s.spec.exec_mode is ExecMode.CLUSTER for s in slots):
+            self._close_listeners()  # sockets of an old `balance` go before new ones bind
+        self._command(slots, lifecycle.Start())
+
+    def stop(self, refs: Iterable[Ref]) -> None:
+        """Stop these instances: kill_signal to each group, SIGKILL after kill_timeout."""
+        self._command(self._pick(refs), lifecycle.Stop())
+
+    def restart(self, refs: Iterable[Ref], *, note: str | None = None) -> None:
+        """Stop (if live) then start, with fresh restart counters; `note` is shown in status."""
+        slots = self._pick(refs)
+        self._command(slots, lifecycle.Restart())
+        for slot in slots:
+            slot.note = note
+
+    def _command(self, slots: list[Slot], event: lifecycle.Event) -> None:
+        for slot in slots:
+            slot.note = None  # a command or an apply: a monitor's old reason no longer applies
+            self._feed(slot, event)
+
+    def recycle(self, ref: Ref, reason: str, *, unstable: str | None = None,
+                note: str | None = None) -> None:
+        """A monitor's restart in place (counted as an automatic restart), or with `unstable`
+        the end of a failed run, left to the restart policy (`lifecycle.Recycle`)."""
+        for slot in self._pick([ref]):
+            slot.note = note
+            self._feed(slot, lifecycle.Recycle(reason, unstable))
+
+    def annotate(self, ref: Ref, note: str | None) -> None:
+        """Say in status why a monitor last replaced or restarted the instance."""
+        for slot in self._pick([ref]):
+            slot.note = note
+            self._mark_dirty()
+
+    def retire(self, refs: Iterable[Ref]) -> list[View]:
+        """Stop these instances and forget them once they are stopped (a plan removed them, or
+        `scale` went down); how each is right after (the live ones are to wait for with
+        `stopped`)."""
+        retired = []
+        for slot in self._pick(refs):
+            slot.retiring = True
+            if slot.inst.state in LIVE_STATES or slot.inst.state is State.BACKOFF:
+                self._feed(slot, lifecycle.Stop())
             else:
-                strays.append(m.pid)
-        if not groups and not strays:
-            return False
-        self.log.warning(
-            "stopping what a previous procsupd left running: %s",
-            ", ".join(f"{app} (process group {g})" for g, app in groups.items())
-            + (f", {len(strays)} more process(es)" if strays else ""),
-        )
-        await asyncio.gather(
-            *(self._stop_leftover(pgid, app) for pgid, app in groups.items()),
-            self._stop_pids(strays),
-        )
-        return True
+                self._forget(slot)
+            retired.append(self._view(slot))
+        return retired
 
-    async def _stop_leftover(self, pgid: int, app: str) -> None:
-        spec = self.desired.apps.get(app)
-        sig = spec.kill_signal if spec else signal.SIGTERM
-        timeout = spec.kill_timeout if spec else 5.0
-        spawn.kill_group(pgid, sig)
-        deadline = self.loop.time() + timeout
-        while spawn.live_members(pgid):
-            if self.loop.time() >= deadline:
-                spawn.kill_group(pgid, signal.SIGKILL)
-                deadline = float("inf")
-            await asyncio.sleep(DRAIN_POLL)
+    def signal(self, refs: Iterable[Ref], sig: int) -> list[View]:
+        """`sig` to the process group of each live instance; the instances it reached."""
+        done = []
+        for slot in self._pick(refs):
+            if (slot.run is not None and slot.inst.state in LIVE_STATES
+                    and self.processes.signal(slot.run, sig)):
+                done.append(self._view(slot))
+        return done
 
-    async def _stop_pids(self, pids: list[int]) -> None:
-        """Marked processes outside any recorded group (they called setsid): SIGTERM, then
-        SIGKILL after 5 s."""
-        spawn.signal_pids(pids, signal.SIGTERM)
-        deadline = self.loop.time() + 5.0
-        while pids := [p for p in pids if spawn.pid_alive(p)]:
-            if self.loop.time() >= deadline:
-                spawn.signal_pids(pids, signal.SIGKILL)
-                deadline = float("inf")
-            await asyncio.sleep(DRAIN_POLL)
+    async def replace(self, ref: Ref) -> Replacement:
+        """Replacement first: start a new process for the instance beside the old one, wait
+        until it is ready, then swap it into the table and stop the old one (gracefully, not
+        waited for: the old ref is returned). A replacement that is not ready (it failed, or
+        ready_timeout passed) is stopped, and the old instance keeps running."""
+        old = self._by_ref[ref]
+        spec = self._specs[old.id.app]
+        new = self._new_slot(old.id, spec, Role.REPLACEMENT)
+        self._replacements.append(new)
+        began = self.clock.time()
+        self._feed(new, lifecycle.Start())
+        limit = spec.ready_timeout + spec.min_uptime + spec.kill_timeout + 1.0
+        await self._wait(lambda: (
+            new.inst.state is State.RUNNING
+            or new.inst.state in (State.ERRORED, State.EXITED, State.STOPPED, State.BACKOFF)
+            or new.generation > 1), timeout=limit)  # (its first run already ended)
+        superseded = (self.shutting_down
+                      or self._table.get(old.id.app, {}).get(old.id.index) is not old
+                      or old.inst.state not in (State.RUNNING, State.STARTING))
+        if new.inst.state is not State.RUNNING or superseded:
+            result = Replacement(self._view(new), None,
+                                 superseded and new.inst.state in LIVE_STATES,
+                                 self.clock.time() - began)
+            new.retiring = True
+            self._feed(new, lifecycle.Stop())
+            await self._wait(lambda: new.inst.state not in LIVE_STATES)
+            self._drop(new)
+            return result
+        self._replacements.remove(new)
+        new.role = Role.CURRENT
+        self._table[old.id.app][old.id.index] = new
+        old.retiring = True
+        old.role = Role.OUTGOING
+        self._outgoing.append(old)
+        self._feed(old, lifecycle.Stop())
+        return Replacement(self._view(new), old.ref)
 
-    def request_shutdown(self) -> None:
-        """SIGTERM/SIGINT/`procsup shutdown`: stop everything, then let the daemon exit."""
-        if not self.shutting_down:
-            self.shutting_down = True
-            self.monitors.close()  # no restart may begin while everything stops
-            self.log.info("shutting down: stopping every app")
-            self.spawn_task(self._shutdown())
+    def views(self, refs: Iterable[Ref]) -> list[View]:
+        """These instances now (the ones still in the table)."""
+        return [self._view(s) for s in self._pick(refs)]
 
-    async def _shutdown(self) -> None:
-        timeout = self.desired.daemon.shutdown_timeout
-        try:
-            await self.started_up.wait()  # recovery first: its slots must exist to be stopped
-            async with self.applier.lock:  # let a running apply finish its step first
-                await asyncio.wait_for(self.stop_all(), timeout)
-        except TimeoutError:
-            self.log.error("shutdown_timeout (%.1fs) passed: killing what is left", timeout)
-            for slot in self.all_slots():
-                if slot.pgid is not None:
-                    spawn.kill_group(slot.pgid, signal.SIGKILL)
-        finally:
-            self._exit.set()
+    async def settled(self, refs: Iterable[Ref]) -> list[View]:
+        """Once every one of these instances is settled (running, errored, exited or stopped)
+        or gone from the table: how they ended up."""
+        slots = self._pick(refs)
+        await self._wait(lambda: all(s.gone or s.inst.state in SETTLED for s in slots))
+        return [self._view(s) for s in slots]
+
+    async def stopped(self, refs: Iterable[Ref]) -> list[View]:
+        """Once the processes these instances have now are gone (each is not live, or has
+        started a new run since: a later start superseded the stop, or left the table): how
+        they ended up."""
+        slots = [(s, s.generation) for s in self._pick(refs)]
+        await self._wait(lambda: all(
+            s.gone or s.inst.state not in LIVE_STATES or s.generation != g for s, g in slots))
+        return [self._view(s) for s, _ in slots]
+
+    def begin_shutdown(self) -> None:
+        """From now on a `replace` gives up (the daemon is stopping everything)."""
+        self.shutting_down = True
 
     async def stop_all(self) -> None:
         """Stop every instance in parallel, each within its own kill_timeout."""
-        slots = list(self.all_slots())
+        slots = list(self._slots())
         for slot in slots:
-            self.feed(slot, lifecycle.Stop())
-        await self.wait(lambda: all(s.inst.state not in LIVE_STATES for s in slots))
-
-    async def wait_exit(self) -> None:
-        await self._exit.wait()
-
-    def close(self) -> None:
-        """Release what is left once the loop's work is done (watcher, readers, files, record)."""
-        self.monitors.close()
-        self.applier.close()
-        self.processes.close()
-        self._write_state()  # while the handles still say what (if anything) is left
-        for slot in self.all_slots():
-            self.processes.release_run(slot)
-            for cap in slot.captures:
-                if cap.reader is not None:
-                    cap.reader.close()
-        self.sinks.close_all()
-
-    def reap_orphans(self) -> None:
-        """SIGCHLD when procsupd is PID 1: reap re-parented orphans (never an instance leader,
-        whose status is read through its pidfd and which is reaped once its group is gone)."""
-        keep = {s.proc.pid for s in self.all_slots() if s.proc is not None}
-        spawn.reap_orphans(keep)
-
-    def reopen_logs(self) -> None:
-        """SIGUSR1: reopen every log file (after logrotate moved them)."""
-        self.sinks.reopen_all()
-        self.log.info("log files reopened")
-
-    def _log_error(self, what: str, exc: OSError) -> None:
-        self.log.error("%s: %s", what, exc)
-
-    def spawn_task(self, coro: asyncio.Future[object] | object) -> None:
-        task: asyncio.Task[object] = self.loop.create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._feed(slot, lifecycle.Stop())
+        await self._wait(lambda: all(s.inst.state not in LIVE_STATES for s in slots))
 
     # ------------------------------------------------------------------ the event core
 
-    def all_slots(self) -> Iterable[Slot]:
-        for app in self.slots.values():
-            yield from app.values()
-        yield from self.replacements  # a reload's new instances, until they take over
-        yield from self.outgoing  # the instances they replaced, until they are gone
+    def _report(self, run: RunHandle, event: lifecycle.Event) -> None:
+        """What the process layer saw a run do; news of a run that is no longer the slot's
+        current one (a late probe, a heartbeat of a replaced run) is dropped."""
+        slot = self._owners.get(run)
+        if slot is not None and slot.run is run:
+            self._feed(slot, event)
 
-    def feed(self, slot: Slot, event: lifecycle.Event) -> None:
+    def _feed(self, slot: Slot, event: lifecycle.Event) -> None:
+        """Queue one event for one instance; work off the queue unless a step is under way
+        (then the running loop below takes it after the current step)."""
+        self._queue.append((slot, event))
+        if self._stepping:
+            return
+        self._stepping = True
+        try:
+            while self._queue:
+                self._step(*self._queue.popleft())
+        finally:
+            self._stepping = False
+
+    def _step(self, slot: Slot, event: lifecycle.Event) -> None:
         """Apply one event to one instance and execute the resulting effects."""
-        if isinstance(event, lifecycle.Start | lifecycle.Stop | lifecycle.Restart):
-            slot.note = None  # a command or an apply: a monitor's old reason no longer applies
+        if isinstance(event, lifecycle.Exited) and slot.run is not None:
+            del self._owners[slot.run]  # the process layer let go of it
+            slot.run = None
         old = slot.inst
-        new, effects = lifecycle.step(old, slot.policy, event, self.loop.time())
+        new, effects = lifecycle.step(old, slot.policy, event, self.clock.time())
         slot.inst = new
         if new.state != old.state:
             self._log_transition(slot, old, new)
         for effect in effects:
             if isinstance(effect, lifecycle.Spawn):
-                self.processes.spawn(slot)
-            elif isinstance(effect, lifecycle.Kill) and slot.pgid is not None:
-                if effect.signal == signal.SIGKILL and old.state is State.STOPPING:
+                result = self.processes.spawn(slot.id, slot.spec)
+                if isinstance(result, str):
+                    self._queue.append((slot, lifecycle.SpawnFailed(result)))
+                else:
+                    slot.run = result
+                    self._owners[result] = slot
+                    slot.generation += 1
+                    self._queue.append((slot, lifecycle.Spawned(result.pid)))
+            elif isinstance(effect, lifecycle.Kill) and slot.run is not None:
+                if effect.signal == lifecycle.SIGKILL and old.state is State.STOPPING:
                     self.log.warning("%s: still running after kill_timeout %s: SIGKILL to its "
                                      "process group", slot.id, units.format_duration(
                                          slot.policy.kill_timeout))
-                spawn.kill_group(slot.pgid, effect.signal)
+                self.processes.kill(slot.run, effect.signal)
         self._arm_timer(slot)
-        if new.state is State.RUNNING and old.state is not State.RUNNING:
-            self.processes.arm_heartbeat(slot)
-        elif new.state is not State.RUNNING and slot.heartbeat is not None:
-            slot.heartbeat.cancel()
-            slot.heartbeat = None
-        if slot.retiring and slot.inst.state not in LIVE_STATES:
-            self.forget(slot)
+        if slot.run is not None and (new.state is State.RUNNING) != (old.state is State.RUNNING):
+            running = new.state is State.RUNNING
+            self.processes.watch_heartbeat(
+                slot.run, slot.spec.heartbeat_timeout if running else None)
+        if slot.retiring and new.state not in LIVE_STATES and not any(
+                s is slot for s, _ in self._queue):
+            self._forget(slot)
         self._mark_dirty()
 
-    def forget(self, slot: Slot) -> None:
+    def _forget(self, slot: Slot) -> None:
         """A retired slot is stopped: it leaves the table (and its app, if it was the last)."""
+        self._drop(slot)
+        app = self._table.get(slot.id.app)
+        if app is not None and app.get(slot.id.index) is slot:
+            del app[slot.id.index]
+            if not app and slot.id.app not in self._specs:
+                del self._table[slot.id.app]
+        if slot.spec.exec_mode is ExecMode.CLUSTER:
+            self._close_listeners()  # its sockets may have no user left
+
+    def _drop(self, slot: Slot) -> None:
+        if slot.run is not None:
+            self._owners.pop(slot.run, None)
         if slot.timer is not None:
             slot.timer.cancel()
             slot.timer = None
-        app = self.slots.get(slot.id.app)
-        if app is not None and app.get(slot.id.index) is slot:
-            del app[slot.id.index]
-            if not app and slot.id.app not in self.specs:
-                del self.slots[slot.id.app]
-        if slot in self.outgoing:
-            self.outgoing.remove(slot)
-        if slot.spec.exec_mode is ExecMode.CLUSTER:
-            self.close_listeners()  # its sockets may have no user left
+        slot.gone = True
+        self._by_ref.pop(slot.ref, None)
+        if slot in self._outgoing:
+            self._outgoing.remove(slot)
+        if slot in self._replacements:
+            self._replacements.remove(slot)
+        self._mark_dirty()
 
-    def close_listeners(self) -> None:
-        """Close the listening sockets no instance of the applied apps can use any more."""
-        self.processes.close_listeners(self.all_slots(), self.specs)
+    def _close_listeners(self) -> None:
+        """Close the listening sockets that no instance of the applied apps can use any more
+        (a retired instance still stopping keeps its own)."""
+        self.processes.close_listeners(
+            ((s.spec, s.id.index) for s in self._slots()
+             if not s.retiring or s.inst.state in LIVE_STATES),
+            self._specs)
 
     def _log_transition(self, slot: Slot, old: Instance, new: Instance) -> None:
         level = logging.WARNING if new.state in (State.ERRORED, State.BACKOFF) else logging.INFO
@@ -293,12 +489,12 @@ class Supervisor:
             slot.timer = None
         slot.timer_at = deadline
         if deadline is not None:
-            slot.timer = self.loop.call_at(deadline, self._on_deadline, slot)
+            slot.timer = self.clock.call_at(deadline, lambda: self._on_deadline(slot))
 
     def _on_deadline(self, slot: Slot) -> None:
         slot.timer = None
         slot.timer_at = None
-        self.feed(slot, lifecycle.Tick())
+        self._feed(slot, lifecycle.Tick())
 
     def _mark_dirty(self) -> None:
         if not self._dirty:
@@ -306,9 +502,9 @@ class Supervisor:
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Once per loop turn after changes: record instances on disk, wake command waiters."""
+        """Once per loop turn after changes: record instances on disk, wake waiters."""
         self._dirty = False
-        self._write_state()
+        self.processes.record()
         still = []
         for w in self._waiters:
             if w.future.done():
@@ -319,66 +515,24 @@ class Supervisor:
                 still.append(w)
         self._waiters = still
 
-    def _write_state(self) -> None:
-        """Record the live instances in the state dir, unless that is what it holds already."""
-        records = tuple(
-            statefile.Record(s.id.app, s.id.index, s.proc.pid, s.pgid, s.start_ticks)
-            for s in self.all_slots()
-            if s.proc is not None and s.pgid is not None and s.start_ticks is not None
-        )
-        state = (self.desired.daemon.state_dir, records)
-        if state == self._state_written:
-            return
-        self._state_written = None  # unknown until the write succeeded
-        try:
-            statefile.write(state[0], records, os.getpid())
-            self._state_written = state
-        except OSError as exc:
-            self.log.error("cannot record instances in %s: %s", self.desired.daemon.state_dir, exc)
-
-    async def wait(self, done: Callable[[], bool]) -> None:
-        """Return once `done()` holds; it is checked after every change of state."""
+    async def _wait(self, done: Callable[[], bool], *, timeout: float | None = None) -> None:
+        """Return once `done()` holds (checked after every change of state), or once `timeout`
+        seconds of the clock have passed."""
         if done():
             return
         waiter = _Waiter(done, self.loop.create_future())
         self._waiters.append(waiter)
+        timer = None
+        if timeout is not None:
+            def expire() -> None:
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
+
+            timer = self.clock.call_at(self.clock.time() + timeout, expire)
         try:
             await waiter.future
         finally:
+            if timer is not None:
+                timer.cancel()
             if not waiter.future.done():
                 waiter.future.cancel()
-
-    @staticmethod
-    def started(slot: Slot) -> bool:
-        """Whether a start or restart is done: the instance runs, or is errored, exited or
-        stopped (a later command superseded it). A crash loop is done when the policy gives
-        up; `backoff` and `starting` are not settled."""
-        return slot.inst.state in SETTLED
-
-    # ------------------------------------------------------------------ desired state (apply.py)
-
-    def load(self) -> Desired:
-        """Read the config file again (includes, profile); raises ConfigError."""
-        return self.applier.load()
-
-    def plan(self, new: Desired) -> reconcile.Plan:
-        """What applying `new` would do (`reread`)."""
-        return self.applier.plan(new)
-
-    async def reload(
-        self, trigger: str, *, wait: bool = False, failures: list[str] | None = None
-    ) -> reconcile.Plan:
-        """Read the config and apply it (`Applier.reload`)."""
-        return await self.applier.reload(trigger, wait=wait, failures=failures)
-
-    def request_reload(self, trigger: str = "SIGHUP") -> None:
-        """SIGHUP: apply the config in the background."""
-        self.applier.request_reload(trigger)
-
-    async def scale(self, app: str, count: int, *, wait: bool) -> list[Slot]:
-        """`procsup scale`: run `count` instances of `app` until the next config apply."""
-        return await self.applier.scale(app, count, wait=wait)
-
-    async def reload_apps(self, targets: Mapping[str, list[int]]) -> str | None:
-        """`procsup reload`: a rolling replacement of these instances, one at a time."""
-        return await self.applier.reload_apps(targets)

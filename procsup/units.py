@@ -147,6 +147,23 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
+def exit_text(code: int | None, sig: int | None) -> str:
+    """How a process ended, in the one wording of status, logs and replies: "exited with code
+    1", "killed by SIGTERM", "killed by signal 200" (no name), "exited (status unknown)" (an
+    adopted process, whose status cannot be reaped)."""
+    if sig is not None:
+        name = signal_name(sig)
+        return f"killed by {name if name.startswith('SIG') else f'signal {sig}'}"
+    if code is not None:
+        return f"exited with code {code}"
+    return "exited (status unknown)"
+
+
+def exit_code_text(exit_code: int) -> str:
+    """`exit_text` of an instance's recorded `exit_code`: the code, or -N when killed by N."""
+    return exit_text(None, -exit_code) if exit_code < 0 else exit_text(exit_code, None)
+
+
 def parse_mode(value: object) -> int:
     """A permission mode or umask from an octal string: "0660", "022", "660", "0o660".
 

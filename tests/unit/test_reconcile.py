@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from procsup.model import AppSpec, DaemonSpec, ExecMode, RestartPolicy
 from procsup.reconcile import (
     Action,
+    Kind,
     Plan,
     Running,
     changed_fields,
     format_ids,
     plan,
-    scales_down,
 )
 
 # --- builders -------------------------------------------------------------------------------
@@ -378,19 +378,42 @@ def test_format_ids(ids: tuple[int, ...], text: str) -> None:
 
 def test_action_rejects_bad_data() -> None:
     with pytest.raises(ValueError, match="unknown action"):
-        Action("explode", "web", (0,), "x")
+        Action("explode", "web", (0,), "x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ascending"):
-        Action("stop", "web", (1, 0), "x")
+        Action(Kind.STOP, "web", (1, 0), "x")
     with pytest.raises(ValueError, match="ascending"):
-        Action("stop", "web", (0, 0), "x")
+        Action(Kind.STOP, "web", (0, 0), "x")
 
 
-def test_scales_down() -> None:
-    down = Action("scale", "web", (2, 3), "instances 4 -> 2")
-    up = Action("scale", "web", (2, 3), "instances 2 -> 4")
-    assert scales_down(down, 4)
-    assert not scales_down(up, 2)
-    assert not scales_down(Action("stop", "web", (0,), "x"), 1)
+@pytest.mark.parametrize(("kind", "wire"), [
+    (Kind.STOP, "stop"), (Kind.SCALE_DOWN, "scale"), (Kind.RESTART, "restart"),
+    (Kind.REBIND, "restart"), (Kind.RELOAD, "reload"), (Kind.SCALE_UP, "scale"),
+    (Kind.START, "start"), (Kind.RESUME, "start"),
+])
+def test_every_kind_has_its_contract_name(kind: Kind, wire: str) -> None:
+    a = Action(kind, "web", (0,), "x")
+    assert a.action == wire
+    assert a.to_json()["action"] == wire
+    assert a.describe().startswith(f"{wire} web:0 (x")
+
+
+def test_scale_direction_is_the_plans_kind() -> None:
+    old = app("web", 4)
+    assert plan({"web": Running(old, 4)}, {"web": app("web", 2)}).actions[0].kind is (
+        Kind.SCALE_DOWN)
+    assert plan({"web": Running(old, 2)}, {"web": app("web", 4)}).actions[0].kind is (
+        Kind.SCALE_UP)
+
+
+def test_a_balance_change_is_a_rebind_and_says_so() -> None:
+    old = app("web", 2, exec_mode=ExecMode.CLUSTER, listen=("tcp://127.0.0.1:8000",))
+    new = dataclasses.replace(old, balance="reuseport")
+    (a,) = plan({"web": Running(old, 2)}, {"web": new}).actions
+    assert a.kind is Kind.REBIND
+    assert a.to_json() == {"action": "restart", "app": "web", "instances": [0, 1],
+                           "reason": "balance changed"}
+    assert a.describe() == (
+        "restart web:0-1 (balance changed; every instance stops before any starts)")
 
 
 # --- property: executing the plan reaches the desired state ------------------------------------
@@ -455,7 +478,7 @@ def execute(run: Mapping[str, Running], p: Plan, apps: Mapping[str, AppSpec]) ->
             state.update({s: (apps[a.app], a.action) for s in slots})
         else:
             assert a.action == "scale"
-            if scales_down(a, current):
+            if a.kind is Kind.SCALE_DOWN:
                 assert all(s in state for s in slots)
                 assert a.instances[-1] == current - 1, "the highest ids go"
                 for s in slots:
