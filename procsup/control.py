@@ -1,8 +1,8 @@
-"""The control socket server (layer 3): Unix socket, peer check, framing, dispatch.
+"""The control socket server (layer 4): Unix socket, peer check, framing, dispatch.
 
 This module knows the wire protocol (`protocol`) and a `Commands` interface, nothing else: the
-supervisor implements `Commands`, so this server cannot reach into supervisor state, and the
-supervisor never sees a socket. docs/protocol.md describes what clients observe.
+`commands` module implements `Commands`, so this server cannot reach into the engine's state,
+and the engine never sees a socket. docs/protocol.md describes what clients observe.
 
 Guarantees, per connection (each connection is its own task, so a bad client never disturbs
 another one, nor the loop):

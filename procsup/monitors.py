@@ -1,4 +1,4 @@
-"""The app monitors: `max_memory_restart`, `watch`, `cron_restart` (layer 3, under supervisor).
+"""The app monitors: `max_memory_restart`, `watch`, `cron_restart` (layer 4, beside the engine).
 
 Each monitor decides only *when* an app or one instance needs a fresh process and says so with
 `recycle(app, index, reason, revive=..., unstable=...)` (`index` None = every instance of the

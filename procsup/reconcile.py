@@ -3,7 +3,8 @@
 `plan(running, apps, old_daemon, new_daemon)` compares what runs with what the config asks for and
 returns a `Plan`: an ordered tuple of `Action`s plus the `[procsup]` keys that only a daemon
 restart applies. `reread` prints it (`Plan.describe()`, `Plan.to_json()`); `update` hands the same
-plan to the supervisor, which executes the actions in order and decides nothing itself.
+plan to the applier (`apply`), which executes the actions in order and decides nothing itself:
+each `Kind` of action is executed one way.
 
 Contract (CONTRACT.md §3 "Reconcile"):
 - An app whose effective definition is unchanged (`AppSpec` equality, ignoring `instances`;
