@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -41,14 +40,12 @@ class Applier:
     holds that state: the applied config, whether the file on disk is applied, the keys that
     wait for a daemon restart."""
 
-    def __init__(
-        self, engine: Supervisor, desired: Desired, *, loop: asyncio.AbstractEventLoop,
-        logger: logging.Logger, profile_override: str | None,
-    ) -> None:
+    def __init__(self, engine: Supervisor, desired: Desired, *,
+                 profile_override: str | None) -> None:
         self.engine = engine
         self.desired = desired
-        self.loop = loop
-        self.log = logger
+        self.loop = engine.loop
+        self.log = engine.log
         self.profile_override = profile_override
         self.config_error: str | None = None
         self.restart_daemon: tuple[str, ...] = ()
@@ -59,7 +56,7 @@ class Applier:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch: watch.ConfigWatch | None = None
         self._debounce: asyncio.TimerHandle | None = None
-        self.monitors = monitors.Monitors(loop, logger, self.recycle, self.leaders)
+        self.monitors = monitors.Monitors(self.loop, self.log, self.recycle, self.leaders)
 
     @property
     def shutting_down(self) -> bool:

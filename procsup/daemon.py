@@ -149,7 +149,7 @@ async def serve(
     state_dir = desired.daemon.state_dir
     processes = _Layer(loop, logger, state_dir)
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
-    applier = Applier(engine, desired, loop=loop, logger=logger, profile_override=profile)
+    applier = Applier(engine, desired, profile_override=profile)
     layer = processes.layer
 
     async def prepare() -> None:

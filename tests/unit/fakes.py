@@ -165,8 +165,7 @@ class World:
         self.engine = Supervisor(loop=loop, logger=self.log, processes=make, clock=self.clock)
         self.procs = holder[0]
         self.daemon = DaemonSpec(config_path="/nonexistent/apps.toml", socket="/nonexistent/s")
-        self.applier = Applier(self.engine, desired(self.daemon), loop=loop, logger=self.log,
-                               profile_override=None)
+        self.applier = Applier(self.engine, desired(self.daemon), profile_override=None)
 
     async def until(self, done: Callable[[], bool], *, limit: float = 600.0) -> None:
         """Let the loop and then the fake clock run until `done()` holds: each round lets
