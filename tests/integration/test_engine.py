@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import time
@@ -217,19 +219,37 @@ def test_start_restart_signal_commands(daemon: Daemon) -> None:
     assert "unknown instance: web:7 (web has web:0, web:1)" in r.stderr
 
 
-def test_exp_backoff_spaces_restarts(daemon: Daemon) -> None:
+def test_exp_backoff_doubles_the_delay_per_unstable_restart(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Each run notes when it started (CLOCK_MONOTONIC, one clock for all processes) and
+    exits 1 at once. The gaps between runs are the delays (0.4, 0.8, 1.6 s) plus a spawn's
+    overhead: they must double, which a constant or linear delay does not. Ratios, not
+    absolute times, so a loaded machine's overhead (up to ~0.25 s per spawn) still passes."""
+    stamps = tmp_path / "starts"
+    script = tmp_path / "stamp_and_fail.py"
+    script.write_text(
+        "import sys, time\n"
+        "with open(sys.argv[1], 'a') as f:\n"
+        "    f.write(f'{time.monotonic()}\\n')\n"
+        "sys.exit(1)\n"
+    )
     daemon.write(f"""
         [apps.bad]
-        command = {app_cmd("crasher", "1")}
-        exp_backoff_restart_delay = "200ms"
+        command = {json.dumps([PY, "-I", "-S", str(script), str(stamps)])}
+        exp_backoff_restart_delay = "400ms"
         max_restarts = 3
         min_uptime = "5s"
         """)
-    t0 = time.monotonic()
     daemon.start()
-    daemon.wait_states("bad", "errored", 1, timeout=15)
-    # delays 0.2 + 0.4 + 0.8 s between the 4 runs
-    assert time.monotonic() - t0 >= 1.4
+    [row] = daemon.wait_states("bad", "errored", 1, timeout=20)
+    assert "3 restarts" in (row["reason"] or ""), row
+    starts = [float(x) for x in stamps.read_text().split()]
+    assert len(starts) == 4, starts  # max_restarts = 3: 4 runs
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.4, gaps  # the first delay is the value itself
+    for earlier, later in itertools.pairwise(gaps):
+        assert 1.6 <= later / earlier <= 2.5, f"delays do not double: gaps {gaps}"
 
 
 def test_env_profile_and_user_environment(daemon: Daemon, tmp_path: Path) -> None:
