@@ -97,8 +97,8 @@ def _check_applied(daemon: Daemon, before: dict[tuple[str, int], int], *, wait: 
 
     if wait:
         after = wait_for(applied, 10, "the changed config to be applied")
-        for key in (("gone", 0), ("down", 1), ("down", 2), ("edit", 0)):
-            wait_for(lambda key=key: not pid_alive(before[key]), 5, f"{key} stopped")
+        old = [before[k] for k in (("gone", 0), ("down", 1), ("down", 2), ("edit", 0))]
+        wait_for(lambda: not any(pid_alive(pid) for pid in old), 5, "old processes stopped")
     else:
         rows = daemon.instances()
         after = applied()
