@@ -81,19 +81,36 @@ def _write_changed(daemon: Daemon, extra: str = "", *, by_rename: bool = False) 
         daemon.config.write_text(text)
 
 
-def _check_applied(daemon: Daemon, before: dict[tuple[str, int], int]) -> None:
-    after = wait_for(lambda: (p := _pids(daemon)) and set(p) == {
-        ("keep", 0), ("keep", 1), ("edit", 0), ("up", 0), ("up", 1), ("up", 2), ("down", 0),
-        ("new", 0)} and all(r["state"] == "running" for r in daemon.instances()) and p,
-        10, "the changed config to be applied")
+CHANGED_KEYS = {("keep", 0), ("keep", 1), ("edit", 0), ("up", 0), ("up", 1), ("up", 2),
+                ("down", 0), ("new", 0)}
+
+
+def _check_applied(daemon: Daemon, before: dict[tuple[str, int], int], *, wait: bool) -> None:
+    """The changed config is applied. `wait`: poll for it (SIGHUP, a saved file: nobody to
+    wait for); else it must hold at once (`update` returns once the plan executed)."""
+    def applied() -> dict[tuple[str, int], int] | None:
+        rows = daemon.instances()
+        p = {(r["app"], r["instance"]): r["pid"] for r in rows if r["pid"]}
+        if set(p) == CHANGED_KEYS and all(r["state"] == "running" for r in rows):
+            return p
+        return None
+
+    if wait:
+        after = wait_for(applied, 10, "the changed config to be applied")
+        old = [before[k] for k in (("gone", 0), ("down", 1), ("down", 2), ("edit", 0))]
+        wait_for(lambda: not any(pid_alive(pid) for pid in old), 5, "old processes stopped")
+    else:
+        rows = daemon.instances()
+        after = applied()
+        assert after is not None, f"update returned before its plan ran: {rows}"
+        for key in (("gone", 0), ("down", 1), ("down", 2), ("edit", 0)):
+            assert not pid_alive(before[key]), f"{key} still running after update returned"
     # unchanged apps and kept instances keep their processes
     for key in (("keep", 0), ("keep", 1), ("up", 0), ("down", 0)):
         assert after[key] == before[key], key
     # the edited app was restarted with its new env; the removed app and extra instances are gone
     assert after[("edit", 0)] != before[("edit", 0)]
     assert b"EDITED=yes" in Path(f"/proc/{after[('edit', 0)]}/environ").read_bytes()
-    for key in (("gone", 0), ("down", 1), ("down", 2), ("edit", 0)):
-        wait_for(lambda key=key: not pid_alive(before[key]), 5, f"{key} stopped")
     assert daemon.status()["config"]["applied"] is True
 
 
@@ -115,7 +132,7 @@ def test_update_applies_exactly_what_changed(daemon: Daemon) -> None:
     r = daemon.cli("update")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "restart" in r.stdout and "edit" in r.stdout
-    _check_applied(daemon, before)
+    _check_applied(daemon, before, wait=False)
     r = daemon.cli("reread")
     assert r.returncode == 0 and "no changes" in r.stdout
 
@@ -125,14 +142,14 @@ def test_sighup_applies(daemon: Daemon) -> None:
     _write_changed(daemon, "watch_config = false")
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    _check_applied(daemon, before)
+    _check_applied(daemon, before, wait=True)
 
 
 def test_saving_the_file_applies_it(daemon: Daemon) -> None:
     before = _start_five(daemon)
     t0 = time.monotonic()
     _write_changed(daemon, by_rename=True)
-    _check_applied(daemon, before)
+    _check_applied(daemon, before, wait=True)
     assert time.monotonic() - t0 < 5
 
 
@@ -222,19 +239,25 @@ def test_scale_command_until_next_apply(daemon: Daemon) -> None:
     rows = daemon.wait_states("s", "running", 2)
     r = daemon.cli("scale", "s", "4")
     assert r.returncode == 0, r.stdout + r.stderr
-    rows4 = daemon.wait_states("s", "running", 4)
+    # `scale` returns once the plan executed: no polling for it
+    rows4 = daemon.instances("s")
+    assert [(x["instance"], x["state"]) for x in rows4] == [
+        (i, "running") for i in range(4)], rows4
     assert [x["pid"] for x in rows4[:2]] == [x["pid"] for x in rows]
     env = Path(f"/proc/{rows4[3]['pid']}/environ").read_bytes()
     assert b"PROCSUP_INSTANCE=3\0" in env and b"PROCSUP_INSTANCES=4\0" in env
     r = daemon.cli("scale", "s", "1")
     assert r.returncode == 0, r.stdout + r.stderr
-    rows1 = daemon.wait_states("s", "running", 1)
+    rows1 = daemon.instances("s")
+    assert [(x["instance"], x["state"]) for x in rows1] == [(0, "running")], rows1
     assert rows1[0]["pid"] == rows[0]["pid"]
     assert not any(pid_alive(x["pid"]) for x in rows4[1:])
     assert daemon.cli("scale", "nope", "2").returncode == 1
     # the next apply brings back the configured count
     assert daemon.cli("update").returncode == 0
-    assert daemon.wait_states("s", "running", 2)[0]["pid"] == rows[0]["pid"]
+    rows2 = daemon.instances("s")
+    assert [(x["instance"], x["state"]) for x in rows2] == [(0, "running"), (1, "running")], rows2
+    assert rows2[0]["pid"] == rows[0]["pid"]
 
 
 def test_an_app_with_no_instances_says_how_to_run_it(daemon: Daemon) -> None:

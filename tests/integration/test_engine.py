@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
 from .conftest import PY, Daemon, app_cmd, pid_alive, wait_for
@@ -61,6 +65,50 @@ def test_instances_run_with_their_identity_and_status_json(daemon: Daemon) -> No
     table = daemon.cli("status")
     assert table.returncode == 0
     assert "web" in table.stdout and "running" in table.stdout
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time the kernel says the process got (user + system, with reaped children)."""
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
+def test_status_cpu_is_the_cpu_time_the_instance_really_got(daemon: Daemon) -> None:
+    """`cpu` in `status --json` (percent of one core, averaged since the previous status) is
+    the CPU time psutil says a busy loop got over that interval, and ~0 for a sleeper. The
+    expectation is measured, not assumed: a loaded machine gives the loop less than a core.
+    Each `status` call is bracketed by readings before and after it, so the daemon's sample
+    lies between them: the bounds below hold whatever the CLI's own start-up costs."""
+    daemon.write(f"""
+        [apps.busy]
+        command = {json.dumps([PY, "-c", "while True: pass"])}
+        min_uptime = "100ms"
+        [apps.idle]
+        command = ["sleep", "1000"]
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    [busy] = daemon.wait_states("busy", "running", 1)
+    daemon.wait_states("idle", "running", 1)
+
+    def bracketed() -> tuple[dict[str, dict[str, Any]], tuple[float, float], tuple[float, float]]:
+        """status --json rows by app, (cpu, clock) before the call, (cpu, clock) after it."""
+        before = (_cpu_seconds(busy["pid"]), time.monotonic())
+        r = daemon.cli("status", "--json")
+        after = (_cpu_seconds(busy["pid"]), time.monotonic())
+        assert r.returncode == 0, r.stderr
+        return {row["app"]: row for row in json.loads(r.stdout)["instances"]}, before, after
+
+    _, (c1a, t1a), (c1b, t1b) = bracketed()  # the daemon's first sample: the baseline
+    # Let the loop burn 2 s of CPU (a deadline, in case the machine gives it next to none).
+    wait_for(lambda: _cpu_seconds(busy["pid"]) - c1b >= 2.0, 30, "2 s of cpu for the loop")
+    rows, (c2a, t2a), (c2b, t2b) = bracketed()
+    got = rows["busy"]["cpu"]
+    # low > 0: the loop got >= 2 s of cpu between the calls, so a status stuck at 0 fails
+    low = 100.0 * (c2a - c1b) / (t2b - t1a)  # least cpu over the longest interval
+    high = 100.0 * (c2b - c1a) / (t2a - t1b)  # most cpu over the shortest interval
+    assert low - 0.1 <= got <= high + 0.1, (got, low, high)  # status rounds to 0.1
+    assert rows["idle"]["cpu"] <= 1.0, rows["idle"]
 
 
 def test_crash_loop_ends_errored_after_max_restarts(daemon: Daemon) -> None:
@@ -217,19 +265,37 @@ def test_start_restart_signal_commands(daemon: Daemon) -> None:
     assert "unknown instance: web:7 (web has web:0, web:1)" in r.stderr
 
 
-def test_exp_backoff_spaces_restarts(daemon: Daemon) -> None:
+def test_exp_backoff_doubles_the_delay_per_unstable_restart(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Each run notes when it started (CLOCK_MONOTONIC, one clock for all processes) and
+    exits 1 at once. The gaps between runs are the delays (0.4, 0.8, 1.6 s) plus a spawn's
+    overhead: they must double, which a constant or linear delay does not. Ratios, not
+    absolute times, so a loaded machine's overhead (up to ~0.25 s per spawn) still passes."""
+    stamps = tmp_path / "starts"
+    script = tmp_path / "stamp_and_fail.py"
+    script.write_text(
+        "import sys, time\n"
+        "with open(sys.argv[1], 'a') as f:\n"
+        "    f.write(f'{time.monotonic()}\\n')\n"
+        "sys.exit(1)\n"
+    )
     daemon.write(f"""
         [apps.bad]
-        command = {app_cmd("crasher", "1")}
-        exp_backoff_restart_delay = "200ms"
+        command = {json.dumps([PY, "-I", "-S", str(script), str(stamps)])}
+        exp_backoff_restart_delay = "400ms"
         max_restarts = 3
         min_uptime = "5s"
         """)
-    t0 = time.monotonic()
     daemon.start()
-    daemon.wait_states("bad", "errored", 1, timeout=15)
-    # delays 0.2 + 0.4 + 0.8 s between the 4 runs
-    assert time.monotonic() - t0 >= 1.4
+    [row] = daemon.wait_states("bad", "errored", 1, timeout=20)
+    assert "3 restarts" in (row["reason"] or ""), row
+    starts = [float(x) for x in stamps.read_text().split()]
+    assert len(starts) == 4, starts  # max_restarts = 3: 4 runs
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.4, gaps  # the first delay is the value itself
+    for earlier, later in itertools.pairwise(gaps):
+        assert 1.6 <= later / earlier <= 2.5, f"delays do not double: gaps {gaps}"
 
 
 def test_env_profile_and_user_environment(daemon: Daemon, tmp_path: Path) -> None:

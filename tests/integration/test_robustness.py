@@ -3,12 +3,12 @@ race each other, crash loops reported as failures, procsupd as a container's PID
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -132,10 +132,15 @@ def test_start_of_a_crash_loop_fails_and_no_wait_codes(daemon: Daemon) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare to run procsupd as PID 1 of a pid namespace")
-def test_pid1_reaps_orphaned_grandchildren(daemon: Daemon) -> None:
-    daemon.write("""
+def test_pid1_reaps_orphaned_grandchildren(daemon: Daemon, tmp_path: Path) -> None:
+    """Two orphans (re-parented to procsupd, PID 1 of the namespace) end while procsupd runs:
+    none stays a zombie. The orphans wait on a FIFO, so the test knows they exist before it
+    lets them end, and sees them die before it checks that no zombie is left."""
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    daemon.write(f"""
         [apps.orph]
-        command = "(sleep 0.2 &); (sleep 0.2 &); exec sleep 600"
+        command = "(read x < '{fifo}' &); (read x < '{fifo}' &); exec sleep 600"
         shell = true
         min_uptime = "100ms"
         """)
@@ -145,26 +150,49 @@ def test_pid1_reaps_orphaned_grandchildren(daemon: Daemon) -> None:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env=daemon.env,
     ) as ns:
+        # Held open read-write (never blocks): the orphans' opens complete, and they read
+        # until it is closed.
+        release = os.open(fifo, os.O_RDWR)
         try:
             wait_for(daemon.ping, 15, "procsupd in a pid namespace")
             daemon.wait_states("orph", "running", 1)
             [host_pid] = map(int, Path(
                 f"/proc/{ns.pid}/task/{ns.pid}/children").read_text().split())
 
+            def fields(pid: int) -> list[str] | None:  # /proc/PID/stat after the name
+                try:
+                    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    return None
+
+            def orphans() -> list[int] | None:  # both orphans, children of procsupd, waiting
+                found = []
+                for name in Path(f"/proc/{host_pid}/task/{host_pid}/children").read_text().split():
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{name}/fd/0") == str(fifo):
+                            found.append(int(name))
+                return found if len(found) == 2 else None
+
             def zombies() -> list[int]:  # zombie children of procsupd, seen from outside
                 found = []
                 for name in filter(str.isdigit, os.listdir("/proc")):
-                    try:
-                        stat = Path(f"/proc/{name}/stat").read_text()
-                    except OSError:
-                        continue
-                    fields = stat.rsplit(")", 1)[1].split()
-                    if fields[0] == "Z" and int(fields[1]) == host_pid:
+                    f = fields(int(name))
+                    if f is not None and f[0] == "Z" and int(f[1]) == host_pid:
                         found.append(int(name))
                 return found
 
-            time.sleep(0.6)  # the orphans ended and were re-parented to procsupd (PID 1)
-            wait_for(lambda: not zombies(), 3, "orphans reaped")
+            pids = wait_for(orphans, 10, "two orphans of procsupd reading the FIFO")
+            os.close(release)  # EOF: the orphans end now
+            release = -1
+            def dead(pid: int) -> bool:  # a zombie, or already reaped
+                f = fields(pid)
+                return f is None or f[0] == "Z"
+
+            wait_for(lambda: all(dead(p) for p in pids), 10, "the orphans to die")
+            wait_for(lambda: not zombies(), 5, "orphans reaped")
+            assert all(fields(p) is None for p in pids)  # reaped: gone from /proc
         finally:
+            if release >= 0:
+                os.close(release)
             daemon.cli("shutdown")
             ns.wait(20)

@@ -438,20 +438,54 @@ def test_socket_group_members_are_served(
 
 
 def test_group_membership_lookup() -> None:
-    import grp
     import pwd
 
     me = pwd.getpwuid(os.getuid())
     assert _in_group(me.pw_uid, me.pw_gid)  # primary group
     assert not _in_group(2**31 - 7, me.pw_gid)  # no such user
     assert not _in_group(me.pw_uid, 2**31 - 7)  # no such group
-    for g in grp.getgrall():  # a listed member whose primary group is another one
-        for name in g.gr_mem:
-            with contextlib.suppress(KeyError):
-                user = pwd.getpwnam(name)
-                if user.pw_gid != g.gr_gid:
-                    assert _in_group(user.pw_uid, g.gr_gid)
-                    return
+
+
+@pytest.fixture
+def member_of_another_group() -> Iterator[tuple[int, int, int]]:
+    """A temporary user whose primary group is its own, listed as a supplementary member of a
+    second temporary group: (uid, its primary gid, the other gid). Removed afterwards."""
+    import grp
+    import pwd
+    import secrets
+
+    tag = secrets.token_hex(3)
+    user, group = f"pst{tag}u", f"pst{tag}g"
+
+    def run(*argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+    run("groupadd", group)
+    try:
+        run("useradd", "--no-create-home", "--user-group", "--groups", group,
+            "--shell", "/usr/sbin/nologin", user)
+        try:
+            entry = pwd.getpwnam(user)
+            yield entry.pw_uid, entry.pw_gid, grp.getgrnam(group).gr_gid
+        finally:
+            run("userdel", user)
+            with contextlib.suppress(KeyError):  # its own group, where userdel leaves it
+                grp.getgrnam(user)
+                run("groupdel", user)
+    finally:
+        run("groupdel", group)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to add a temporary user and group")
+@pytest.mark.root
+def test_a_supplementary_member_is_in_the_group(
+    member_of_another_group: tuple[int, int, int],
+) -> None:
+    uid, primary, other = member_of_another_group
+    assert primary != other
+    assert _in_group(uid, other)  # listed in /etc/group only
+    assert _in_group(uid, primary)
+    assert not _in_group(uid, 0)  # not root's group
 
 
 # --------------------------------------------------------------------------- the socket file
