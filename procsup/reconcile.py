@@ -144,8 +144,7 @@ class Action:
     def describe(self) -> str:
         """`start web:0-3 (new app)`; without ids: `stop old (removed from config)`."""
         target = f"{self.app}:{format_ids(self.instances)}" if self.instances else self.app
-        how = "; every instance stops before any starts" if self.kind is Kind.REBIND else ""
-        return f"{self.action} {target} ({self.reason}{how})"
+        return f"{self.action} {target} ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -267,7 +266,9 @@ def plan(
                     kind,
                     name,
                     tuple(range(remaining)),
-                    f"{', '.join(keys)} changed",
+                    f"{', '.join(keys)} changed"
+                    + ("; every instance stops before any starts" if kind is Kind.REBIND
+                       else ""),
                 )
             )
         if wanted != current:

@@ -255,10 +255,7 @@ class Supervisor:
 
     def start(self, refs: Iterable[Ref]) -> None:
         """Start these instances (an instance stopping starts again once it is stopped)."""
-        slots = self._pick(refs)
-        if any(s.spec.exec_mode is ExecMode.CLUSTER for s in slots):
-            self._close_listeners()  # sockets of an old `balance` go before new ones bind
-        self._command(slots, lifecycle.Start())
+        self._command(self._pick(refs), lifecycle.Start())
 
     def stop(self, refs: Iterable[Ref]) -> None:
         """Stop these instances: kill_signal to each group, SIGKILL after kill_timeout."""

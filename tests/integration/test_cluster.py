@@ -453,3 +453,29 @@ def test_a_failed_rollout_is_not_counted_as_applied(daemon: Daemon) -> None:
     assert {r["pid"] for r in st["instances"]} == old
     r = daemon.cli("reread", "--json")  # the change is still to be applied
     assert [a["action"] for a in json.loads(r.stdout)["actions"]] == ["reload"]
+
+
+def _socket_inodes(pids: set[int]) -> set[str]:
+    """The listening socket each instance got at fd 3 ("socket:[inode]")."""
+    return {os.readlink(f"/proc/{pid}/fd/3") for pid in pids}
+
+
+@pytest.mark.parametrize(("before", "after"), [("shared", "reuseport"), ("reuseport", "shared")])
+def test_a_balance_change_stops_every_instance_then_binds_anew(
+        daemon: Daemon, before: str, after: str) -> None:
+    port = _free_port()
+    _cluster(daemon, port, extra=f'balance = "{before}"')
+    daemon.start()
+    old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
+    assert len(_socket_inodes(old)) == (1 if before == "shared" else 2)
+    daemon.config.write_text(daemon.config.read_text().replace(
+        f'balance = "{before}"', f'balance = "{after}"'))
+    r = daemon.cli("reread")
+    assert r.stdout == ("restart  web (0, 1): balance changed; every instance stops before any "
+                        "starts\n"), r.stdout
+    r = daemon.cli("update", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = {x["pid"] for x in daemon.wait_states("web", "running", 2)}
+    assert not new & old
+    assert len(_socket_inodes(new)) == (1 if after == "shared" else 2)
+    assert _all_answer(port)

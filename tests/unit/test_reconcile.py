@@ -411,7 +411,7 @@ def test_a_balance_change_is_a_rebind_and_says_so() -> None:
     (a,) = plan({"web": Running(old, 2)}, {"web": new}).actions
     assert a.kind is Kind.REBIND
     assert a.to_json() == {"action": "restart", "app": "web", "instances": [0, 1],
-                           "reason": "balance changed"}
+                           "reason": "balance changed; every instance stops before any starts"}
     assert a.describe() == (
         "restart web:0-1 (balance changed; every instance stops before any starts)")
 
