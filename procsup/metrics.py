@@ -2,7 +2,7 @@
 
 Every instance is its own session and process group, so "the instance with its children" is
 exactly the set of processes whose pgid is the instance leader's pid. It reads the process
-table through `procfs` and signals nothing: `group_alive` uses signal 0, which delivers nothing.
+table through `procfs` and signals nothing.
 
 Cost: one pass over the process table per call (list the pids, one `getpgid` system call each),
 then one `/proc/<pid>/stat` and `statm` read only for the processes that belong to a requested
@@ -17,7 +17,8 @@ from collections.abc import Collection, Mapping
 
 from procsup import procfs
 
-__all__ = ["Metrics", "TreeRss", "group_alive", "group_members", "scan_groups", "tree_rss"]
+__all__ = ["Metrics", "scan_groups", "tree_rss"]
+
 
 def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
     """Map each pgid in `pgids` to the pids currently in that process group (one table pass).
@@ -40,11 +41,6 @@ def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
 
 
 def tree_rss(leaders: Collection[int]) -> dict[int, int]:
-    """`TreeRss()(leaders)`: one measurement without a cache (see TreeRss)."""
-    return TreeRss()(leaders)
-
-
-class TreeRss:
     """RSS bytes of each instance, for `max_memory_restart`: every process of the leader's
     process group plus every descendant of the leader that left the group (a `setsid`
     grandchild), each counted once. A process belongs to the instance whose group it is in, or
@@ -57,75 +53,50 @@ class TreeRss:
     which is what keeps the periodic check cheap with 1000 instances. A process that vanishes
     between listing and reading is not counted.
     """
-
-    def __call__(self, leaders: Collection[int]) -> dict[int, int]:
-        wanted = set(leaders)
-        result = dict.fromkeys(wanted, 0)
-        if not wanted:
-            return result
-        pids = procfs.pids()
-        group: dict[int, int] = {}
-        for pid in pids:
-            try:
-                group[pid] = os.getpgid(pid)
-            except OSError:  # exited since the listing
-                pass
-        owner: dict[int, int | None] = {}
-
-        def owner_of(pid: int) -> int | None:
-            chain: list[int] = []
-            found: int | None = None
-            while True:
-                if pid in owner:
-                    found = owner[pid]
-                    break
-                chain.append(pid)
-                if pid in wanted:
-                    found = pid
-                    break
-                if group.get(pid) in wanted:
-                    found = group[pid]
-                    break
-                st = procfs.stat(pid)
-                if st is None:
-                    break
-                up = st.ppid
-                if up <= 1 or len(chain) > 4096:
-                    break
-                pid = up
-            for p in chain:
-                owner[p] = found
-            return found
-
-        for pid in group:
-            leader = owner_of(pid)
-            if leader is None:
-                continue
-            result[leader] += procfs.rss(pid) or 0
+    wanted = set(leaders)
+    result = dict.fromkeys(wanted, 0)
+    if not wanted:
         return result
+    pids = procfs.pids()
+    group: dict[int, int] = {}
+    for pid in pids:
+        try:
+            group[pid] = os.getpgid(pid)
+        except OSError:  # exited since the listing
+            pass
+    owner: dict[int, int | None] = {}
 
+    def owner_of(pid: int) -> int | None:
+        chain: list[int] = []
+        found: int | None = None
+        while True:
+            if pid in owner:
+                found = owner[pid]
+                break
+            chain.append(pid)
+            if pid in wanted:
+                found = pid
+                break
+            if group.get(pid) in wanted:
+                found = group[pid]
+                break
+            st = procfs.stat(pid)
+            if st is None:
+                break
+            up = st.ppid
+            if up <= 1 or len(chain) > 4096:
+                break
+            pid = up
+        for p in chain:
+            owner[p] = found
+        return found
 
-def group_members(pgid: int) -> list[int]:
-    """Pids whose process group is `pgid`, ascending; [] when the group is gone."""
-    return scan_groups((pgid,))[pgid]
-
-
-def group_alive(pgid: int) -> bool:
-    """True while at least one process (a zombie counts) has process group `pgid`.
-
-    Uses `killpg(pgid, 0)`: nothing is delivered. EPERM means the group exists but belongs to
-    another user, so it is alive too.
-    """
-    if pgid <= 1:
-        # killpg(0, ...) means "my own group" and pgid 1 is init's; neither is an instance.
-        raise ValueError(f"not an instance process group: {pgid}")
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    for pid in group:
+        leader = owner_of(pid)
+        if leader is None:
+            continue
+        result[leader] += procfs.rss(pid) or 0
+    return result
 
 
 class _Reading:
