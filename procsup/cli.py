@@ -230,11 +230,11 @@ class _Context:
         if ns.config and not os.path.exists(ns.config):
             # A mistyped -c would otherwise quietly fall back to the default socket.
             raise _NoSocket(f"config file {ns.config} not found (given with -c)")
-        # Only now: the config module (TOML, schema) costs start-up time `-s` users skip.
-        from procsup import config
+        # Only now: reading the config file for its socket costs start-up time `-s` users skip.
+        from procsup import paths
 
         try:
-            return config.find_socket(
+            return paths.find_socket(
                 socket=None, config=ns.config, environ=os.environ, uid=os.getuid()
             )
         except (ProcsupError, OSError) as exc:
