@@ -537,3 +537,26 @@ def test_the_cli_loads_no_daemon_machinery(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     assert out == "3 []\n"
+
+
+def test_status_finds_the_socket_without_the_config_machinery(tmp_path: Path) -> None:
+    # Without -s, `status` reads the config file for its socket (CONTRACT §1), a broken one too,
+    # and still loads neither the schema nor cron nor croniter (`procsup status` starts fast).
+    broken = tmp_path / "apps.toml"
+    broken.write_text('[procsup]\nsocket = "x.sock"\n[apps\n')
+    code = (
+        "import sys\n"
+        "from procsup import cli\n"
+        "rc = cli.main(['status'])\n"
+        "heavy = ['croniter', 'procsup.schema', 'procsup.cron', 'procsup.config', 'asyncio',\n"
+        "         'psutil', 'daemon', 'watchdog', 'procsup.procfs']\n"
+        "print(rc, [m for m in heavy if m in sys.modules])\n"
+    )
+    env = {**os.environ, "PROCSUP_CONFIG": str(broken)}
+    env.pop("PROCSUP_SOCKET", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True,
+        env=env,
+    )
+    assert proc.stdout == "3 []\n"
+    assert str(tmp_path / "x.sock") in proc.stderr  # the socket named by the broken file
