@@ -35,17 +35,8 @@ from collections.abc import Mapping
 
 from procsup import units
 from procsup.errors import ConfigError
-from procsup.importers import (
-    AppTable,
-    Files,
-    Note,
-    Result,
-    app_name,
-    ini,
-    is_device,
-    read,
-    render,
-)
+from procsup.importers import AppTable, Files, Note, Result, app_name, is_device, read, render
+from procsup.importers.ini import Section, boolean, parse, parse_environment
 
 #: A `%(process_num)...` expansion with its printf-style flags, width and conversion.
 _PROCESS_NUM_RE = re.compile(r"%\(process_num\)([-#0 +]*\d*(?:\.\d+)?)([diouxXeEfFgGcrsa])")
@@ -98,26 +89,26 @@ class _Importer:
         self.environ = environ
         self.hostname = hostname
         self.notes: list[Note] = []
-        self.sections: list[ini.Section] = []
+        self.sections: list[Section] = []
         self.daemon: dict[str, object] = {}
         self.common_env: dict[str, str] = {}
         self.common: dict[str, object] = {}  # umask, cwd for every app from [supervisord]
 
-    def where(self, section: ini.Section, key: str | None = None) -> str:
+    def where(self, section: Section, key: str | None = None) -> str:
         line = section.lines.get(key, section.line) if key else section.line
         return f"{section.file}:{line}"
 
-    def note(self, section: ini.Section, app: str | None, key: str, message: str) -> None:
+    def note(self, section: Section, app: str | None, key: str, message: str) -> None:
         self.notes.append(Note(self.where(section, key), app, key, message))
 
-    def fail(self, section: ini.Section, key: str | None, message: str,
+    def fail(self, section: Section, key: str | None, message: str,
              app: str | None = None) -> ConfigError:
         line = section.lines.get(key, section.line) if key else section.line
         return ConfigError(message, file=section.file, line=line, app=app, key=key)
 
     # -- reading -----------------------------------------------------------------------------
 
-    def expand(self, section: ini.Section, key: str, value: str, names: Mapping[str, object],
+    def expand(self, section: Section, key: str, value: str, names: Mapping[str, object],
                app: str | None = None) -> str:
         try:
             return value % names
@@ -132,14 +123,14 @@ class _Importer:
             raise self.fail(section, key, f"bad %(...) expansion in {value!r}: {exc}",
                             app) from None
 
-    def base_names(self, section: ini.Section) -> dict[str, object]:
+    def base_names(self, section: Section) -> dict[str, object]:
         names: dict[str, object] = {f"ENV_{k}": v for k, v in self.environ.items()}
         names["here"] = os.path.dirname(section.file)
         names["host_node_name"] = self.hostname
         return names
 
     def read_all(self) -> None:
-        main = ini.parse(self.path, read(self.files, self.path))
+        main = parse(self.path, read(self.files, self.path))
         self.sections = [s for s in main if s.name != "include"]
         for section in main:
             if section.name != "include":
@@ -153,13 +144,13 @@ class _Importer:
                 for included in self.files.glob(full):
                     text = read(self.files, included, where=self.path,
                                 line=section.lines.get("files", section.line))
-                    for sub in ini.parse(included, text):
+                    for sub in parse(included, text):
                         if sub.name == "include":
                             self.note(sub, None, "[include]", "not followed: supervisord "
                                       "reads [include] only in the main file")
                         else:
                             self.sections.append(sub)
-        seen: dict[str, ini.Section] = {}
+        seen: dict[str, Section] = {}
         for section in self.sections:
             first = seen.setdefault(section.name, section)
             if first is not section:
@@ -170,7 +161,7 @@ class _Importer:
 
     def run(self) -> Result:
         self.read_all()
-        by_kind: dict[str, list[ini.Section]] = {}
+        by_kind: dict[str, list[Section]] = {}
         for section in self.sections:
             kind = section.name.split(":", 1)[0] if ":" in section.name else section.name
             by_kind.setdefault(kind, []).append(section)
@@ -219,7 +210,7 @@ class _Importer:
             raise ConfigError("no [program:x] sections to import", file=self.path)
         return render("supervisord", self.path, self.daemon, apps, self.notes)
 
-    def supervisord(self, section: ini.Section) -> None:
+    def supervisord(self, section: Section) -> None:
         names = self.base_names(section)
         for key, raw in section.options.items():
             value = self.expand(section, key, raw, names)
@@ -227,7 +218,7 @@ class _Importer:
                 self.daemon["log_dir"] = os.path.join(os.path.dirname(section.file), value)
             elif key == "environment":
                 try:
-                    self.common_env = ini.parse_environment(value)
+                    self.common_env = parse_environment(value)
                 except ValueError as exc:
                     raise self.fail(section, key, str(exc)) from None
             elif key == "umask":
@@ -238,7 +229,7 @@ class _Importer:
                 self.note(section, None, key, _SUPERVISORD_NOTES.get(
                     key, "not a [supervisord] option procsup knows; not imported"))
 
-    def unix_http_server(self, section: ini.Section) -> None:
+    def unix_http_server(self, section: Section) -> None:
         names = self.base_names(section)
         for key, raw in section.options.items():
             value = self.expand(section, key, raw, names)
@@ -258,7 +249,7 @@ class _Importer:
             else:
                 self.note(section, None, key, "not imported")
 
-    def mode(self, section: ini.Section, key: str, value: str) -> int:
+    def mode(self, section: Section, key: str, value: str) -> int:
         try:
             return units.parse_mode(value)
         except ValueError as exc:
@@ -268,7 +259,7 @@ class _Importer:
 class _Program(AppTable):
     """One `[program:x]` -> (procsup name, table); notes go to the importer."""
 
-    def __init__(self, importer: _Importer, section: ini.Section, program: str, group: str,
+    def __init__(self, importer: _Importer, section: Section, program: str, group: str,
                  taken: set[str]) -> None:
         self.imp = importer
         self.section = section
@@ -306,7 +297,7 @@ class _Program(AppTable):
         if raw is None:
             return default
         try:
-            return ini.boolean(self.values.get(key, raw))
+            return boolean(self.values.get(key, raw))
         except ValueError as exc:
             raise self.fail(key, str(exc)) from None
 
@@ -406,7 +397,7 @@ class _Program(AppTable):
         raw_env = self.opts.pop("environment", None)
         if raw_env is not None:
             try:
-                env.update(ini.parse_environment(self.values["environment"]))
+                env.update(parse_environment(self.values["environment"]))
             except ValueError as exc:
                 raise self.fail("environment", str(exc)) from None
         varying = {k: v for k, v in env.items() if _SENTINEL_RE.search(v)}
@@ -442,7 +433,7 @@ class _Program(AppTable):
             self.out["autorestart"] = "on-failure"
         else:
             try:
-                self.out["autorestart"] = ini.boolean(autorestart)
+                self.out["autorestart"] = boolean(autorestart)
             except ValueError:
                 raise self.fail("autorestart", f"expected true, false or unexpected, got "
                                 f"{autorestart!r}") from None
