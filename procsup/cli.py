@@ -375,10 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Unreachable, _NoSocket) as exc:
         print(f"procsup: {exc}", file=sys.stderr)
         return ExitCode.UNREACHABLE
-    except RemoteError as exc:
-        print(f"procsup: {exc.message}", file=sys.stderr)
-        return ExitCode.FAILED
-    except ProtocolError as exc:
+    except (RemoteError, ProtocolError) as exc:
         print(f"procsup: {exc.message}", file=sys.stderr)
         return ExitCode.FAILED
     except ProcsupError as exc:
