@@ -30,12 +30,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from _proc import QUIET, proc_stat
-
-if TYPE_CHECKING:
-    from _subjects import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 #: The virtualenv's bin directory: the console scripts users run (`.venv/bin/procsup`...).
@@ -122,6 +119,26 @@ def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
         SOURCE.update(rev=rev, dir=src)
     package = os.path.join(SOURCE["dir"] or str(REPO), "procsup")
     subprocess.run([PYTHON, "-m", "compileall", "-q", package], check=True, env=os.environ)
+    return args
+
+
+def begin(
+    p: argparse.ArgumentParser,
+    title: str,
+    *,
+    quick: dict[str, float] | None = None,
+    supervisord: bool = True,
+) -> argparse.Namespace:
+    """The start of a benchmark against supervisord: `parse`, cap the options named in `quick`
+    with --quick (option -> its largest value), check supervisord is installed, print `title`
+    (formatted with the options: "status with {instances} instances")."""
+    args = parse(p)
+    if args.quick:
+        for name, cap in (quick or {}).items():
+            setattr(args, name, min(getattr(args, name), cap))
+    if supervisord:
+        require_supervisord()
+    header(title.format_map(vars(args)))
     return args
 
 
@@ -248,6 +265,15 @@ class BudgetExceeded(Exception):
     pass
 
 
+class Daemon(Protocol):
+    """What a Session needs of a supervisor under test (`_subjects.Supervisor`) to clean up."""
+
+    name: str
+    proc: subprocess.Popen[bytes] | None
+
+    def stop(self, timeout: float = 30) -> float | None: ...
+
+
 class Session:
     """A temporary directory and every process started under it; see the module docstring."""
 
@@ -260,7 +286,7 @@ class Session:
         }
         self.env[MARK] = str(self.root)
         self.budget = budget
-        self.daemons: list[Supervisor] = []
+        self.daemons: list[Daemon] = []
         self.extra_dirs: list[Path] = []  # removed with the session
         self._old: dict[int, Any] = {}
 

@@ -13,6 +13,9 @@ from typing import Any
 from _common import PROCSUPD, SUPERVISORD, Session
 from _proc import wait_for
 
+#: The instance of most benchmarks: a process that only exists.
+SLEEP = ["sleep", "100000"]
+
 
 class Supervisor:
     """A supervisor under test: how to configure it, run it in the foreground and ask it the

@@ -35,24 +35,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (
-    PROCSUP,
-    SUPERVISORCTL,
-    Results,
-    Session,
-    fmt,
-    header,
-    median,
-    parse,
-    parser,
-    pct,
-    require_supervisord,
-    table,
-)
+from _common import PROCSUP, SUPERVISORCTL, Results, Session, begin, fmt, median, parser, pct, table
 from _proc import ExecWatch, exec_watch, wait_for, wait_quiet
-from _subjects import Procsup, Supervisor, Supervisord
-
-SLEEP = ["sleep", "100000"]
+from _subjects import SLEEP, Procsup, Supervisor, Supervisord
 
 Trigger = Callable[[], tuple[int, int | None, str]]
 Runs = list[dict[str, float]]
@@ -281,12 +266,10 @@ def main() -> None:
         metavar="SECONDS",
         help="skip supervisord with --many programs if it takes longer to run them all",
     )
-    args = parse(p)
-    if args.quick:
-        args.reps = min(args.reps, 5)
-        args.reps_many = min(args.reps_many, 4)
-    require_supervisord()
-    header(f"config apply: one app changed among {args.apps} (update) and {args.many} (save)")
+    args = begin(
+        p, "config apply: one app changed among {apps} (update) and {many} (save)",
+        quick={"reps": 5, "reps_many": 4},
+    )
     res = Results("apply")
     budget = args.budget or 600 + args.reps * 20 + args.reps_many * 10 + args.sv_start_limit
     det: dict[str, Any] = {}

@@ -25,19 +25,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil
-from _common import (
-    Results,
-    Session,
-    header,
-    parse,
-    parser,
-    require_supervisord,
-    table,
-)
+from _common import Results, Session, begin, parser, table
 from _proc import task_counters
-from _subjects import Procsup, Supervisor, Supervisord
+from _subjects import SLEEP, Procsup, Supervisor, Supervisord
 
-SLEEP = ["sleep", "100000"]
 MB = 1024 * 1024
 
 
@@ -70,13 +61,11 @@ def main() -> None:
     p.add_argument("--instances", type=int, default=100)
     p.add_argument("--seconds", type=float, default=60, help="length of the idle window")
     p.add_argument("--settle", type=float, default=5, help="seconds to wait after all run")
-    args = parse(p)
-    if args.quick:
-        args.seconds = min(args.seconds, 10)
-        args.settle = min(args.settle, 2)
-    require_supervisord()
+    args = begin(
+        p, "daemon footprint with {instances} instances, idle over {seconds:g} s",
+        quick={"seconds": 10, "settle": 2},
+    )
     n = args.instances
-    header(f"daemon footprint with {n} instances, idle over {args.seconds:g} s")
     res = Results("idle")
     with Session("idle", args.budget or 120 + args.seconds + args.settle) as s:
         sups: list[Supervisor] = [

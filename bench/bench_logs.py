@@ -76,7 +76,8 @@ def via_cat(argv: list[str], out: str) -> float:
 
 async def _via_reader(argv: list[str], out: str, date_format: str | None) -> float:
     # Imported here so that --commit (which puts another procsup first on sys.path) applies.
-    from procsup.logs import LogSinks, PipeReader, open_pipe
+    from procsup.logs import LogSinks
+    from procsup.pipes import PipeReader, open_pipe
 
     loop = asyncio.get_running_loop()
     sinks = LogSinks()

@@ -45,17 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (
-    PYTHON,
-    Results,
-    Session,
-    header,
-    median,
-    parse,
-    parser,
-    require_supervisord,
-    table,
-)
+from _common import PYTHON, Results, Session, begin, median, parser, table
 from _proc import task_counters, wait_for, wait_quiet
 from _subjects import Procsup, Supervisor, Supervisord
 
@@ -200,11 +190,10 @@ def main() -> None:
     p.add_argument(
         "--dir", help="where the writers' output and the logs go (default: the session's temp dir)"
     )
-    args = parse(p)
-    if args.quick:
-        args.mb, args.runs = min(args.mb, 16), min(args.runs, 2)
-    require_supervisord()
-    header("log throughput end to end: one instance writing 100-byte lines")
+    args = begin(
+        p, "log throughput end to end: one instance writing 100-byte lines",
+        quick={"mb": 16, "runs": 2},
+    )
     size = args.mb * 10**6 // len(LINE) * len(LINE)
     lines = size // len(LINE)
     res = Results("logs_daemon")

@@ -30,23 +30,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (
-    PYTHON,
-    Results,
-    Session,
-    fmt,
-    header,
-    median,
-    parse,
-    parser,
-    pct,
-    require_supervisord,
-    table,
-)
+from _common import PYTHON, Results, Session, begin, fmt, median, parser, pct, table
 from _proc import ExecWatch, children, exec_watch, wait_for, wait_quiet
-from _subjects import Procsup, Supervisor, Supervisord
-
-SLEEP = ["sleep", "100000"]
+from _subjects import SLEEP, Procsup, Supervisor, Supervisord
 
 MINI = """
 import os, select, subprocess
@@ -128,11 +114,10 @@ def main() -> None:
     p.add_argument(
         "--settle", type=float, default=0.2, help="seconds between a restart and the next kill"
     )
-    args = parse(p)
-    if args.quick:
-        args.iterations = min(args.iterations, 10)
-    require_supervisord()
-    header("restart latency: SIGKILL of the instance -> replacement exec'd")
+    args = begin(
+        p, "restart latency: SIGKILL of the instance -> replacement exec'd",
+        quick={"iterations": 10},
+    )
     res = Results("restart")
     budget = args.budget or 120 + args.iterations * 4
     data: dict[str, dict[str, list[float]]] = {}

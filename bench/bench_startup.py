@@ -25,21 +25,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (
-    Results,
-    Session,
-    fmt,
-    header,
-    median,
-    parse,
-    parser,
-    require_supervisord,
-    table,
-)
+from _common import Results, Session, begin, fmt, median, parser, table
 from _proc import children, exec_watch, wait_quiet
-from _subjects import Procsup, Supervisor, Supervisord
-
-SLEEP = ["sleep", "100000"]
+from _subjects import SLEEP, Procsup, Supervisor, Supervisord
 
 
 def one_run(sup: Supervisor, n: int) -> dict[str, float]:
@@ -66,12 +54,8 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--instances", type=int, default=200)
     p.add_argument("--runs", type=int, default=5)
-    args = parse(p)
-    if args.quick:
-        args.runs = min(args.runs, 2)
-    require_supervisord()
+    args = begin(p, "start-up: {instances} instances of sleep", quick={"runs": 2})
     n = args.instances
-    header(f"start-up: {n} instances of sleep")
     variants = {
         "default": ({}, {}),
         "stable-0": ({"min_uptime": 0}, {"startsecs": 0}),

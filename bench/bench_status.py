@@ -31,19 +31,15 @@ from _common import (
     SUPERVISORCTL,
     Results,
     Session,
+    begin,
     fmt,
-    header,
     median,
-    parse,
     parser,
     pct,
-    require_supervisord,
     table,
 )
 from _proc import wait_quiet
-from _subjects import Procsup, Supervisord
-
-SLEEP = ["sleep", "100000"]
+from _subjects import SLEEP, Procsup, Supervisord
 
 
 def run_timed(argv: list[str], env: dict[str, str]) -> float:
@@ -59,12 +55,8 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--instances", type=int, default=200)
     p.add_argument("--reps", type=int, default=40)
-    args = parse(p)
-    if args.quick:
-        args.reps = min(args.reps, 10)
-    require_supervisord()
+    args = begin(p, "status with {instances} instances, end to end", quick={"reps": 10})
     n = args.instances
-    header(f"status with {n} instances, end to end")
     res = Results("status")
     with Session("status", args.budget or 120 + args.reps * 5) as s:
         ps = Procsup(s, "procsup", {"s": {"command": SLEEP, "instances": n}})

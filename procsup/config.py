@@ -5,9 +5,8 @@ raises; it starts nothing, creates no directory and touches no network. The exis
 users and groups is checked when an instance is spawned, not here; env files are read here (their
 content is part of the app's definition).
 
-Also here, because the CLI needs them without loading the whole config: the default paths and
-the socket discovery of contract §1 (`find_socket`), which must work on a broken config file.
-Kept import-light (no psutil, no asyncio): the CLI imports it.
+The default paths and the socket discovery of contract §1 are in `paths`, the TOML line
+locator in `tomlpos`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import pwd
 import re
 import shlex
 import stat
@@ -23,19 +21,13 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from procsup import schema, units
+from procsup import paths, schema, tomlpos, units
 from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
 
-ROOT_CONFIG = "/etc/procsup/apps.toml"
-ROOT_SOCKET = "/run/procsup/procsup.sock"
-ROOT_PIDFILE = "/run/procsup/procsupd.pid"
-ROOT_LOG_DIR = "/var/log/procsup"
-ROOT_STATE_DIR = "/var/lib/procsup"
-
 _TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
 _TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
-_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
 
 # AppSpec fields taken from the converted value as is (the rest are resolved below).
 _DIRECT_FIELDS = (
@@ -59,157 +51,7 @@ def _raise_all(errors: Sequence[ConfigError]) -> None:
         raise ConfigErrors(errors, limit=MAX_ERRORS)
 
 
-# -- default paths ----------------------------------------------------------------------------
-
-
-def _uid(uid: int | None) -> int:
-    return os.getuid() if uid is None else uid
-
-
-def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
-    return os.environ if environ is None else environ
-
-
-def _xdg(environ: Mapping[str, str], name: str) -> str | None:
-    # The XDG spec says relative values are invalid and must be ignored.
-    value = environ.get(name, "")
-    return value if os.path.isabs(value) else None
-
-
-def _home(uid: int, environ: Mapping[str, str]) -> str:
-    home = environ.get("HOME", "")
-    if os.path.isabs(home):
-        return home
-    try:
-        return pwd.getpwuid(uid).pw_dir
-    except KeyError:
-        raise ConfigError(
-            f"cannot find the home directory of uid {uid}: set $HOME, or set log_dir and "
-            "state_dir in [procsup]"
-        ) from None
-
-
-def _runtime_dir(uid: int, environ: Mapping[str, str]) -> str:
-    base = _xdg(environ, "XDG_RUNTIME_DIR")
-    return os.path.join(base, "procsup") if base else f"/tmp/procsup-{uid}"
-
-
-def _state_base(uid: int, environ: Mapping[str, str]) -> str:
-    base = _xdg(environ, "XDG_STATE_HOME") or os.path.join(_home(uid, environ), ".local/state")
-    return os.path.join(base, "procsup")
-
-
-def default_config_path(uid: int | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """$PROCSUP_CONFIG; else root: /etc/procsup/apps.toml; others:
-    $XDG_CONFIG_HOME/procsup/apps.toml (else ~/.config/procsup/apps.toml)."""
-    uid, environ = _uid(uid), _environ(environ)
-    if environ.get("PROCSUP_CONFIG"):
-        return environ["PROCSUP_CONFIG"]
-    if uid == 0:
-        return ROOT_CONFIG
-    base = _xdg(environ, "XDG_CONFIG_HOME") or os.path.join(_home(uid, environ), ".config")
-    return os.path.join(base, "procsup", "apps.toml")
-
-
-def default_socket_path(uid: int | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """Root: /run/procsup/procsup.sock; others: $XDG_RUNTIME_DIR/procsup/procsup.sock, else
-    /tmp/procsup-<uid>/procsup.sock."""
-    uid, environ = _uid(uid), _environ(environ)
-    if uid == 0:
-        return ROOT_SOCKET
-    return os.path.join(_runtime_dir(uid, environ), "procsup.sock")
-
-
 # -- reading files ----------------------------------------------------------------------------
-
-
-class _Locator:
-    """Line numbers of tables and keys in TOML text (tomllib gives none).
-
-    Records, for each key path (("apps", "web", "command")), the first line that defines it or,
-    through a dotted key or header, one of its children. `line()` falls back to the longest
-    recorded prefix: a key inside an inline table is reported at the line of that table.
-    """
-
-    def __init__(self, text: str) -> None:
-        self._lines: dict[tuple[str, ...], int] = {}
-        table: tuple[str, ...] = ()
-        in_multiline: str | None = None
-        for number, raw in enumerate(text.splitlines(), start=1):
-            if in_multiline is not None:
-                if raw.count(in_multiline) % 2 == 1:
-                    in_multiline = None
-                continue
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("["):
-                header = _parse_key(line, 2 if line.startswith("[[") else 1)
-                if header is not None:
-                    table = header[0]
-                    self._record(table, number)
-                continue
-            parsed = _parse_key(line, 0)
-            if parsed is None or not line[parsed[1] :].startswith("="):
-                continue
-            self._record(table + parsed[0], number)
-            value = line[parsed[1] + 1 :]
-            starts = [(value.find(d), d) for d in ('"""', "'''") if d in value]
-            if starts:
-                index, delim = min(starts)
-                if value[index:].count(delim) % 2 == 1:
-                    in_multiline = delim
-
-    def _record(self, path: tuple[str, ...], number: int) -> None:
-        for n in range(1, len(path) + 1):
-            self._lines.setdefault(path[:n], number)
-
-    def line(self, *path: str) -> int | None:
-        for n in range(len(path), 0, -1):
-            found = self._lines.get(path[:n])
-            if found is not None:
-                return found
-        return None
-
-
-def _parse_key(line: str, pos: int) -> tuple[tuple[str, ...], int] | None:
-    """Parse a (dotted, maybe quoted) TOML key at `pos`: (parts, position after it and blanks)."""
-    parts: list[str] = []
-    n = len(line)
-    while True:
-        while pos < n and line[pos] in " \t":
-            pos += 1
-        if pos >= n:
-            return None
-        if line[pos] == '"':
-            end, chars = pos + 1, []
-            while end < n and line[end] != '"':
-                if line[end] == "\\" and end + 1 < n:
-                    end += 1
-                chars.append(line[end])
-                end += 1
-            if end >= n:
-                return None
-            parts.append("".join(chars))
-            pos = end + 1
-        elif line[pos] == "'":
-            end = line.find("'", pos + 1)
-            if end < 0:
-                return None
-            parts.append(line[pos + 1 : end])
-            pos = end + 1
-        else:
-            m = _BARE_KEY_RE.match(line, pos)
-            if m is None:
-                return None
-            parts.append(m.group())
-            pos = m.end()
-        while pos < n and line[pos] in " \t":
-            pos += 1
-        if pos < n and line[pos] == ".":
-            pos += 1
-            continue
-        return tuple(parts), pos
 
 
 class _Source:
@@ -219,7 +61,7 @@ class _Source:
         self.path = path
         self.dir = os.path.dirname(path)
         self.data = data
-        self.locator = _Locator(text)
+        self.locator = tomlpos.Locator(text)
 
     def error(
         self, message: str, *path: str, app: str | None = None, key: str | None = None
@@ -293,7 +135,7 @@ def load(
     passes) every file must be owned by root and not group/other-writable.
     Raises ConfigError for anything invalid; never returns a partial result.
     """
-    uid, environ = _uid(uid), _environ(environ)
+    uid, environ = paths.uid_or_own(uid), paths.environ_or_own(environ)
     # Problems are collected rather than raised at once, so one broken file (or app) does not
     # hide the others; the result is still all or nothing. A main file that cannot be read or
     # parsed is the one exception: it names the includes, so nothing else can be checked.
@@ -453,16 +295,18 @@ def _daemon_spec(
         return src.resolve(value) if isinstance(value, str) else default
 
     if uid == 0:
-        socket, pidfile = path_of("socket", ROOT_SOCKET), path_of("pidfile", ROOT_PIDFILE)
-        log_dir, state_dir = path_of("log_dir", ROOT_LOG_DIR), path_of("state_dir", ROOT_STATE_DIR)
+        socket = path_of("socket", paths.ROOT_SOCKET)
+        pidfile = path_of("pidfile", paths.ROOT_PIDFILE)
+        log_dir = path_of("log_dir", paths.ROOT_LOG_DIR)
+        state_dir = path_of("state_dir", paths.ROOT_STATE_DIR)
     else:
-        runtime = _runtime_dir(uid, environ)
+        runtime = paths.runtime_dir(uid, environ)
         socket = path_of("socket", os.path.join(runtime, "procsup.sock"))
         pidfile = path_of("pidfile", os.path.join(runtime, "procsupd.pid"))
-        try:  # computed only when not set: _home() may fail
-            log_dir = path_of("log_dir", "") or os.path.join(_state_base(uid, environ), "logs")
+        try:  # computed only when not set: the home directory may be unknown
+            log_dir = path_of("log_dir", "") or os.path.join(paths.state_base(uid, environ), "logs")
             state_dir = path_of("state_dir", "") or os.path.join(
-                _state_base(uid, environ), "state"
+                paths.state_base(uid, environ), "state"
             )
         except ConfigError as exc:
             errors.append(ConfigError(exc.message, file=src.path))
@@ -618,103 +462,6 @@ def _read_env_file(src: _Source, app: str, path: str) -> dict[str, str]:
         if parsed is not None:
             out[parsed[0]] = parsed[1]
     return out
-
-
-# -- socket discovery -------------------------------------------------------------------------
-
-
-_SECTION_RE = re.compile(r"^\s*\[\s*procsup\s*\]\s*(?:#.*)?$")
-_SOCKET_LINE_RE = re.compile(
-    r"""^\s*(?:procsup\s*\.\s*)?socket\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(?:#.*)?$"""
-)
-
-
-def socket_from_file(path: str) -> str | None:
-    """The `[procsup] socket` of the file at `path`, resolved against its directory.
-
-    Lenient on purpose (the client must reach the daemon exactly when the file is broken):
-    the rest of the file may be invalid, even not TOML (then the `[procsup]` section is scanned
-    line by line for `socket = "..."`). None when there is no such key or the file cannot be read.
-    """
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    value: object = None
-    try:
-        table = tomllib.loads(text).get("procsup")
-        if isinstance(table, dict):
-            value = table.get("socket")
-    except tomllib.TOMLDecodeError:
-        value = _scan_socket(text)
-    if not isinstance(value, str) or not value or "\0" in value:
-        return None
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), value))
-
-
-def _scan_socket(text: str) -> str | None:
-    section: str | None = ""  # "" = top level, "procsup", or None = another table
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("["):
-            section = "procsup" if _SECTION_RE.match(line) else None
-            continue
-        m = _SOCKET_LINE_RE.match(line)
-        if m is None:
-            continue
-        dotted = stripped.startswith("procsup")
-        if (section == "procsup" and not dotted) or (section == "" and dotted):
-            if m.group(1) is None:
-                return m.group(2)
-            return re.sub(r"\\(.)", _unescape, m.group(1))
-    return None
-
-
-def _unescape(m: re.Match[str]) -> str:
-    return schema.DQ_ESCAPES.get(m.group(1), m.group(0))
-
-
-def find_socket(
-    *,
-    socket: str | None,
-    config: str | None,
-    environ: Mapping[str, str],
-    uid: int,
-    system_config: str = ROOT_CONFIG,
-) -> str:
-    """The control socket per contract §1: `-s`; else `[procsup] socket` of the `-c` file;
-    else $PROCSUP_SOCKET; else that of $PROCSUP_CONFIG's file; else that of the default config;
-    else the default socket path.
-
-    A config file that names no socket (or cannot be read) means the daemon that loads it uses
-    the default socket, so `-c` without a socket key yields the default socket path rather than
-    falling through to $PROCSUP_SOCKET.
-
-    One step is added for the system daemon of a distro package: a user other than root who
-    has neither a config of their own nor a daemon of their own serving gets the socket of the
-    system config (`system_config`, else the root default) when that socket exists, so that the
-    members of `socket_group` can type `procsup status` as root does.
-    """
-    if socket:
-        return os.path.abspath(socket)
-    if config:
-        return socket_from_file(config) or default_socket_path(uid, environ)
-    if environ.get("PROCSUP_SOCKET"):
-        return os.path.abspath(environ["PROCSUP_SOCKET"])
-    try:
-        config_path: str | None = default_config_path(uid, environ)
-    except ConfigError:  # no home directory: there is no default config to read
-        config_path = None
-    if config_path is not None and (found := socket_from_file(config_path)):
-        return found
-    own = default_socket_path(uid, environ)
-    has_own = (config_path is not None and os.path.exists(config_path)) or os.path.exists(own)
-    if uid != 0 and not has_own:
-        system = socket_from_file(system_config) or ROOT_SOCKET
-        if os.path.exists(system):
-            return system
-    return own
 
 
 # -- describe ---------------------------------------------------------------------------------

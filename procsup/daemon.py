@@ -21,7 +21,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, pidfile, statefile, systemd
+from procsup import __version__, config, paths, pidfile, statefile, systemd
 from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
@@ -331,7 +331,7 @@ def daemonize(desired: Desired, profile: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    path = args.config or config.default_config_path()
+    path = args.config or paths.default_config_path()
     try:
         # As root, refuse config files that anyone but root could have written (contract §3).
         desired = config.load(path, profile=args.env, require_root_owned=os.geteuid() == 0)

@@ -228,15 +228,6 @@ def uptime(inst: Instance, now: float) -> float | None:
     return max(0.0, now - inst.started_at)
 
 
-def status_reason(inst: Instance) -> str | None:
-    """The reason `status` shows: why the instance is errored, exited, waiting or stopping."""
-    if inst.state in (State.STOPPED, State.RUNNING):
-        return None  # a requested stop needs no explanation; a running one has none
-    if inst.state is State.STOPPING and inst.then_start and inst.reason is None:
-        return "restarting"
-    return inst.reason
-
-
 def _nothing(inst: Instance) -> Step:
     return inst, ()
 

@@ -1,13 +1,12 @@
 """CPU and memory of process groups, and process-table queries (layer 2 leaf).
 
 Every instance is its own session and process group, so "the instance with its children" is
-exactly the set of processes whose pgid is the instance leader's pid. This module is the only
-one importing psutil. It imports nothing from procsup and signals nothing: `group_alive` uses
-signal 0, which delivers nothing.
+exactly the set of processes whose pgid is the instance leader's pid. It reads the process
+table through `procfs` and signals nothing.
 
 Cost: one pass over the process table per call (list the pids, one `getpgid` system call each),
-then psutil reads only for the processes that belong to a requested group. `status` with
-hundreds of instances therefore stays cheap. The psutil calls used exist since psutil 5.9.4.
+then one `/proc/<pid>/stat` and `statm` read only for the processes that belong to a requested
+group. `status` with hundreds of instances therefore stays cheap.
 """
 
 from __future__ import annotations
@@ -16,12 +15,9 @@ import os
 import time
 from collections.abc import Collection, Mapping
 
-import psutil
+from procsup import procfs
 
-__all__ = ["Metrics", "TreeRss", "group_alive", "group_members", "scan_groups", "tree_rss"]
-
-# Processes that vanish or turn unreadable between listing and reading are simply not counted.
-_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
+__all__ = ["Metrics", "scan_groups", "tree_rss"]
 
 
 def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
@@ -34,7 +30,7 @@ def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
     found: dict[int, list[int]] = {pgid: [] for pgid in wanted}
     if not wanted:
         return found
-    for pid in sorted(psutil.pids()):
+    for pid in procfs.pids():
         try:
             pgid = os.getpgid(pid)
         except OSError:  # exited since the listing (ESRCH)
@@ -45,108 +41,62 @@ def scan_groups(pgids: Collection[int]) -> dict[int, list[int]]:
 
 
 def tree_rss(leaders: Collection[int]) -> dict[int, int]:
-    """`TreeRss()(leaders)`: one measurement without a cache (see TreeRss)."""
-    return TreeRss()(leaders)
-
-
-class TreeRss:
     """RSS bytes of each instance, for `max_memory_restart`: every process of the leader's
     process group plus every descendant of the leader that left the group (a `setsid`
     grandchild), each counted once. A process belongs to the instance whose group it is in, or
     else whose leader is its nearest ancestor. A leader that is gone reads 0; with no leader,
     nothing is read at all.
 
-    Cost, per call: one listing of the pids, one `getpgid` system call each, the parent of
-    only the processes outside every instance group (walked up with memoization), and one
-    `memory_info` read per process that belongs to an instance. The psutil `Process` objects
-    are kept between calls (creating one reads /proc/PID/stat for its start time), which is
-    what makes the periodic check cheap with 1000 instances.
+    Cost, per call: one listing of the pids, one `getpgid` system call each, one
+    `/proc/<pid>/stat` read for each process outside every instance group (for its parent,
+    walked up with memoization) and one `statm` read per process that belongs to an instance,
+    which is what keeps the periodic check cheap with 1000 instances. A process that vanishes
+    between listing and reading is not counted.
     """
-
-    def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-
-    def _proc(self, pid: int) -> psutil.Process:
-        proc = self._procs.get(pid)
-        if proc is None:
-            proc = self._procs[pid] = psutil.Process(pid)
-        return proc
-
-    def __call__(self, leaders: Collection[int]) -> dict[int, int]:
-        wanted = set(leaders)
-        result = dict.fromkeys(wanted, 0)
-        if not wanted:
-            self._procs.clear()
-            return result
-        pids = psutil.pids()
-        live = set(pids)
-        for pid in [p for p in self._procs if p not in live]:
-            del self._procs[pid]  # gone: a reused pid must get a fresh Process
-        group: dict[int, int] = {}
-        for pid in pids:
-            try:
-                group[pid] = os.getpgid(pid)
-            except OSError:  # exited since the listing
-                pass
-        owner: dict[int, int | None] = {}
-
-        def owner_of(pid: int) -> int | None:
-            chain: list[int] = []
-            found: int | None = None
-            while True:
-                if pid in owner:
-                    found = owner[pid]
-                    break
-                chain.append(pid)
-                if pid in wanted:
-                    found = pid
-                    break
-                if group.get(pid) in wanted:
-                    found = group[pid]
-                    break
-                try:
-                    up = self._proc(pid).ppid()
-                except _GONE:
-                    break
-                if up <= 1 or len(chain) > 4096:
-                    break
-                pid = up
-            for p in chain:
-                owner[p] = found
-            return found
-
-        for pid in group:
-            leader = owner_of(pid)
-            if leader is None:
-                continue
-            try:
-                result[leader] += self._proc(pid).memory_info().rss
-            except _GONE:
-                self._procs.pop(pid, None)
+    wanted = set(leaders)
+    result = dict.fromkeys(wanted, 0)
+    if not wanted:
         return result
+    pids = procfs.pids()
+    group: dict[int, int] = {}
+    for pid in pids:
+        try:
+            group[pid] = os.getpgid(pid)
+        except OSError:  # exited since the listing
+            pass
+    owner: dict[int, int | None] = {}
 
+    def owner_of(pid: int) -> int | None:
+        chain: list[int] = []
+        found: int | None = None
+        while True:
+            if pid in owner:
+                found = owner[pid]
+                break
+            chain.append(pid)
+            if pid in wanted:
+                found = pid
+                break
+            if group.get(pid) in wanted:
+                found = group[pid]
+                break
+            st = procfs.stat(pid)
+            if st is None:
+                break
+            up = st.ppid
+            if up <= 1 or len(chain) > 4096:
+                break
+            pid = up
+        for p in chain:
+            owner[p] = found
+        return found
 
-def group_members(pgid: int) -> list[int]:
-    """Pids whose process group is `pgid`, ascending; [] when the group is gone."""
-    return scan_groups((pgid,))[pgid]
-
-
-def group_alive(pgid: int) -> bool:
-    """True while at least one process (a zombie counts) has process group `pgid`.
-
-    Uses `killpg(pgid, 0)`: nothing is delivered. EPERM means the group exists but belongs to
-    another user, so it is alive too.
-    """
-    if pgid <= 1:
-        # killpg(0, ...) means "my own group" and pgid 1 is init's; neither is an instance.
-        raise ValueError(f"not an instance process group: {pgid}")
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    for pid in group:
+        leader = owner_of(pid)
+        if leader is None:
+            continue
+        result[leader] += procfs.rss(pid) or 0
+    return result
 
 
 class _Reading:
@@ -220,18 +170,19 @@ def _percent(cpu: float, wall: float) -> float:
 
 def _read_group(pids: list[int], *, want_start: bool) -> _Reading:
     reading = _Reading()
+    boot: float | None = None
     for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                times = proc.cpu_times()
-                rss = proc.memory_info().rss
-                # create_time() re-reads the boot time each call: only pay for it when needed.
-                started = proc.create_time() if want_start else None
-        except _GONE:
+        st = procfs.stat(pid)
+        if st is None:
+            continue  # gone since the listing: not counted
+        reading.cpu += (st.utime + st.stime + st.cutime + st.cstime) / procfs.CLOCK_TICKS
+        reading.rss += procfs.rss(pid) or 0
+        if not want_start:
             continue
-        reading.cpu += times.user + times.system + times.children_user + times.children_system
-        reading.rss += rss
-        if started is not None and (reading.started is None or started < reading.started):
+        if boot is None:
+            # The boot time moves with wall-clock steps: read it once per group, only when needed.
+            boot = procfs.boot_time()
+        started = boot + st.start_ticks / procfs.CLOCK_TICKS
+        if reading.started is None or started < reading.started:
             reading.started = started
     return reading

@@ -103,7 +103,6 @@ class Monitors:
         self._cron: dict[str, tuple[str, datetime, asyncio.TimerHandle]] = {}
         self._memory_task: asyncio.Task[None] | None = None
         self._recycled_pids: set[int] = set()
-        self._tree_rss = metrics.TreeRss()
         self._closed = False
 
     # -- configuration ----------------------------------------------------------------------
@@ -224,7 +223,7 @@ class Monitors:
             return
         now = self.loop.time()
         live = {lead.pid for lead in leaders.values()}
-        rss = await asyncio.to_thread(self._tree_rss, live)
+        rss = await asyncio.to_thread(metrics.tree_rss, live)
         self._recycled_pids &= live  # forget pids that are gone
         for (app, index), (pid, started) in leaders.items():
             limit = limits.get(app)

@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from procsup import lifecycle, logs, notify, probes, sockets, spawn, statefile, units
+from procsup import lifecycle, logs, notify, pipes, probes, sockets, spawn, statefile, units
 from procsup.model import AppSpec, ExecMode, InstanceId
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
@@ -45,7 +45,7 @@ class Capture:
     reader outlives its run until it reads EOF)."""
 
     stream: str  # "out" | "err"
-    reader: logs.PipeReader | None = None
+    reader: pipes.PipeReader | None = None
     sink: logs.LogSink | None = None
 
 
@@ -198,10 +198,10 @@ class Processes:
                     continue  # discarded: the child writes to /dev/null, no pipe at all
                 cap = Capture(stream, sink=self._acquire(spec, path))
                 captures.append(cap)
-                r, w = logs.open_pipe()
+                r, w = pipes.open_pipe()
                 write_ends.append(w)
                 out_fds[stream] = w
-                cap.reader = logs.PipeReader(
+                cap.reader = pipes.PipeReader(
                     self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap)
                 )
             env = spawn.build_env(

@@ -33,8 +33,6 @@ ENV_NAME_RE = re.compile(r"^[^=\0]+$")
 
 #: Variable names accepted in env files (stricter than `env` tables: shell-compatible).
 ENV_FILE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: Escapes known inside "..." values of env files.
-DQ_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 _HOST_PORT_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]\s]+)):(?P<port>\d+)$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -361,7 +359,7 @@ def parse_env_line(line: str) -> tuple[str, str] | None:
         while i < len(value) and value[i] != quote:
             if quote == '"' and value[i] == "\\" and i + 1 < len(value):
                 i += 1
-                chars.append(DQ_ESCAPES.get(value[i], "\\" + value[i]))
+                chars.append(units.DQ_ESCAPES.get(value[i], "\\" + value[i]))
             else:
                 chars.append(value[i])
             i += 1
@@ -390,7 +388,7 @@ def _rows(*rows: Key) -> dict[str, Key]:
     return {row.name: row for row in rows}
 
 
-#: `[procsup]`: daemon settings. Path defaults depend on the uid (see config.py / docs).
+#: `[procsup]`: daemon settings. Path defaults depend on the uid (see paths.py / docs).
 DAEMON_KEYS: Mapping[str, Key] = _rows(
     Key("socket", _S, _PATH_DOC, None, _text,
         "path of the control socket",

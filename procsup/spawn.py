@@ -16,8 +16,9 @@ import pwd
 import shutil
 import signal
 import subprocess
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
+from procsup import procfs
 from procsup.errors import ProcsupError
 
 #: Variables kept from the daemon's environment when `inherit_env = false`.
@@ -232,10 +233,10 @@ def reap_orphans(keep: Collection[int]) -> int:
     the pids whose status the caller still needs (instance leaders). Returns how many."""
     me = os.getpid()
     reaped = 0
-    for pid, ppid, state in _proc_table():
-        if ppid == me and state == b"Z" and pid not in keep:
+    for st in procfs.stats():
+        if st.ppid == me and st.dead and st.pid not in keep:
             try:
-                os.waitpid(pid, os.WNOHANG)
+                os.waitpid(st.pid, os.WNOHANG)
                 reaped += 1
             except ChildProcessError:
                 pass
@@ -268,7 +269,7 @@ def signal_pids(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
 
 
 def live_members(pgid: int) -> list[int]:
-    """Pids of the group's processes that are not zombies.
+    """Pids of the group's processes that are not zombies (`procfs.is_dead`).
 
     A zombie holds nothing but its pid, and whether it is reaped soon depends on its parent (a
     container's PID 1 may never reap; procsupd keeps a leader's zombie on purpose), so a group of
@@ -276,44 +277,10 @@ def live_members(pgid: int) -> list[int]:
     table is scanned only when it says the group still has members."""
     if not group_alive(pgid):
         return []
-    return [pid for pid, grp_, state in _proc_groups() if grp_ == pgid and state != b"Z"]
-
-
-def _stat_fields() -> Iterator[tuple[int, list[bytes]]]:
-    """(pid, fields after the command name) of every process: state is fields[0], ppid
-    fields[1], pgrp fields[2]. The name may hold spaces and parens: split at the last ")"."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2:
-            yield int(name), fields
-
-
-def _proc_groups() -> Iterator[tuple[int, int, bytes]]:
-    for pid, fields in _stat_fields():
-        yield pid, int(fields[2]), fields[0]
-
-
-def _proc_table() -> Iterator[tuple[int, int, bytes]]:
-    for pid, fields in _stat_fields():
-        yield pid, int(fields[1]), fields[0]
+    return [st.pid for st in procfs.stats() if st.pgrp == pgid and not st.dead]
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :][:1] != b"Z"
+    """Whether `pid` exists and has not exited (not a zombie: `procfs.is_dead`)."""
+    st = procfs.stat(pid)
+    return st is not None and not st.dead

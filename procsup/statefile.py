@@ -20,7 +20,7 @@ touch an unrelated process. Two independent means, both exact:
   processes of other users when the daemon is not root (their environ is unreadable).
 
 Linux only. This module reads and writes one file, `<state_dir>/instances.json`, and reads
-`/proc`; it never signals a process.
+`/proc` (through `procfs`); it never signals a process.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import re
 import tempfile
 from collections.abc import Collection, Iterable
 from typing import Any
+
+from procsup import procfs
 
 __all__ = [
     "FILENAME",
@@ -60,8 +62,6 @@ _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _APP_VAR = b"PROCSUP_APP="
 _INSTANCE_VAR = b"PROCSUP_INSTANCE="
 _DIGITS = re.compile(rb"[0-9]+")
-# Read size for /proc files: a stat line is far shorter, an environ usually is.
-_CHUNK = 65536
 
 _log = logging.getLogger(__name__)
 
@@ -192,66 +192,6 @@ def _boot_id() -> str:
         return f.read().strip()
 
 
-# --- /proc ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Stat:
-    state: str  # one letter: R S D Z T ...
-    ppid: int
-    pgrp: int
-    starttime: int  # clock ticks since boot
-
-
-def _parse_stat(data: bytes) -> _Stat:
-    # b"pid (comm) state ppid pgrp ..." where comm may hold spaces and parentheses: only the
-    # last ")" closes it.
-    fields = data[data.rindex(b")") + 2 :].split()
-    # fields[0] is field 3 (state) of proc(5); ppid is field 4, pgrp field 5, starttime field 22.
-    return _Stat(
-        state=fields[0].decode("ascii", "replace"),
-        ppid=int(fields[1]),
-        pgrp=int(fields[2]),
-        starttime=int(fields[19]),
-    )
-
-
-def _read_proc(pid: int, name: str) -> bytes | None:
-    """The whole of /proc/<pid>/<name>, or None when it cannot be read.
-
-    Unbuffered os.read: a scan reads hundreds of these, and an `open()` file object costs more
-    than the read itself.
-    """
-    try:
-        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # ENOENT/ESRCH once gone, EACCES for other users' environ
-    try:
-        chunks: list[bytes] = []
-        while chunk := os.read(fd, _CHUNK):
-            chunks.append(chunk)
-    except OSError:
-        return None  # the process went away between open and read
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
-def _read_stat(pid: int) -> _Stat | None:
-    data = _read_proc(pid, "stat")
-    if data is None:
-        return None
-    try:
-        return _parse_stat(data)
-    except (ValueError, IndexError):
-        return None  # a task torn down mid-read can give a short line
-
-
-def _is_dead(stat: _Stat) -> bool:
-    # Z: zombie, X: dead (seen only in the instant of the reap). Neither holds anything.
-    return stat.state in ("Z", "X")
-
-
 def leader_start_ticks(pid: int) -> int | None:
     """Start time of process `pid` in clock ticks after boot, or None when there is no such
     process.
@@ -260,8 +200,8 @@ def leader_start_ticks(pid: int) -> int | None:
     psutil's `create_time()` is this divided by `SC_CLK_TCK` plus `btime`. A zombie still has a
     start time.
     """
-    stat = _read_stat(pid)
-    return None if stat is None else stat.starttime
+    stat = procfs.stat(pid)
+    return None if stat is None else stat.start_ticks
 
 
 def leftovers(records: Iterable[Record]) -> list[Record]:
@@ -273,8 +213,8 @@ def leftovers(records: Iterable[Record]) -> list[Record]:
     """
     result: list[Record] = []
     for rec in records:
-        stat = _read_stat(rec.pid)
-        if stat is not None and stat.starttime == rec.start_ticks and not _is_dead(stat):
+        stat = procfs.stat(rec.pid)
+        if stat is not None and stat.start_ticks == rec.start_ticks and not stat.dead:
             result.append(rec)
     return result
 
@@ -325,23 +265,19 @@ def marked_processes(marker: str, *, exclude: Collection[int] = ()) -> list[Mark
     needle = b"\0" + os.fsencode(f"{MARKER_VAR}={marker}") + b"\0"
     skip = set(exclude) | _self_and_ancestors()
     found: list[Marked] = []
-    for pid in _pids():
+    for pid in procfs.pids():
         if pid in skip:
             continue
-        env = _read_proc(pid, "environ")
+        env = procfs.environ(pid)
         # The leading NUL makes the first entry match like the others; the kernel's environ
         # ends every entry, the last too, with a NUL.
         if env is None or needle not in b"\0" + env:
             continue
-        stat = _read_stat(pid)
-        if stat is None or _is_dead(stat):
+        stat = procfs.stat(pid)
+        if stat is None or stat.dead:
             continue
         found.append(Marked(pid, stat.pgrp, _app(env), _index(env)))
     return found
-
-
-def _pids() -> list[int]:
-    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
 
 
 def _self_and_ancestors() -> set[int]:
@@ -349,7 +285,7 @@ def _self_and_ancestors() -> set[int]:
     pid = os.getpid()
     while pid > 0 and pid not in result:
         result.add(pid)
-        stat = _read_stat(pid)
+        stat = procfs.stat(pid)
         if stat is None:
             break
         pid = stat.ppid  # 0 above init (or above a pid namespace's init)

@@ -24,6 +24,9 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 _MODE_RE = re.compile(r"^(?:0o)?([0-7]{1,4})$", re.IGNORECASE)
 
+#: Escapes known inside "..." values of env files (and of the lenient socket scan of `paths`).
+DQ_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
 
 def parse_duration(value: object) -> float:
     """A duration in seconds: an int is milliseconds (as in PM2); a str needs a unit ms|s|m|h.

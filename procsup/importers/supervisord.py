@@ -22,13 +22,12 @@ docs/migrating.md; the rules that need a decision:
   The socket and pid file paths are not imported, so procsupd and supervisord can run side by
   side while you migrate.
 
+The ini syntax (sections, line numbers, `environment`, booleans) is in `ini`.
 Imports only layer 0, `schema` and the package's own modules.
 """
 
 from __future__ import annotations
 
-import configparser
-import dataclasses
 import os
 import re
 import shlex
@@ -37,14 +36,11 @@ from collections.abc import Mapping
 from procsup import units
 from procsup.errors import ConfigError
 from procsup.importers import AppTable, Files, Note, Result, app_name, is_device, read, render
+from procsup.importers.ini import Section, boolean, parse, parse_environment
 
 #: A `%(process_num)...` expansion with its printf-style flags, width and conversion.
 _PROCESS_NUM_RE = re.compile(r"%\(process_num\)([-#0 +]*\d*(?:\.\d+)?)([diouxXeEfFgGcrsa])")
 _SENTINEL_RE = re.compile("\x00(\\d+)\x00")
-_SECTION_RE = re.compile(r"^\[([^\]]+)\]")
-_KEY_RE = re.compile(r"^([^\s=:;#\[][^=:]*?)\s*[=:]")
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
 
 #: Program options that are mapped (or knowingly noted); others get a generic note.
 _PROGRAM_KEYS = frozenset({
@@ -75,15 +71,6 @@ _SUPERVISORD_NOTES = {
 }
 
 
-@dataclasses.dataclass
-class _Section:
-    file: str
-    name: str
-    line: int
-    options: dict[str, str]
-    lines: dict[str, int]
-
-
 def convert(path: str, files: Files, environ: Mapping[str, str], hostname: str) -> Result:
     """The procsup TOML for the supervisord config at `path` (absolute), reading it and its
     includes through `files`. `environ` gives `%(ENV_X)s`, `hostname` `%(host_node_name)s`.
@@ -94,62 +81,6 @@ def convert(path: str, files: Files, environ: Mapping[str, str], hostname: str) 
     return _Importer(path, files, environ, hostname).run()
 
 
-def parse_environment(text: str) -> dict[str, str]:
-    """supervisord's `environment`: `KEY="value",KEY2=value2` -> dict. A value in '...' or
-    "..." may hold commas; an unquoted value ends at the next comma; spaces around are
-    stripped. Raises ValueError."""
-    out: dict[str, str] = {}
-    i = 0
-    while True:
-        while i < len(text) and (text[i].isspace() or text[i] == ","):
-            i += 1
-        if i >= len(text):
-            return out
-        m = re.compile(r"([^=,\s]+)\s*=\s*").match(text, i)
-        if m is None:
-            raise ValueError(f"expected KEY=VALUE at {text[i:]!r}")
-        key, i = m.group(1), m.end()
-        if i < len(text) and text[i] in "\"'":
-            end = text.find(text[i], i + 1)
-            if end == -1:
-                raise ValueError(f"{key}: missing closing {text[i]}")
-            value, i = text[i + 1 : end], end + 1
-            while i < len(text) and text[i].isspace():
-                i += 1
-            if i < len(text) and text[i] != ",":
-                raise ValueError(f"{key}: expected ',' after the closing quote, "
-                                 f"found {text[i:]!r}")
-        else:
-            end = text.find(",", i)
-            end = len(text) if end == -1 else end
-            value, i = text[i:end].strip(), end
-        out[key] = value
-
-
-def _boolean(value: str) -> bool:
-    low = value.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _scan(text: str) -> dict[str, tuple[int, dict[str, int]]]:
-    """Line numbers: section name -> (line of its header, option -> line)."""
-    found: dict[str, tuple[int, dict[str, int]]] = {}
-    current: dict[str, int] | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        m = _SECTION_RE.match(line)
-        if m:
-            current = found.setdefault(m.group(1).strip(), (number, {}))[1]
-            continue
-        m = _KEY_RE.match(line)
-        if m and current is not None:
-            current.setdefault(m.group(1).strip().lower(), number)
-    return found
-
-
 class _Importer:
     def __init__(self, path: str, files: Files, environ: Mapping[str, str],
                  hostname: str) -> None:
@@ -158,50 +89,26 @@ class _Importer:
         self.environ = environ
         self.hostname = hostname
         self.notes: list[Note] = []
-        self.sections: list[_Section] = []
+        self.sections: list[Section] = []
         self.daemon: dict[str, object] = {}
         self.common_env: dict[str, str] = {}
         self.common: dict[str, object] = {}  # umask, cwd for every app from [supervisord]
 
-    def where(self, section: _Section, key: str | None = None) -> str:
+    def where(self, section: Section, key: str | None = None) -> str:
         line = section.lines.get(key, section.line) if key else section.line
         return f"{section.file}:{line}"
 
-    def note(self, section: _Section, app: str | None, key: str, message: str) -> None:
+    def note(self, section: Section, app: str | None, key: str, message: str) -> None:
         self.notes.append(Note(self.where(section, key), app, key, message))
 
-    def fail(self, section: _Section, key: str | None, message: str,
+    def fail(self, section: Section, key: str | None, message: str,
              app: str | None = None) -> ConfigError:
         line = section.lines.get(key, section.line) if key else section.line
         return ConfigError(message, file=section.file, line=line, app=app, key=key)
 
     # -- reading -----------------------------------------------------------------------------
 
-    def parse(self, path: str, text: str) -> list[_Section]:
-        parser = configparser.RawConfigParser(
-            inline_comment_prefixes=(";", "#"), comment_prefixes=(";", "#"), strict=False,
-            interpolation=None, delimiters=("=", ":"),
-        )
-        try:
-            parser.read_string(text, source=path)
-        except configparser.MissingSectionHeaderError as exc:
-            raise ConfigError("expected a [section] header before the first option",
-                              file=path, line=exc.lineno) from None
-        except configparser.ParsingError as exc:
-            line = exc.errors[0][0] if exc.errors else None
-            raise ConfigError(f"cannot parse the line {exc.errors[0][1]!s}" if exc.errors
-                              else str(exc), file=path, line=line) from None
-        except configparser.Error as exc:
-            raise ConfigError(f"syntax error: {exc.message}", file=path) from None
-        lines = _scan(text)
-        out = []
-        for name in parser.sections():
-            header_line, option_lines = lines.get(name, (None, {}))
-            out.append(_Section(path, name, header_line or 1, dict(parser.items(name)),
-                                option_lines))
-        return out
-
-    def expand(self, section: _Section, key: str, value: str, names: Mapping[str, object],
+    def expand(self, section: Section, key: str, value: str, names: Mapping[str, object],
                app: str | None = None) -> str:
         try:
             return value % names
@@ -216,14 +123,14 @@ class _Importer:
             raise self.fail(section, key, f"bad %(...) expansion in {value!r}: {exc}",
                             app) from None
 
-    def base_names(self, section: _Section) -> dict[str, object]:
+    def base_names(self, section: Section) -> dict[str, object]:
         names: dict[str, object] = {f"ENV_{k}": v for k, v in self.environ.items()}
         names["here"] = os.path.dirname(section.file)
         names["host_node_name"] = self.hostname
         return names
 
     def read_all(self) -> None:
-        main = self.parse(self.path, read(self.files, self.path))
+        main = parse(self.path, read(self.files, self.path))
         self.sections = [s for s in main if s.name != "include"]
         for section in main:
             if section.name != "include":
@@ -237,13 +144,13 @@ class _Importer:
                 for included in self.files.glob(full):
                     text = read(self.files, included, where=self.path,
                                 line=section.lines.get("files", section.line))
-                    for sub in self.parse(included, text):
+                    for sub in parse(included, text):
                         if sub.name == "include":
                             self.note(sub, None, "[include]", "not followed: supervisord "
                                       "reads [include] only in the main file")
                         else:
                             self.sections.append(sub)
-        seen: dict[str, _Section] = {}
+        seen: dict[str, Section] = {}
         for section in self.sections:
             first = seen.setdefault(section.name, section)
             if first is not section:
@@ -254,7 +161,7 @@ class _Importer:
 
     def run(self) -> Result:
         self.read_all()
-        by_kind: dict[str, list[_Section]] = {}
+        by_kind: dict[str, list[Section]] = {}
         for section in self.sections:
             kind = section.name.split(":", 1)[0] if ":" in section.name else section.name
             by_kind.setdefault(kind, []).append(section)
@@ -303,7 +210,7 @@ class _Importer:
             raise ConfigError("no [program:x] sections to import", file=self.path)
         return render("supervisord", self.path, self.daemon, apps, self.notes)
 
-    def supervisord(self, section: _Section) -> None:
+    def supervisord(self, section: Section) -> None:
         names = self.base_names(section)
         for key, raw in section.options.items():
             value = self.expand(section, key, raw, names)
@@ -322,7 +229,7 @@ class _Importer:
                 self.note(section, None, key, _SUPERVISORD_NOTES.get(
                     key, "not a [supervisord] option procsup knows; not imported"))
 
-    def unix_http_server(self, section: _Section) -> None:
+    def unix_http_server(self, section: Section) -> None:
         names = self.base_names(section)
         for key, raw in section.options.items():
             value = self.expand(section, key, raw, names)
@@ -342,7 +249,7 @@ class _Importer:
             else:
                 self.note(section, None, key, "not imported")
 
-    def mode(self, section: _Section, key: str, value: str) -> int:
+    def mode(self, section: Section, key: str, value: str) -> int:
         try:
             return units.parse_mode(value)
         except ValueError as exc:
@@ -352,7 +259,7 @@ class _Importer:
 class _Program(AppTable):
     """One `[program:x]` -> (procsup name, table); notes go to the importer."""
 
-    def __init__(self, importer: _Importer, section: _Section, program: str, group: str,
+    def __init__(self, importer: _Importer, section: Section, program: str, group: str,
                  taken: set[str]) -> None:
         self.imp = importer
         self.section = section
@@ -390,7 +297,7 @@ class _Program(AppTable):
         if raw is None:
             return default
         try:
-            return _boolean(self.values.get(key, raw))
+            return boolean(self.values.get(key, raw))
         except ValueError as exc:
             raise self.fail(key, str(exc)) from None
 
@@ -526,7 +433,7 @@ class _Program(AppTable):
             self.out["autorestart"] = "on-failure"
         else:
             try:
-                self.out["autorestart"] = _boolean(autorestart)
+                self.out["autorestart"] = boolean(autorestart)
             except ValueError:
                 raise self.fail("autorestart", f"expected true, false or unexpected, got "
                                 f"{autorestart!r}") from None

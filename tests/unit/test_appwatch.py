@@ -88,6 +88,11 @@ async def settled(aw: AppWatch, key: str) -> None:
         ("other/static/site.css", ("static/*.css",), False),  # anchored at the root
         ("build/out/a.o", ("build",), True),
         ("build/out/a.o", ("/build/",), True),
+        # A leading or trailing "/" is dropped (not .gitignore's anchoring or directories-only,
+        # which is why pathspec is not used): "/.git/" names .git at any depth, "build/" a file
+        # named build too.
+        ("sub/.git/index", ("/.git/",), True),
+        ("build", ("build/",), True),
         ("tmp/a", ("tmp/*",), True),
         ("src/tmp.py", ("tmp",), False),
         ("data.json", (), False),

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from procsup import cli, protocol
+from procsup import cli, output, protocol
 from procsup.client import Client, Unreachable
 from procsup.control import ControlServer, Peer, Send
 from procsup.errors import ProtocolError, RemoteError
@@ -126,7 +126,7 @@ def test_parse_signal_refuses(text: str) -> None:
      (86400, "1d0h"), (266400, "3d2h"), (-5, "0s")],
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
-    assert cli.format_duration(seconds) == text
+    assert output.format_duration(seconds) == text
 
 
 @pytest.mark.parametrize(
@@ -135,17 +135,17 @@ def test_format_duration(seconds: float | None, text: str) -> None:
      (25165824, "24.0M"), (1024**3 * 2, "2.0G"), (1024**4 * 3, "3.0T"), (1024**5, "1024.0T")],
 )
 def test_format_size(n: int | None, text: str) -> None:
-    assert cli.format_size(n) == text
+    assert output.format_size(n) == text
 
 
 def test_format_cpu_and_exit() -> None:
-    assert cli.format_cpu(0.3) == "0.3%"
-    assert cli.format_cpu(123.456) == "123.5%"
-    assert cli.format_cpu(None) == "-"
-    assert cli.format_exit(None) == "-"
-    assert cli.format_exit(0) == "exit 0"
-    assert cli.format_exit(3) == "exit 3"
-    assert cli.format_exit(-9) == "SIGKILL"
+    assert output.format_cpu(0.3) == "0.3%"
+    assert output.format_cpu(123.456) == "123.5%"
+    assert output.format_cpu(None) == "-"
+    assert output.format_exit(None) == "-"
+    assert output.format_exit(0) == "exit 0"
+    assert output.format_exit(3) == "exit 3"
+    assert output.format_exit(-9) == "SIGKILL"
 
 
 def instance(**kw: Any) -> dict[str, Any]:
@@ -172,7 +172,7 @@ STATUS = {
 
 
 def test_format_status_table() -> None:
-    assert cli.format_status(STATUS) == (
+    assert output.format_status(STATUS) == (
         "APP     ID  PID   STATE    UPTIME  RESTARTS  CPU    MEM    LAST EXIT/REASON\n"
         "web     0   4242  running  12s     0         0.3%   24.0M  -\n"
         "web     1   -     errored  -       15        -      -      executable not found: foo\n"
@@ -186,19 +186,19 @@ def test_format_status_config_not_applied_and_empty() -> None:
                    "error": "/etc/apps.toml:3: app 'web', key 'comand': unknown key"},
         "instances": [],
     }
-    assert cli.format_status(res) == (
+    assert output.format_status(res) == (
         "config /etc/apps.toml is not applied: /etc/apps.toml:3: app 'web', key 'comand': "
         "unknown key\n"
         "no apps configured\n"
     )
     res["config"]["error"] = {"message": "bad", "text": "/etc/apps.toml:3: bad"}  # type: ignore[index]
-    assert cli.format_status(res).startswith(
+    assert output.format_status(res).startswith(
         "config /etc/apps.toml is not applied: /etc/apps.toml:3: bad\n"
     )
-    assert cli.format_status({"config": {"applied": True}, "instances": []}) == (
+    assert output.format_status({"config": {"applied": True}, "instances": []}) == (
         "no apps configured\n"
     )
-    assert cli.format_status({"instances": []}, filtered=True) == "no matching instances\n"
+    assert output.format_status({"instances": []}, filtered=True) == "no matching instances\n"
 
 
 def test_format_outcome_signalled_and_plan() -> None:
@@ -211,17 +211,17 @@ def test_format_outcome_signalled_and_plan() -> None:
         ],
         "failed": True,
     }
-    assert cli.format_outcome(res) == (
+    assert output.format_outcome(res) == (
         "web:0   running  pid 4242\n"
         "web:1   errored  executable not found: foo\n"
         "api:10  stopped\n"
     )
-    assert cli.format_outcome({"instances": []}) == "no instances\n"
-    assert cli.format_signalled(
+    assert output.format_outcome({"instances": []}) == "no instances\n"
+    assert output.format_signalled(
         {"signalled": [{"app": "web", "instance": 0, "pid": 4242}], "failed": False}, "SIGUSR2"
     ) == "sent SIGUSR2 to web:0 (pid 4242)\n"
-    assert "not sent" in cli.format_signalled({"signalled": [], "failed": True}, "SIGHUP")
-    assert cli.format_plan({
+    assert "not sent" in output.format_signalled({"signalled": [], "failed": True}, "SIGHUP")
+    assert output.format_plan({
         "actions": [
             {"action": "restart", "app": "web", "instances": [0, 1], "reason": "command changed"},
             {"action": "start", "app": "new", "instances": [0], "reason": "new app"},
@@ -232,7 +232,7 @@ def test_format_outcome_signalled_and_plan() -> None:
         "start    new (0): new app\n"
         "takes effect when procsupd restarts: socket\n"
     )
-    assert cli.format_plan({"actions": [], "restart_daemon": []}) == "no changes\n"
+    assert output.format_plan({"actions": [], "restart_daemon": []}) == "no changes\n"
 
 
 def line(text: str, app: str = "web", inst: int | None = 0, stream: str = "out") -> dict[str, Any]:
@@ -241,7 +241,7 @@ def line(text: str, app: str = "web", inst: int | None = 0, stream: str = "out")
 
 def printed(*frames: object) -> str:
     out: list[str] = []
-    printer = cli.LogPrinter(out.append)
+    printer = output.LogPrinter(out.append)
     for f in frames:
         printer.feed(f)
     return "".join(out)
@@ -335,7 +335,7 @@ def test_status_table_and_json(
     fake, path = daemon
     fake.on("status", STATUS)
     assert run(path, "status") == 0
-    assert capsys.readouterr().out == cli.format_status(STATUS)
+    assert capsys.readouterr().out == output.format_status(STATUS)
     assert run(path, "ls", "--json", "web") == 0
     out = capsys.readouterr().out
     assert out == json.dumps(STATUS) + "\n"
@@ -537,3 +537,26 @@ def test_the_cli_loads_no_daemon_machinery(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     assert out == "3 []\n"
+
+
+def test_status_finds_the_socket_without_the_config_machinery(tmp_path: Path) -> None:
+    # Without -s, `status` reads the config file for its socket (CONTRACT §1), a broken one too,
+    # and still loads neither the schema nor cron nor croniter (`procsup status` starts fast).
+    broken = tmp_path / "apps.toml"
+    broken.write_text('[procsup]\nsocket = "x.sock"\n[apps\n')
+    code = (
+        "import sys\n"
+        "from procsup import cli\n"
+        "rc = cli.main(['status'])\n"
+        "heavy = ['croniter', 'procsup.schema', 'procsup.cron', 'procsup.config', 'asyncio',\n"
+        "         'psutil', 'daemon', 'watchdog', 'procsup.procfs']\n"
+        "print(rc, [m for m in heavy if m in sys.modules])\n"
+    )
+    env = {**os.environ, "PROCSUP_CONFIG": str(broken)}
+    env.pop("PROCSUP_SOCKET", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True,
+        env=env,
+    )
+    assert proc.stdout == "3 []\n"
+    assert str(tmp_path / "x.sock") in proc.stderr  # the socket named by the broken file

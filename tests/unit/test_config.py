@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from procsup import config, schema
+from procsup import config, paths, schema
 from procsup.errors import ConfigError
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode, RestartPolicy
 
@@ -911,7 +911,7 @@ def test_non_root_defaults(
 ) -> None:
     daemon = load_text(tmp_path, '[apps.a]\ncommand = "x"\n', uid=1000, environ=environ).daemon
     assert (daemon.socket, daemon.pidfile, daemon.log_dir, daemon.state_dir) == expected
-    assert config.default_socket_path(1000, environ) == expected[0]
+    assert paths.default_socket_path(1000, environ) == expected[0]
 
 
 def test_default_log_files_and_per_instance_names(tmp_path: Path) -> None:
@@ -1040,9 +1040,9 @@ def test_the_documented_defaults_written_out_change_nothing(tmp_path: Path) -> N
 def test_the_schema_has_the_documented_defaults() -> None:
     """Both ways: every key of the schema is in the tables above, every key of the tables is
     in the schema, and each row's default (as docs and dump show it) is the documented one."""
-    for rows, table, paths in ((schema.APP_KEYS, APP_DEFAULTS, APP_CONTEXT_KEYS),
-                               (schema.DAEMON_KEYS, DAEMON_DEFAULTS, DAEMON_PATH_KEYS)):
-        assert set(rows) == set(table) | paths
+    for rows, table, contextual in ((schema.APP_KEYS, APP_DEFAULTS, APP_CONTEXT_KEYS),
+                                    (schema.DAEMON_KEYS, DAEMON_DEFAULTS, DAEMON_PATH_KEYS)):
+        assert set(rows) == set(table) | contextual
         for name, (text, _) in table.items():
             row = rows[name]
             if text is None:
@@ -1100,7 +1100,7 @@ def test_require_root_owned(tmp_path: Path) -> None:
     ],
 )
 def test_default_config_path(uid: int, environ: dict[str, str], expected: str) -> None:
-    assert config.default_config_path(uid, environ) == expected
+    assert paths.default_config_path(uid, environ) == expected
 
 
 @pytest.mark.parametrize(
@@ -1116,7 +1116,7 @@ def test_default_config_path(uid: int, environ: dict[str, str], expected: str) -
 )
 def test_socket_from_file_is_lenient(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
-    assert config.socket_from_file(path) == str(tmp_path / "s.sock")
+    assert paths.socket_from_file(path) == str(tmp_path / "s.sock")
 
 
 @pytest.mark.parametrize(
@@ -1129,12 +1129,12 @@ def test_socket_from_file_is_lenient(tmp_path: Path, text: str) -> None:
     ],
 )
 def test_socket_from_file_without_socket(tmp_path: Path, text: str) -> None:
-    assert config.socket_from_file(write(tmp_path, text)) is None
+    assert paths.socket_from_file(write(tmp_path, text)) is None
 
 
 def test_socket_from_missing_or_unreadable_file(tmp_path: Path) -> None:
-    assert config.socket_from_file(str(tmp_path / "none.toml")) is None
-    assert config.socket_from_file(str(tmp_path)) is None  # a directory
+    assert paths.socket_from_file(str(tmp_path / "none.toml")) is None
+    assert paths.socket_from_file(str(tmp_path)) is None  # a directory
 
 
 def test_find_socket_order(tmp_path: Path) -> None:
@@ -1147,7 +1147,7 @@ def test_find_socket_order(tmp_path: Path) -> None:
     full = {**base, "PROCSUP_SOCKET": "/from/env.sock", "PROCSUP_CONFIG": env_file}
 
     def find(socket: str | None, cfg: str | None, environ: dict[str, str], uid: int = 1000) -> str:
-        return config.find_socket(
+        return paths.find_socket(
             socket=socket, config=cfg, environ=environ, uid=uid,
             system_config=str(tmp_path / "no-system.toml"),
         )
@@ -1174,7 +1174,7 @@ def test_find_socket_falls_back_to_the_system_daemon(tmp_path: Path) -> None:
     own = str(runtime / "procsup" / "procsup.sock")
 
     def find(uid: int = 1000) -> str:
-        return config.find_socket(
+        return paths.find_socket(
             socket=None, config=None, environ=environ, uid=uid, system_config=system
         )
 

@@ -14,7 +14,7 @@ import pytest
 from procsup import config
 from procsup.cli import LocalFiles
 from procsup.errors import ConfigError
-from procsup.importers import Result, supervisord
+from procsup.importers import Result, ini, supervisord
 
 FIXTURES = Path(__file__).resolve().parent.parent / "import_fixtures" / "supervisord"
 ENV = {"HOME": "/home/ops", "APPS": "/srv/apps", "PATH": "/usr/bin:/bin"}
@@ -302,7 +302,7 @@ def test_unreadable_include_names_the_include_line(tmp_path: Path) -> None:
     ],
 )
 def test_parse_environment(text: str, expected: dict[str, str]) -> None:
-    assert supervisord.parse_environment(text) == expected
+    assert ini.parse_environment(text) == expected
 
 
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.conf")))

@@ -29,7 +29,6 @@ from procsup.lifecycle import (
     Step,
     Stop,
     Tick,
-    status_reason,
     step,
     uptime,
 )
@@ -68,7 +67,7 @@ RUNNING = inst(State.RUNNING, pid=42, started_at=50.0, ready=True, restarts=2, u
 STOPPING = inst(State.STOPPING, pid=42, started_at=50.0, deadline=103.0, restarts=2)
 
 
-# --- Policy, uptime, status_reason ---------------------------------------------------------
+# --- Policy, uptime -----------------------------------------------------------------------
 
 
 def test_policy_of_spec_copies_lifecycle_fields() -> None:
@@ -116,23 +115,6 @@ def test_sigkill_constant_is_the_real_sigkill() -> None:
 )
 def test_uptime_only_while_a_process_is_live(instance: Instance, expected: float | None) -> None:
     assert uptime(instance, AT_100) == expected
-
-
-@pytest.mark.parametrize(
-    ("instance", "expected"),
-    [
-        (ERRORED, "boom"),
-        (EXITED, "exited with code 0"),
-        (BACKOFF, "restarting in 1s (x)"),
-        (dataclasses.replace(RUNNING, reason="stale"), None),
-        (dataclasses.replace(STOPPED, reason="stale"), None),
-        (dataclasses.replace(STOPPING, then_start=True), "restarting"),
-        (dataclasses.replace(STOPPING, then_start=True, reason="memory"), "memory"),
-        (STOPPING, None),
-    ],
-)
-def test_status_reason(instance: Instance, expected: str | None) -> None:
-    assert status_reason(instance) == expected
 
 
 # --- one step per (state, event) -----------------------------------------------------------
@@ -836,7 +818,7 @@ def test_recycle_keeps_counters_and_counts_a_restart() -> None:
     sim.advance(2.0)
     sim.feed(Recycle("memory 600M > max_memory_restart 512M"))
     assert (sim.inst.state, sim.inst.restarts) == (State.STOPPING, 1)
-    assert status_reason(sim.inst) == "memory 600M > max_memory_restart 512M"
+    assert sim.inst.reason == "memory 600M > max_memory_restart 512M"
     sim.feed(Exited(None, TERM))
     assert (sim.inst.state, sim.inst.restarts, sim.inst.reason) == (State.STARTING, 1, None)
     assert len(sim.spawns) == 2

@@ -15,16 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from procsup.logs import (
-    BIG_READ_SIZE,
-    LINE_MAX,
-    PIPE_SIZE,
-    LogSink,
-    LogSinks,
-    PipeReader,
-    open_pipe,
-    tail,
-)
+from procsup.logs import LogSink, LogSinks, tail
+from procsup.pipes import BIG_READ_SIZE, LINE_MAX, PIPE_SIZE, PipeReader, open_pipe
 
 DEADLINE = 10.0  # seconds; every wait in this file is bounded by it
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f %z"

@@ -1,0 +1,220 @@
+"""What `procsup` prints for people: status tables, outcomes, plans, log lines (layer 4).
+
+Pure formatting of the daemon's replies (dicts as they came off the wire, read defensively:
+a field of the wrong type reads as absent), for `cli`. Imports only layer 0, and `units`
+only where a signal is named.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # mypy treats this name as true; `typing` is not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
+
+def format_duration(seconds: float | None) -> str:
+    """Uptime for people: "12s", "5m3s", "2h4m", "3d2h"; "-" for None."""
+    if seconds is None:
+        return "-"
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def format_size(n: int | None) -> str:
+    """Memory for people: "512B", "1.5K", "24.0M", "2.0G"; "-" for None."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n}B"
+    value = float(n)
+    for unit in ("K", "M", "G", "T"):
+        value /= 1024
+        if value < 1024 or unit == "T":
+            break
+    return f"{value:.1f}{unit}"
+
+
+def format_cpu(percent: float | None) -> str:
+    """CPU for people: "0.3%"; "-" for None."""
+    return "-" if percent is None else f"{percent:.1f}%"
+
+
+def format_exit(exit_code: int | None) -> str:
+    """"exit 1" for a code, the signal name for -N (killed by signal N), "-" for None."""
+    if exit_code is None:
+        return "-"
+    if exit_code < 0:
+        from procsup.units import signal_name
+
+        return signal_name(-exit_code)
+    return f"exit {exit_code}"
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    table = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(headers) - 1)]
+    lines = []
+    for row in table:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)] + row[-1:]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+STATUS_HEADERS = ("APP", "ID", "PID", "STATE", "UPTIME", "RESTARTS", "CPU", "MEM",
+                  "LAST EXIT/REASON")
+
+
+def format_status(result: object, *, filtered: bool = False) -> str:
+    """The `status` table, preceded by a line when the config on disk is not applied."""
+    res = as_dict(result)
+    out = []
+    config = as_dict(res.get("config"))
+    if config.get("applied") is False:
+        error = config.get("error")
+        if isinstance(error, dict):
+            error = error.get("text") or error.get("message")
+        path = config.get("path") or "the config"
+        out.append(f"config {path} is not applied: {error}\n" if error else
+                   f"config {path} is not applied\n")
+    instances = [as_dict(i) for i in as_list(res.get("instances"))]
+    if not instances:
+        out.append("no matching instances\n" if filtered else "no apps configured\n")
+        return "".join(out)
+    rows = []
+    for inst in instances:
+        reason = inst.get("reason")
+        rows.append((
+            str(inst.get("app", "?")),
+            _text(inst.get("instance")),
+            _text(inst.get("pid")),
+            str(inst.get("state", "?")),
+            format_duration(_num(inst.get("uptime"))),
+            _text(inst.get("restarts")),
+            format_cpu(_num(inst.get("cpu"))),
+            format_size(_int(inst.get("memory"))),
+            str(reason) if reason else _last_exit(inst),
+        ))
+    out.append(format_table(STATUS_HEADERS, rows))
+    return "".join(out)
+
+
+def format_outcome(result: object) -> str:
+    """One line per instance of a start/stop/restart/reload/scale result:
+    `web:0  running  pid 4242` or `web:1  errored  executable not found: foo`."""
+    rows = []
+    for inst in (as_dict(i) for i in as_list(as_dict(result).get("instances"))):
+        detail = []
+        if inst.get("pid") is not None:
+            detail.append(f"pid {inst['pid']}")
+        if inst.get("reason"):
+            detail.append(str(inst["reason"]))
+        rows.append((_instance_name(inst), str(inst.get("state", "?")), "  ".join(detail)))
+    if not rows:
+        return "no instances\n"
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "".join(
+        f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip() + "\n" for r in rows
+    )
+
+
+def format_signalled(result: object, signame: str) -> str:
+    """`sent SIGUSR2 to web:0 (pid 4242)` per instance, or a line saying nothing was sent."""
+    done = [as_dict(i) for i in as_list(as_dict(result).get("signalled"))]
+    if not done:
+        return f"{signame} was not sent: no selected instance is running\n"
+    return "".join(f"sent {signame} to {_instance_name(i)} (pid {i.get('pid')})\n" for i in done)
+
+
+def format_plan(result: object) -> str:
+    """A `reread`/`update` plan: `restart  web (0, 1): command changed`, one action a line."""
+    res = as_dict(result)
+    out = []
+    for action in (as_dict(a) for a in as_list(res.get("actions"))):
+        ids = ", ".join(str(i) for i in as_list(action.get("instances")))
+        line = f"{action.get('action', '?'):<8} {action.get('app', '?')}"
+        if ids:
+            line += f" ({ids})"
+        if action.get("reason"):
+            line += f": {action['reason']}"
+        out.append(line + "\n")
+    for live in (as_dict(x) for x in as_list(res.get("live"))):
+        changed = ", ".join(str(k) for k in as_list(live.get("keys")))
+        out.append(f"{'update':<8} {live.get('app', '?')}: {changed} changed (live, no restart)\n")
+    if not out:
+        out.append("no changes\n")
+    keys = [str(k) for k in as_list(res.get("restart_daemon"))]
+    if keys:
+        out.append(f"takes effect when procsupd restarts: {', '.join(keys)}\n")
+    return "".join(out)
+
+
+class LogPrinter:
+    """Prints `logs` frames: plain text when every line comes from one file, else each line as
+    `app:i | text` (`app | text` for a file shared by all instances), and `app:i err | text`
+    for a stderr line when both streams are shown (they come one file after the other, so the
+    label is what tells them apart).
+
+    Without follow the whole reply is known, so the choice is exact. With follow the first
+    frame (the last N lines) decides, and a line from a second file switches to prefixes.
+    """
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self._write = write
+        self._sources: set[tuple[object, object, object]] = set()
+
+    def feed(self, frame: object) -> None:
+        lines = [as_dict(line) for line in as_list(as_dict(frame).get("lines"))]
+        self._sources.update((ln.get("app"), ln.get("instance"), ln.get("stream")) for ln in lines)
+        prefixed = len(self._sources) > 1
+        both = len({source[2] for source in self._sources}) > 1
+        for ln in lines:
+            text = str(ln.get("text", ""))
+            if prefixed:
+                inst = ln.get("instance")
+                name = f"{ln.get('app')}:{inst}" if inst is not None else str(ln.get("app"))
+                label = " err" if both and ln.get("stream") == "err" else ""
+                self._write(f"{name}{label} | {text}\n")
+            else:
+                self._write(text + "\n")
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """`value` if it is a JSON object, else {} (a reply from a newer daemon reads as empty)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    """`value` if it is a JSON array, else []."""
+    return value if isinstance(value, list) else []
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _last_exit(inst: dict[str, Any]) -> str:
+    """The last exit, except on a healthy row whose last exit was a requested stop."""
+    if inst.get("state") in ("running", "starting") and not inst.get("restarts"):
+        return "-"
+    return format_exit(_int(inst.get("exit_code")))
+
+
+def _instance_name(inst: dict[str, Any]) -> str:
+    i = inst.get("instance")
+    return f"{inst.get('app', '?')}:{i}" if i is not None else str(inst.get("app", "?"))
