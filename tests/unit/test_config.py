@@ -1054,7 +1054,7 @@ def test_the_schema_has_the_documented_defaults() -> None:
                 assert documented in ([], {}), name
             else:
                 assert default == documented, (name, row.default, text)
-        for name in paths:
+        for name in contextual:
             assert rows[name].default is None, name
 
 
