@@ -419,6 +419,8 @@ def _app_spec(
         for key in ("listen", "balance"):
             if key in values:
                 raise error(f'{key!r} is only used with exec_mode = "cluster"', key)
+    # The contract's rule (WATCHDOG=1 comes over $NOTIFY_SOCKET), not a guard of the engine:
+    # a missed heartbeat is an event on its queue like any other.
     if "heartbeat_timeout" in values and values.get("ready", "started") != "notify":
         raise error('heartbeat_timeout is only used with ready = "notify"', "heartbeat_timeout")
 
