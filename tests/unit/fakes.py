@@ -114,7 +114,8 @@ class FakeProcesses:
         return not run.ended
 
     def watch_heartbeat(self, handle: RunHandle, timeout: float | None) -> None:
-        pass
+        run = self._own(handle)
+        self.history.append(("heartbeat", str(run.id), run.pid, timeout))
 
     def retarget(self, handle: RunHandle, spec: AppSpec) -> None:
         self._own(handle).spec = spec

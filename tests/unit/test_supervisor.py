@@ -69,7 +69,8 @@ def test_a_report_made_inside_an_effect_is_stepped_after_that_step() -> None:
         v = w.engine.view(ref)
         assert v is not None
         assert (v.state, v.pid, v.inst.exit_code) == (State.STOPPED, None, -15)
-        assert [h[0] for h in w.procs.history] == ["spawn", "kill", "exit"]
+        assert [h[0] for h in w.procs.history if h[0] != "heartbeat"] == [
+            "spawn", "kill", "exit"]
 
     play(scenario)
 
@@ -171,5 +172,27 @@ def test_a_stop_supersedes_a_replacement() -> None:
         assert done.old is None and done.superseded
         assert w.procs.live() == []
         assert [(v.ref, v.state) for v in w.engine.snapshot()] == [(ref, State.STOPPED)]
+
+    play(scenario)
+
+
+def test_a_run_ready_in_its_spawn_step_keeps_its_heartbeat_watch() -> None:
+    """min_uptime 0 with "started" readiness: the spawn's answer makes the instance running at
+    once. That answer is stepped after the start's step, so the start's step cannot undo the
+    heartbeat watch the running state asked for (the old re-entrant feed did: its outer call
+    saw "not running" and cancelled the watch its inner call had just armed)."""
+
+    async def scenario(w: World) -> None:
+        w.engine.set_specs({"web": spec("web", 1, min_uptime=0.0, heartbeat_timeout=5.0)})
+        ref = w.engine.add("web", 0)
+        w.engine.start([ref])
+        v = w.engine.view(ref)
+        assert v is not None and v.state is State.RUNNING
+        pid = w.procs.runs[0].pid
+        assert [h for h in w.procs.history if h[0] == "heartbeat"] == [
+            ("heartbeat", "web:0", pid, 5.0)]
+        w.engine.stop([ref])
+        assert [h for h in w.procs.history if h[0] == "heartbeat"][-1] == (
+            "heartbeat", "web:0", pid, None)
 
     play(scenario)
