@@ -173,13 +173,18 @@ class World:
         every ready callback run, then jumps to the next timer. Fails past `limit` fake
         seconds or when nothing is left to happen."""
         end = self.clock.now + limit
+        idle = 0
         while not done():
             for _ in range(20):
                 await asyncio.sleep(0)
                 if done():
                     return
             due = self.clock.next_due()
-            assert due is not None, "nothing left to happen, and the condition does not hold"
+            if due is None:  # no timer: only the loop's own callbacks can still make progress
+                idle += 1
+                assert idle < 1000, "nothing left to happen, and the condition does not hold"
+                continue
+            idle = 0
             assert due <= end, f"not done within {limit} fake seconds"
             self.clock.advance_to(due)
 
