@@ -191,7 +191,7 @@ for _ in range(10):
     ticks_at_write: list[int] = []  # the ticker's count each time a chunk reached the file
     sinks.follow(str(path), lambda _: ticks_at_write.append(ticks))
 
-    async def main() -> tuple[float, int]:
+    async def main() -> tuple[float, int, float]:
         loop = asyncio.get_running_loop()
         lateness = 0.0
         timer_fires = 0
@@ -212,13 +212,14 @@ for _ in range(10):
 
         loop.call_soon(tick)
         loop.call_at(loop.time() + 0.005, timer, loop.time() + 0.005)
+        start = loop.time()
         try:
             assert await _capture(_py(code), sink) == 0
         finally:
             running = False
-        return lateness, timer_fires
+        return lateness, timer_fires, loop.time() - start
 
-    lateness, timer_fires = asyncio.run(main())
+    lateness, timer_fires, elapsed = asyncio.run(main())
     sinks.close_all()
     assert path.stat().st_size == total
     # one chunk per read of at most BIG_READ_SIZE (no date prefix here)
@@ -226,7 +227,10 @@ for _ in range(10):
     gaps = [b - a for a, b in itertools.pairwise(ticks_at_write)]
     assert min(gaps) >= 1, "two reads ran without the loop serving anything else in between"
     assert timer_fires >= 1
-    assert lateness < 0.2, f"timer was {lateness:.3f}s late during the flood"
+    # Relative to the flood's length, which a loaded machine stretches as much as a pause: a
+    # reader that kept the loop for the whole flood makes the timer late by all of it.
+    assert lateness < max(0.25, elapsed / 3), \
+        f"timer was {lateness:.3f}s late during a {elapsed:.3f}s flood"
 
 
 def test_reader_close_drains_and_flushes_without_eof_callback(tmp_path: Path) -> None:
