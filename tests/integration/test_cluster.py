@@ -12,7 +12,6 @@ import socket
 import stat
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -435,14 +434,14 @@ def test_stop_during_a_reload_stops_old_and_replacement(daemon: Daemon, tmp_path
     slow.chmod(0o755)
     _cluster(daemon, port)
     daemon.start()
-    daemon.wait_states("web", "running", 2)
+    old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
     daemon.config.write_text(daemon.config.read_text().replace(
         "command = [", f'command = ["{slow}"]\n# was: ['))
     results: dict[str, int] = {}
     t = threading.Thread(target=lambda: results.setdefault(
         "update", daemon.cli("update", timeout=60).returncode))
     t.start()
-    time.sleep(0.5)  # the first replacement is starting
+    wait_for(lambda: set(daemon.app_processes()) - old, 30, "the first replacement starting")
     assert daemon.cli("stop", "web").returncode == 0
     t.join(60)
     assert not t.is_alive()
