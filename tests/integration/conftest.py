@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from ..inotify import inotify_watched, watch_keys
+
 APPS = Path(__file__).resolve().parent.parent / "apps"
 PY = sys.executable
 
@@ -60,34 +62,10 @@ class LineReader:
         return line.decode(errors="replace")
 
 
-def inotify_watched(pid: int) -> set[tuple[int, int]]:
-    """(device, inode) of every file that process `pid` watches with inotify, as the kernel
-    shows it in /proc/PID/fdinfo (the device as the kernel encodes it, see `kernel_dev`)."""
-    watched = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("inotify "):
-                fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f)
-                watched.add((int(fields["sdev"], 16), int(fields["ino"], 16)))
-    return watched
-
-
-def kernel_dev(st_dev: int) -> int:
-    """`st_dev` as the kernel prints it in fdinfo (major << 20 | minor)."""
-    return os.major(st_dev) << 20 | os.minor(st_dev)
-
-
 def wait_watched(pid: int, *paths: Path, timeout: float = 10.0) -> None:
     """Wait until process `pid` has an inotify watch on each of `paths` (watch is armed on a
     worker thread after the app starts)."""
-    wanted = set()
-    for path in paths:
-        st = path.stat()
-        wanted.add((kernel_dev(st.st_dev), st.st_ino))
+    wanted = watch_keys(*paths)
     wait_for(lambda: wanted <= inotify_watched(pid), timeout,
              f"inotify watches on {', '.join(map(str, paths))}")
 
