@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ..inotify import inotify_watched, watch_keys
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 PY = sys.executable
@@ -36,6 +39,35 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+class LineReader:
+    """Lines from a pipe, each awaited with a deadline (a bare readline() can hang CI)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def line(self, timeout: float = 10.0, what: str = "a line") -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise AssertionError(f"end of output while waiting for {what}: {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+
+def wait_watched(pid: int, *paths: Path, timeout: float = 10.0) -> None:
+    """Wait until process `pid` has an inotify watch on each of `paths` (watch is armed on a
+    worker thread after the app starts)."""
+    wanted = watch_keys(*paths)
+    wait_for(lambda: wanted <= inotify_watched(pid), timeout,
+             f"inotify watches on {', '.join(map(str, paths))}")
 
 
 def total_size(directory: Path, pattern: str) -> int:

@@ -285,12 +285,19 @@ def test_flooding_child_does_not_block_status(daemon: Daemon) -> None:
         10,
         "flood to fill the log",
     )
+    # Compared with the CLI's own start-up (an interpreter and imports, which a loaded machine
+    # slows as much): what status takes beyond it is the daemon's answer.
+    extra = []
     for _ in range(5):
         t0 = time.monotonic()
+        assert daemon.cli("--help").returncode == 0
+        t1 = time.monotonic()
         r = daemon.cli("status", "--json")
-        elapsed = time.monotonic() - t0
+        t2 = time.monotonic()
         assert r.returncode == 0
-        assert elapsed < 1.0, f"status took {elapsed:.2f}s under a flood"
+        extra.append((t2 - t1) - (t1 - t0))
+    extra.sort()
+    assert extra[2] < 0.5 and extra[-1] < 3.0, f"status took longer by {extra} under a flood"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
@@ -326,11 +333,11 @@ def test_shutdown_stops_in_parallel_within_kill_timeout(daemon: Daemon, tmp_path
     daemon.write(f"""
         [apps.s1]
         command = {app_cmd("stubborn", str(tmp_path / "g1"))}
-        kill_timeout = "1s"
+        kill_timeout = "3s"
         min_uptime = "100ms"
         [apps.s2]
         command = {app_cmd("stubborn", str(tmp_path / "g2"))}
-        kill_timeout = "1s"
+        kill_timeout = "3s"
         min_uptime = "100ms"
         """)
     daemon.start()
@@ -341,7 +348,9 @@ def test_shutdown_stops_in_parallel_within_kill_timeout(daemon: Daemon, tmp_path
     t0 = time.monotonic()
     assert daemon.stop_daemon() == 0
     elapsed = time.monotonic() - t0
-    assert elapsed < 1.9, f"stops ran one after the other ({elapsed:.2f}s)"
+    # Both ignore SIGTERM: one after the other takes 2 x 3 s; in parallel 3 s, and 2 s to spare
+    # for a loaded machine.
+    assert 3.0 <= elapsed < 5.0, f"stops ran one after the other ({elapsed:.2f}s)"
     assert not any(pid_alive(p) for p in grandkids)
 
 

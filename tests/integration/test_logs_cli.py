@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 
-from .conftest import PY, Daemon, app_cmd, wait_for
+from .conftest import PY, Daemon, LineReader, app_cmd, wait_for
 
 
 def test_partial_last_line_is_flushed_and_prefixed(daemon: Daemon) -> None:
@@ -75,19 +74,21 @@ def test_logs_command_tail_and_follow(daemon: Daemon) -> None:
     assert "oops" in r.stdout and "line50" not in r.stdout
     r = daemon.cli("logs", "nope")
     assert r.returncode == 1
-    # -f follows new lines as they are written
+    # -f follows new lines as they are written. The last line comes first (-n 1): once it is
+    # here, the follower is subscribed (the daemon subscribes as it sends the tail).
     with subprocess.Popen(
-        [PY, "-m", "procsup.cli", "-s", daemon.socket, "logs", "n", "-f", "-n", "0", "--out"],
+        [PY, "-m", "procsup.cli", "-s", daemon.socket, "logs", "n", "-f", "-n", "1", "--out"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        text=True,
         env=daemon.env,
     ) as follower:
         try:
-            time.sleep(0.5)  # let the follower subscribe before the restart writes
-            assert daemon.cli("restart", "n").returncode == 0
             assert follower.stdout is not None
-            first = follower.stdout.readline()
+            reader = LineReader(follower.stdout.fileno())
+            tail = reader.line(10, "the tail")
+            assert tail.strip().endswith("line50"), tail
+            assert daemon.cli("restart", "n").returncode == 0
+            first = reader.line(10, "the first line after the restart")
             assert first.strip().endswith("line1"), first
         finally:
             follower.terminate()

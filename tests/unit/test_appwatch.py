@@ -13,6 +13,8 @@ import pytest
 
 from procsup.watch import AppWatch, _counts, _ignored, _Watched
 
+from ..inotify import watched
+
 DEFAULT_IGNORE = ("*.log", ".git", "__pycache__", "node_modules")
 SETTLE = 0.3
 #: inotify events take ~100 ms; watchdog 2.x holds them 0.5 s to pair renames.
@@ -190,7 +192,7 @@ def test_new_subdirectories_and_file_roots(tmp_path: Path) -> None:
         deep = tmp_path / "tree" / "a" / "b"
         deep.mkdir(parents=True)
         await rec.wait_calls(2)
-        await asyncio.sleep(0.3)  # watchdog adds the new directories' watches
+        await watched(deep.parent, deep)  # watchdog adds the new directories' watches
         (deep / "c.txt").write_text("x")
         await rec.wait_calls(3)
         assert rec.calls[2][1] == str(deep / "c.txt")

@@ -484,6 +484,7 @@ def test_client_timeout_and_a_daemon_that_dies(tmp_path: Path) -> None:
         t.join(5)
 
 
+@pytest.mark.nonroot
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may connect to any socket")
 def test_permission_denied_exits_3(
     daemon: tuple[FakeDaemon, str], capsys: pytest.CaptureFixture[str]

@@ -1073,6 +1073,7 @@ watch = true
     assert sorted(p.name for p in tmp_path.iterdir()) == ["apps.toml"]
 
 
+@pytest.mark.nonroot  # its last check differs for root
 def test_require_root_owned(tmp_path: Path) -> None:
     path = write(tmp_path, '[apps.a]\ncommand = "x"\n')
     os.chmod(path, 0o664)

@@ -183,7 +183,7 @@ for _ in range(10):
     ticks_at_write: list[int] = []  # the ticker's count each time a chunk reached the file
     sinks.follow(str(path), lambda _: ticks_at_write.append(ticks))
 
-    async def main() -> tuple[float, int]:
+    async def main() -> tuple[float, int, float]:
         loop = asyncio.get_running_loop()
         lateness = 0.0
         timer_fires = 0
@@ -204,13 +204,14 @@ for _ in range(10):
 
         loop.call_soon(tick)
         loop.call_at(loop.time() + 0.005, timer, loop.time() + 0.005)
+        start = loop.time()
         try:
             assert await _capture(_py(code), sink) == 0
         finally:
             running = False
-        return lateness, timer_fires
+        return lateness, timer_fires, loop.time() - start
 
-    lateness, timer_fires = asyncio.run(main())
+    lateness, timer_fires, elapsed = asyncio.run(main())
     sinks.close_all()
     assert path.stat().st_size == total
     # one chunk per read of at most BIG_READ_SIZE (no date prefix here)
@@ -218,7 +219,10 @@ for _ in range(10):
     gaps = [b - a for a, b in itertools.pairwise(ticks_at_write)]
     assert min(gaps) >= 1, "two reads ran without the loop serving anything else in between"
     assert timer_fires >= 1
-    assert lateness < 0.2, f"timer was {lateness:.3f}s late during the flood"
+    # Relative to the flood's length, which a loaded machine stretches as much as a pause: a
+    # reader that kept the loop for the whole flood makes the timer late by all of it.
+    assert lateness < max(0.25, elapsed / 3), \
+        f"timer was {lateness:.3f}s late during a {elapsed:.3f}s flood"
 
 
 def test_reader_close_drains_and_flushes_without_eof_callback(tmp_path: Path) -> None:
@@ -271,6 +275,7 @@ def test_eof_callback_runs_once_and_closes_the_fd(tmp_path: Path) -> None:
 # -- open_pipe ------------------------------------------------------------------------------
 
 
+@pytest.mark.nonroot  # the pipe size checked differs for root
 def test_open_pipe_flags() -> None:
     read_fd, write_fd = open_pipe()
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 from procsup.model import AppSpec
 from procsup.monitors import Leader, Monitors
 
+from ..inotify import watched
+
 DEADLINE = 5.0
 LOG = logging.getLogger("test-monitors")
 
@@ -164,7 +166,7 @@ def test_watch_recycles_the_app_once_per_burst(tmp_path: Path) -> None:
         try:
             log_file = str(tmp_path / "web-out.log")
             m.configure({"web": spec(watch=(str(tmp_path),), out_file=log_file)})
-            await asyncio.sleep(0.3)  # the watch is added on a worker thread
+            await watched(tmp_path)  # the watch is added on a worker thread
             for i in range(50):
                 (tmp_path / f"f{i}.py").write_text("x")
             await calls.wait(1)

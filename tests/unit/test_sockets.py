@@ -395,6 +395,7 @@ _UNPRIVILEGED_BIND = textwrap.dedent(
 )
 
 
+@pytest.mark.nonroot  # root binds anywhere: the refusal is seen as another user
 def test_permission_denied(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
