@@ -202,7 +202,7 @@ class Applier:
                 self.log.warning("config: %s", warning)
             self.monitors.configure(engine.specs(), self.desired.daemon)
         if wait and starting:
-            await engine.settled(starting)
+            await engine.started(starting)
         return plan
 
     async def scale(self, app: str, count: int, *, wait: bool) -> list[View]:
@@ -220,7 +220,7 @@ class Applier:
         gone = {v.ref: v for v in retired}
         if wait:
             gone.update((v.ref, v) for v in await engine.stopped(list(gone)))
-            return [*gone.values(), *await engine.settled(added)]
+            return [*gone.values(), *await engine.started(added)]
         return [*gone.values(), *engine.views(added)]
 
     async def reload_apps(self, targets: Mapping[str, list[int]]) -> str | None:
@@ -253,7 +253,7 @@ class Applier:
                 if old.state not in (State.RUNNING, State.STARTING):  # nothing to keep serving
                     if not only_running:
                         self.engine.restart([old.ref])
-                        await self.engine.settled([old.ref])
+                        await self.engine.started([old.ref])
                     continue
                 done = await self.engine.replace(old.ref)
                 if done.old is not None:

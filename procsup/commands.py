@@ -131,7 +131,7 @@ class Commands:
         else:
             self.engine.start(refs)
         wait = bool(args.get("wait", True))
-        views = await self.engine.settled(refs) if wait else self.engine.views(refs)
+        views = await self.engine.started(refs) if wait else self.engine.views(refs)
         return self.outcome(views, self._ok_started(wait))
 
     async def cmd_start(self, args: dict[str, Any], send: Send) -> object:

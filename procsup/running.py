@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -33,6 +34,8 @@ from procsup.model import AppSpec, ExecMode, InstanceId
 DRAIN_POLL = 0.02
 #: Exit polling interval where pidfds are unavailable.
 _EXIT_POLL = 0.05
+#: A log file that cannot be opened for these reasons may open later (space, fds come back).
+_LOG_TRANSIENT_ERRNOS = spawn.TRANSIENT_ERRNOS | {errno.ENOSPC, errno.EDQUOT}
 
 #: app, instance index (reuseport) or None (shared), address, balance
 ListenerKey = tuple[str, int | None, str, str]
@@ -164,10 +167,10 @@ class Processes:
 
     # ------------------------------------------------------------------ one run
 
-    def spawn(self, iid: InstanceId, spec: AppSpec) -> Run | str:
+    def spawn(self, iid: InstanceId, spec: AppSpec) -> Run | lifecycle.SpawnFailed:
         """Start a run of instance `iid` from `spec`: the new `Run`, or why it cannot start
         (executable not found, a socket that cannot be bound, a log file that cannot be
-        opened, ...)."""
+        opened, ...; `transient` when a resource ran out: a process limit, open files)."""
         captures: list[Capture] = []
         write_ends: list[int] = []  # closed in the parent once the child has them
         try:
@@ -229,8 +232,12 @@ class Processes:
                     cap.reader.close()
                 self._capture_done(cap)
             if isinstance(exc, spawn.SpawnError):
-                return exc.reason
-            return f"cannot set up output pipes: {exc}"
+                return lifecycle.SpawnFailed(exc.reason, transient=exc.transient)
+            # pipe(2) or a Popen pipe: only the daemon's resources can fail here.
+            if exc.errno in spawn.TRANSIENT_ERRNOS:
+                return lifecycle.SpawnFailed(
+                    f"cannot set up output pipes: {spawn.resource_text(exc)}", transient=True)
+            return lifecycle.SpawnFailed(f"cannot set up output pipes: {exc}")
         finally:
             for w in write_ends:
                 os.close(w)
@@ -333,7 +340,8 @@ class Processes:
                 try:
                     sock = sockets.bind(address, reuseport=reuseport)
                 except sockets.BindError as exc:
-                    raise spawn.SpawnError(str(exc)) from None
+                    raise spawn.SpawnError(
+                        str(exc), transient=exc.errno in spawn.TRANSIENT_ERRNOS) from None
                 self.listeners[key] = sock
             socks.append(sock)
         return socks
@@ -374,7 +382,15 @@ class Processes:
                 path, date_format=spec.log_date_format, max_size=spec.log_max_size,
                 retain=spec.log_retain,
             )
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            # A full disk or fd table comes back; a permission or a path problem does not.
+            if exc.errno in _LOG_TRANSIENT_ERRNOS:
+                why = (spawn.resource_text(exc) if exc.errno in spawn.TRANSIENT_ERRNOS
+                       else exc.strerror or str(exc))
+                raise spawn.SpawnError(f"cannot open log file {path}: {why}",
+                                       transient=True) from None
+            raise spawn.SpawnError(f"cannot open log file: {exc}") from None
+        except ValueError as exc:
             raise spawn.SpawnError(f"cannot open log file: {exc}") from None
 
     def _capture_done(self, cap: Capture) -> None:

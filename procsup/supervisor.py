@@ -58,7 +58,7 @@ class ProcessLayer(Protocol):
     """The OS side of runs (`running.Processes`). It reports what runs do later through the
     `report` callback given to its factory."""
 
-    def spawn(self, iid: InstanceId, spec: AppSpec) -> RunHandle | str: ...
+    def spawn(self, iid: InstanceId, spec: AppSpec) -> RunHandle | lifecycle.SpawnFailed: ...
     def kill(self, run: RunHandle, sig: int) -> None: ...
     def signal(self, run: RunHandle, sig: int) -> bool: ...
     def watch_heartbeat(self, run: RunHandle, timeout: float | None) -> None: ...
@@ -88,6 +88,7 @@ class Slot:
     timer: Cancellable | None = None
     timer_at: float | None = None
     generation: int = 0  # runs spawned so far
+    asked: int = 0  # the generation when the last start or restart was asked for
     retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
     note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
     gone: bool = False  # forgotten: no longer in the table
@@ -255,7 +256,10 @@ class Supervisor:
 
     def start(self, refs: Iterable[Ref]) -> None:
         """Start these instances (an instance stopping starts again once it is stopped)."""
-        self._command(self._pick(refs), lifecycle.Start())
+        slots = self._pick(refs)
+        for slot in slots:
+            slot.asked = slot.generation
+        self._command(slots, lifecycle.Start())
 
     def stop(self, refs: Iterable[Ref]) -> None:
         """Stop these instances: kill_signal to each group, SIGKILL after kill_timeout."""
@@ -264,6 +268,8 @@ class Supervisor:
     def restart(self, refs: Iterable[Ref], *, note: str | None = None) -> None:
         """Stop (if live) then start, with fresh restart counters; `note` is shown in status."""
         slots = self._pick(refs)
+        for slot in slots:
+            slot.asked = slot.generation
         self._command(slots, lifecycle.Restart())
         for slot in slots:
             slot.note = note
@@ -358,6 +364,17 @@ class Supervisor:
         await self._wait(lambda: all(s.gone or s.inst.state in SETTLED for s in slots))
         return [self._view(s) for s in slots]
 
+    async def started(self, refs: Iterable[Ref]) -> list[View]:
+        """What a `start`/`restart` waits for: each instance is settled (running, errored,
+        exited, stopped), waiting in backoff, gone, or has ended the run its last start began
+        and is starting the next (a crash loop with no restart delay never rests in
+        backoff). How they ended up."""
+        slots = self._pick(refs)
+        await self._wait(lambda: all(
+            s.gone or s.inst.state in SETTLED or s.inst.state is State.BACKOFF
+            or s.generation >= s.asked + 2 for s in slots))
+        return [self._view(s) for s in slots]
+
     async def stopped(self, refs: Iterable[Ref]) -> list[View]:
         """Once the processes these instances have now are gone (each is not live, or has
         started a new run since: a later start superseded the stop, or left the table): how
@@ -413,8 +430,8 @@ class Supervisor:
         for effect in effects:
             if isinstance(effect, lifecycle.Spawn):
                 result = self.processes.spawn(slot.id, slot.spec)
-                if isinstance(result, str):
-                    self._queue.append((slot, lifecycle.SpawnFailed(result)))
+                if isinstance(result, lifecycle.SpawnFailed):
+                    self._queue.append((slot, result))
                 else:
                     slot.run = result
                     self._owners[result] = slot
