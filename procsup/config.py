@@ -336,10 +336,9 @@ def _app_spec(
 
     if not isinstance(raw, dict):
         raise error(f"an app must be a table ([apps.{name}]), got {schema.type_name(raw)}")
-    if not schema.APP_NAME_RE.match(name):
-        raise error(f"invalid app name {name!r}: use letters, digits, '_', '.' and '-'")
-    if name in schema.RESERVED_APP_NAMES:
-        raise error(f"the app name {name!r} is reserved")
+    problem = schema.app_name_problem(name)
+    if problem is not None:
+        raise error(problem)
 
     values: dict[str, Any] = {}
     profile_env: dict[str, dict[str, str]] = {}

@@ -366,6 +366,29 @@ def test_start_stop_restart_wait_and_exit_status(
     ]
 
 
+def test_double_dash_ends_the_options_before_an_app_name(
+    daemon: tuple[FakeDaemon, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11: `procsup stop -h` is the help of `stop` (exit 0, nothing sent); an app named
+    "-h" (valid before names starting with '-' were refused) is reached after `--`, and the
+    main help says so."""
+    fake, path = daemon
+    ok = {"instances": [{"app": "-h", "instance": 0, "state": "stopped", "pid": None,
+                         "reason": None}], "failed": False}
+    fake.on("stop", ok)
+    assert run(path, "stop", "-h") == 0
+    assert "usage: procsup stop" in capsys.readouterr().out
+    assert fake.seen == []
+    assert run(path, "stop", "--", "-h") == 0
+    assert capsys.readouterr().out == "-h:0  stopped\n"
+    fake.on("status", STATUS)
+    assert run(path, "status", "--json", "--", "-h") == 0
+    assert fake.seen == [("stop", {"apps": ["-h"], "wait": True}), ("status", {"apps": ["-h"]})]
+    capsys.readouterr()
+    assert cli.main(["--help"]) == 0
+    assert "procsup stop -- -h" in " ".join(capsys.readouterr().out.split())
+
+
 def test_error_reply_exits_1_with_the_message(
     daemon: tuple[FakeDaemon, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -316,12 +316,40 @@ def test_top_level_errors(tmp_path: Path, text: str, line: int, message: str) ->
         ('[apps."my app"]', "invalid app name"),
         ('[apps."a/b"]', "invalid app name"),
         ('[apps.""]', "invalid app name"),
+        # `$` matched before a final newline: "web\n" passed.
+        ('[apps."web\\n"]', "invalid app name"),
+        # Issue 11: `procsup stop -h` printed the usage instead of stopping the app.
+        ('[apps."-h"]', "app names may not start with '-' (it reads as an option on the "
+                        "command line)"),
+        ("[apps.-web]", "may not start with '-'"),
+        # Issue 11: a 300-character name failed only at start, with ENAMETOOLONG.
+        (f"[apps.{'a' * 300}]", "app name too long: 300 characters, at most 100"),
+        (f"[apps.{'a' * 101}]", "app name too long: 101 characters, at most 100"),
     ],
 )
 def test_bad_app_names(tmp_path: Path, header: str, message: str) -> None:
     err = load_error(tmp_path, f'\n{header}\ncommand = "x"\n')
     assert err.line == 2
     assert message in err.message
+    assert str(err).startswith(f"{tmp_path / 'apps.toml'}:2: app ")
+
+
+def test_app_name_limits_are_allowed(tmp_path: Path) -> None:
+    """Up to 100 characters; '-' anywhere but first; a leading '.' or '_' is no option."""
+    names = ["a" * schema.APP_NAME_MAX, "a-", "_x", ".x", "9"]
+    text = "".join(f'[apps."{n}"]\ncommand = "x"\n' for n in names)
+    assert list(load_text(tmp_path, text).apps) == names
+
+
+def test_the_longest_app_name_fits_its_log_file_names(tmp_path: Path) -> None:
+    """The bound leaves every default log file (per instance, rotated) a file name the file
+    system takes: each is created for real."""
+    name = "a" * schema.APP_NAME_MAX
+    app = load_text(tmp_path, f'[apps.{name}]\ncommand = "x"\ninstances = 100000\n'
+                    "log_retain = 1000\n").apps[name]
+    for path in app.log_paths(99999):
+        assert path is not None
+        (tmp_path / (os.path.basename(path) + ".1000")).touch()
 
 
 def test_app_names_with_dots_and_quotes(tmp_path: Path) -> None:
