@@ -118,7 +118,7 @@ class Processes:
         self.environ = environ
         self.marker = marker
         self.state_dir = state_dir
-        self.sinks = logs.LogSinks(on_error=self._log_error)
+        self.sinks = logs.LogSinks(report=self.log.log)
         self.notify: notify.NotifyServer | None = None
         self._runs: dict[int, Run] = {}  # live runs (not yet released) by pid = pgid
         self._readers: set[Capture] = set()  # every stream still being read
@@ -130,9 +130,6 @@ class Processes:
         # (ready, stopping, ...) writes nothing, so a rolling reload's step from READY=1 to
         # the next spawn does no file I/O.
         self._recorded: tuple[statefile.Record, ...] | None = None
-
-    def _log_error(self, what: str, exc: OSError) -> None:
-        self.log.error("%s: %s", what, exc)
 
     def start_notify(self, path: str) -> None:
         """The $NOTIFY_SOCKET every instance gets, beside the control socket."""
