@@ -77,6 +77,12 @@ class Run:
         """The leader's pid, which is also the process group id."""
         return self.proc.pid
 
+    @property
+    def log_health(self) -> tuple[logs.LogHealth, ...]:
+        """The run's log files that refused writes (each file once), for status."""
+        sinks = {id(c.sink): c.sink for c in self.captures if c.sink is not None}
+        return tuple(h for sink in sinks.values() if (h := sink.health) is not None)
+
 
 class RunHandle(Protocol):
     """A run as the engine sees it: what `spawn` returned, read-only (a fake process layer
@@ -86,6 +92,8 @@ class RunHandle(Protocol):
     def pid(self) -> int: ...
     @property
     def status(self) -> str | None: ...
+    @property
+    def log_health(self) -> tuple[logs.LogHealth, ...]: ...
 
 
 #: report(run, event): what a run did, for the engine's event queue.
