@@ -262,7 +262,9 @@ class LogSink:
         `max_size` by at most one line, however much one read brought."""
         view = memoryview(out)
         start, end = 0, len(out)
-        while start < end and self._fd is not None:
+        # A piece refused stops it: the rest is dropped, and anything written later goes after
+        # the marker line.
+        while start < end and self._fd is not None and self._ledger.episode is None:
             if self._rotate_at is None:  # not a regular file, or rotation was switched off
                 self._write_parts((view[start:],))
                 return
@@ -277,7 +279,7 @@ class LogSink:
             # Up to the limit; the next round's first line passes it and rotates the file.
             self._write_parts((view[start:cut],))
             start = cut
-        if start < end:  # the file was lost on the way (a failed reopen after rotating)
+        if start < end:  # refused, or the file was lost on the way (a failed reopen)
             self._drop((view[start:],))
 
     @staticmethod

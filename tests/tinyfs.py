@@ -18,12 +18,14 @@ WHY = "mounting a small tmpfs to fill needs root"
 
 
 @contextmanager
-def tiny_tmpfs(where: Path, size: str = "256k") -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `where` (created), unmounted afterwards. The unmount is
-    lazy: a daemon under test may still hold files there when the test ends."""
+def tiny_tmpfs(where: Path, size: str = "256k", inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of `size` (and at most `inodes` files and directories, its root included)
+    mounted at `where` (created), unmounted afterwards. The unmount is lazy: a daemon under
+    test may still hold files there when the test ends."""
     where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                              str(where)], capture_output=True, text=True, timeout=30)
+    options = f"size={size},mode=0755" + (f",nr_inodes={inodes}" if inodes else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                             capture_output=True, text=True, timeout=30)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:

@@ -568,6 +568,34 @@ def test_a_full_filesystem_drops_counts_and_resumes(tmp_path: Path,
         assert (line[:-1] % first_lost).startswith(kept[-1]) and kept[-1] != line[:-1] % first_lost
 
 
+@pytest.mark.root
+@pytest.mark.skipif(NOT_ROOT, reason=WHY)
+def test_a_rotation_that_cannot_create_its_new_file_counts_the_rest(tmp_path: Path) -> None:
+    reports, report = _reporter()
+    with tiny_tmpfs(tmp_path / "fs", "1m", inodes=2) as fs:  # its root and one file
+        sinks = LogSinks(report=report)
+        path = fs / "app.log"
+        # Room for the marker and a short line after the rotation, not for the three lines.
+        sink = sinks.acquire(str(path), date_format=None, max_size=150, retain=1)
+        a, b, c = (ch * 99 + b"\n" for ch in (b"a", b"b", b"c"))
+        sink.write(a + b + c)  # rotates after b; the new app.log needs a second inode
+        health = sink.health
+        assert health is not None and health.error == "cannot open: No space left on device"
+        assert (health.dropped_lines, health.dropped_bytes) == (1, 100)  # c, not silently
+        assert (fs / "app.log.1").read_bytes() == a + b
+        (fs / "app.log.1").unlink()  # an inode is free again
+        _write_until(sink, b"d\n", path)
+        health = sink.health
+        assert health is not None and health.error is None
+        data = path.read_bytes()
+        sinks.close_all()
+    marker = _MARKER.match(data)
+    assert marker is not None and int(marker[1]) == health.dropped_lines
+    assert marker[3] == b"cannot open: No space left on device"
+    assert data[marker.end():] == b"d\n"
+    assert [level for level, _ in reports] == [logging.ERROR, logging.WARNING]
+
+
 def test_eio_closes_the_file_and_reopens_it_with_backoff(tmp_path: Path) -> None:
     # A hung-up terminal: write(2) on it fails with EIO for good, as on a failing device, and
     # its name goes away, so only a reopen of the path (now a regular file) can heal it.
