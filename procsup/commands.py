@@ -199,6 +199,7 @@ class Commands:
                     cpu=round(cpu, 1) if cpu is not None else None, memory=mem,
                     exit_code=v.inst.exit_code, reason=v.inst.reason or v.note, status=v.status,
                     next_cron_restart=monitors.next_cron_restart(v.id.app),
+                    log_errors=tuple(h.to_json() for h in v.log_health),
                 ).to_json()
             )
         a = self.applier

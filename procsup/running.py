@@ -80,6 +80,12 @@ class Run:
         """The leader's pid, which is also the process group id."""
         return self.proc.pid
 
+    @property
+    def log_health(self) -> tuple[logs.LogHealth, ...]:
+        """The run's log files that refused writes (each file once), for status."""
+        sinks = {id(c.sink): c.sink for c in self.captures if c.sink is not None}
+        return tuple(h for sink in sinks.values() if (h := sink.health) is not None)
+
 
 class RunHandle(Protocol):
     """A run as the engine sees it: what `spawn` returned, read-only (a fake process layer
@@ -89,6 +95,8 @@ class RunHandle(Protocol):
     def pid(self) -> int: ...
     @property
     def status(self) -> str | None: ...
+    @property
+    def log_health(self) -> tuple[logs.LogHealth, ...]: ...
 
 
 #: report(run, event): what a run did, for the engine's event queue.
@@ -121,7 +129,7 @@ class Processes:
         self.environ = environ
         self.marker = marker
         self.state_dir = state_dir
-        self.sinks = logs.LogSinks(on_error=self._log_error)
+        self.sinks = logs.LogSinks(report=self.log.log)
         self.notify: notify.NotifyServer | None = None
         self._runs: dict[int, Run] = {}  # live runs (not yet released) by pid = pgid
         self._readers: set[Capture] = set()  # every stream still being read
@@ -133,9 +141,6 @@ class Processes:
         # (ready, stopping, ...) writes nothing, so a rolling reload's step from READY=1 to
         # the next spawn does no file I/O.
         self._recorded: tuple[statefile.Record, ...] | None = None
-
-    def _log_error(self, what: str, exc: OSError) -> None:
-        self.log.error("%s: %s", what, exc)
 
     def start_notify(self, path: str) -> None:
         """The $NOTIFY_SOCKET every instance gets, beside the control socket."""

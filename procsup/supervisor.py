@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
-from procsup import lifecycle, units
+from procsup import lifecycle, logs, units
 from procsup.lifecycle import Instance, Policy
 from procsup.model import LIVE_STATES, AppSpec, ExecMode, InstanceId, State
 from procsup.running import Report, RunHandle
@@ -107,6 +107,7 @@ class View:
     retiring: bool
     note: str | None
     status: str | None  # the last STATUS= of its current run
+    log_health: tuple[logs.LogHealth, ...] = ()  # its current run's log files that refused writes
 
     @property
     def state(self) -> State:
@@ -184,7 +185,8 @@ class Supervisor:
     @staticmethod
     def _view(slot: Slot) -> View:
         return View(slot.ref, slot.id, slot.spec, slot.inst, slot.role, slot.generation,
-                    slot.retiring, slot.note, slot.run.status if slot.run else None)
+                    slot.retiring, slot.note, slot.run.status if slot.run else None,
+                    slot.run.log_health if slot.run else ())
 
     def snapshot(self) -> list[View]:
         """Every instance: the table in app order, then replacements, then outgoing ones."""

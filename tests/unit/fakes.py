@@ -15,6 +15,7 @@ from typing import Any
 from procsup import lifecycle
 from procsup.apply import Applier
 from procsup.lifecycle import SpawnFailed
+from procsup.logs import LogHealth
 from procsup.model import AppSpec, DaemonSpec, Desired, InstanceId
 from procsup.running import Report, RunHandle
 from procsup.supervisor import Supervisor
@@ -70,6 +71,7 @@ class FakeRun:
     status: str | None = None
     killed: list[int] = dataclasses.field(default_factory=list)
     ended: bool = False
+    log_health: tuple[LogHealth, ...] = ()
 
 
 class FakeProcesses:

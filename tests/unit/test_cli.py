@@ -201,6 +201,28 @@ def test_format_status_config_not_applied_and_empty() -> None:
     assert output.format_status({"instances": []}, filtered=True) == "no matching instances\n"
 
 
+def test_format_status_names_log_files_that_refuse_writes() -> None:
+    full = {"path": "/l/web-out.log", "error": "cannot write: No space left on device",
+            "since": "2026-12-02T07:20:00+00:00", "dropped_lines": 3555,
+            "dropped_bytes": 355500}
+    resumed = {**full, "path": "/l/web-error.log", "error": None, "since": None}
+    row = {"app": "web", "pid": 4242, "state": "running", "uptime": 5, "restarts": 0}
+    res = {"instances": [
+        {**row, "instance": 0, "log_errors": [full, resumed]},
+        {**row, "instance": 1, "log_errors": [full]},  # merge_logs: one file, both named
+        {**row, "instance": 2, "log_errors": [resumed]},  # writing again: only --json has it
+        {**row, "instance": 3, "log_errors": "garbage from a newer daemon"},
+    ]}
+    text = output.format_status(res)
+    assert text.endswith(
+        "  -\n"
+        "web:0, web:1: log file /l/web-out.log: cannot write: No space left on device (since "
+        "2026-12-02T07:20:00+00:00; 3555 lines, 347.2K dropped)\n")
+    assert "web-error.log" not in text
+    assert output.format_status({"instances": [row]}) == output.format_status(
+        {"instances": [{**row, "log_errors": []}]})
+
+
 def test_format_outcome_signalled_and_plan() -> None:
     res = {
         "instances": [
