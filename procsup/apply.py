@@ -23,7 +23,7 @@ from procsup import config, monitors, reconcile, units, watch
 from procsup.errors import ConfigError
 from procsup.model import LIVE_STATES, Desired, ExecMode, State
 from procsup.reconcile import Kind
-from procsup.supervisor import Ref, Supervisor, View
+from procsup.supervisor import Marks, Ref, Supervisor, View
 
 #: During a large start, yield to the loop this often so the instance record is written and
 #: the control socket answers.
@@ -100,13 +100,19 @@ class Applier:
         timeout = self.desired.daemon.shutdown_timeout
         try:
             await self.started_up.wait()  # recovery first: its slots must exist to be stopped
-            async with self.lock:  # let a running apply finish its step first
-                await asyncio.wait_for(self.engine.stop_all(), timeout)
+            await asyncio.wait_for(self._stop_everything(), timeout)
         except TimeoutError:
             self.log.error("shutdown_timeout (%.1fs) passed: killing what is left", timeout)
             self.engine.signal([v.ref for v in self.engine.snapshot()], signal.SIGKILL)
         finally:
             self._exit.set()
+
+    async def _stop_everything(self) -> None:
+        # After a running apply's step (it starts nothing more once shutting down, and a
+        # rollout gives up), so that no instance is started behind stop_all's back; waiting
+        # for the lock counts against shutdown_timeout too.
+        async with self.lock:
+            await self.engine.stop_all()
 
     async def wait_exit(self) -> None:
         await self._exit.wait()
@@ -151,7 +157,7 @@ class Applier:
         if failures is None:
             failures = []
         engine = self.engine
-        starting: list[Ref] = []
+        starting: Marks = {}
         async with self.lock:
             if self.shutting_down:
                 return reconcile.Plan()
@@ -183,16 +189,14 @@ class Applier:
                 elif action.kind is Kind.REBIND:
                     engine.stop(refs)
                     await engine.stopped(refs)
-                    engine.start(refs)
-                    starting += refs
+                    starting.update(engine.start(refs))
                 elif action.kind is Kind.RESTART:
-                    engine.restart(refs)
-                    starting += refs
+                    starting.update(engine.restart(refs))
                 elif action.kind in (Kind.START, Kind.SCALE_UP, Kind.RESUME):
                     for i in action.instances:
-                        ref = engine.add(action.app, i)
-                        engine.start([ref])
-                        starting.append(ref)
+                        if self.shutting_down:
+                            break  # SIGTERM meanwhile: start nothing more
+                        starting.update(engine.start([engine.add(action.app, i)]))
                         if len(starting) % _YIELD_EVERY == 0:
                             await asyncio.sleep(0)  # record what runs so far; answer clients
             self.config_error = "; ".join(failures[failed_before:]) or None
@@ -202,7 +206,10 @@ class Applier:
                 self.log.warning("config: %s", warning)
             self.monitors.configure(engine.specs(), self.desired.daemon)
         if wait and starting:
-            await engine.started(starting)
+            # What this apply started and did not get running (a crash loop, a command that
+            # cannot run) is a failure of the update, though the config is applied.
+            failures += [_not_started(v) for v in await engine.started(starting)
+                         if v.state not in (State.RUNNING, State.STOPPED)]
         return plan
 
     async def scale(self, app: str, count: int, *, wait: bool) -> list[View]:
@@ -210,17 +217,19 @@ class Applier:
         instances that went and the ones added, as they ended up (after waiting)."""
         engine = self.engine
         async with self.lock:
+            if self.shutting_down:
+                return []  # everything stops; nothing is scaled
             current = {i: v for i, v in (engine.current(app) or {}).items() if not v.retiring}
             retired = engine.retire([v.ref for i, v in current.items() if i >= count])
             # PROCSUP_INSTANCES of the next runs; per-instance log names when crossing 1
             engine.set_spec(app, dataclasses.replace(engine.specs()[app], instances=count))
             added = [engine.add(app, i) for i in range(len(current), count)]
-            engine.start(added)
+            marks = engine.start(added)
             self.monitors.configure(engine.specs(), self.desired.daemon)
         gone = {v.ref: v for v in retired}
         if wait:
             gone.update((v.ref, v) for v in await engine.stopped(list(gone)))
-            return [*gone.values(), *await engine.started(added)]
+            return [*gone.values(), *await engine.started(marks)]
         return [*gone.values(), *engine.views(added)]
 
     async def reload_apps(self, targets: Mapping[str, list[int]]) -> str | None:
@@ -252,8 +261,7 @@ class Applier:
                     continue
                 if old.state not in (State.RUNNING, State.STARTING):  # nothing to keep serving
                     if not only_running:
-                        self.engine.restart([old.ref])
-                        await self.engine.started([old.ref])
+                        await self.engine.started(self.engine.restart([old.ref]))
                     continue
                 done = await self.engine.replace(old.ref)
                 if done.old is not None:
@@ -433,3 +441,9 @@ class Applier:
     async def _apply_saved(self, new: Desired) -> None:
         await self.apply(new, wait=False)
         self.update_watch()
+
+
+def _not_started(v: View) -> str:
+    why = v.inst.reason or (f"last run {units.exit_code_text(v.inst.exit_code)}"
+                            if v.inst.exit_code is not None else "not ready")
+    return f"{v.id} is {v.state.value}: {why}"

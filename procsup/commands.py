@@ -126,12 +126,11 @@ class Commands:
 
     async def _start(self, args: dict[str, Any], restart: bool) -> object:
         refs = [v.ref for v in self.select(args["apps"])]
-        if restart:
-            self.engine.restart(refs)
-        else:
-            self.engine.start(refs)
+        # Only instances of the table start: one retiring, a reload's replacement or an
+        # outgoing old instance is on its way out already (and not reported).
+        marks = self.engine.restart(refs) if restart else self.engine.start(refs)
         wait = bool(args.get("wait", True))
-        views = await self.engine.started(refs) if wait else self.engine.views(refs)
+        views = await self.engine.started(marks) if wait else self.engine.views(marks)
         return self.outcome(views, self._ok_started(wait))
 
     async def cmd_start(self, args: dict[str, Any], send: Send) -> object:
@@ -262,6 +261,8 @@ class Commands:
             self.select([app])  # raises unknown_app with the list of apps
         wait = bool(args.get("wait", True))
         views = await self.applier.scale(app, int(args["instances"]), wait=wait)
+        if self.engine.shutting_down and not views:
+            raise RemoteError(WireError.SHUTTING_DOWN.value, "procsupd is shutting down")
         ok = self._ok_started(wait)
         return self.outcome(views, lambda v: v.retiring or ok(v))
 

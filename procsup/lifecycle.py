@@ -293,7 +293,7 @@ def _on_start(inst: Instance) -> Step:
         # starts over with it (so "gave up after N restarts" and RESTARTS agree), otherwise
         # it is kept for status.
         restarts = 0 if inst.state is State.ERRORED else inst.restarts
-        return _spawn(inst, restarts=restarts, unstable=0)
+        return _spawn(replace(inst, spawn_failures=0), restarts=restarts, unstable=0)
     if inst.state is State.STOPPING:
         # Stop in progress: let it finish (the group must be gone first), then start again.
         return replace(inst, then_start=True, unstable=0), ()
@@ -317,8 +317,9 @@ def _on_stop(inst: Instance, policy: Policy, now: float) -> Step:
         # the signal was sent and the deadline stands.
         return replace(inst, then_start=False, failed_run=False), ()
     if inst.state is State.BACKOFF:
-        # No process between runs: cancelling the pending restart is the whole stop.
-        return replace(inst, state=State.STOPPED, deadline=None, reason=None), ()
+        # No process between runs: cancelling the pending restart (or retry) is the whole stop.
+        return replace(inst, state=State.STOPPED, deadline=None, reason=None,
+                       spawn_failures=0), ()
     # STOPPED/EXITED/ERRORED: nothing runs; STOPPED records that the user wants it so, and the
     # last exit code stays visible.
     return replace(inst, state=State.STOPPED, deadline=None, reason=None), ()
@@ -339,7 +340,7 @@ def _on_restart(inst: Instance, policy: Policy, now: float) -> Step:
         # now restarts explicitly).
         return replace(inst, then_start=True, failed_run=False, restarts=0, unstable=0), ()
     # STOPPED/EXITED/ERRORED/BACKOFF: nothing to stop, so a restart is a start with fresh counters.
-    return _spawn(inst, restarts=0, unstable=0)
+    return _spawn(replace(inst, spawn_failures=0), restarts=0, unstable=0)
 
 
 def _on_recycle(

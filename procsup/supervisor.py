@@ -41,6 +41,8 @@ SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED})
 
 #: A slot's handle for the layers above: stable for the slot's life, never reused.
 Ref = int
+#: What a start or restart returns for `started`: per instance, the generation its run ends.
+Marks = dict[Ref, int]
 
 
 class Cancellable(Protocol):
@@ -88,7 +90,6 @@ class Slot:
     timer: Cancellable | None = None
     timer_at: float | None = None
     generation: int = 0  # runs spawned so far
-    asked: int = 0  # the generation when the last start or restart was asked for
     retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
     note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
     gone: bool = False  # forgotten: no longer in the table
@@ -166,6 +167,8 @@ class Supervisor:
         self._owners: dict[RunHandle, Slot] = {}  # the slot of every run not yet ended
         self._refs = itertools.count(1)
         self._queue: collections.deque[tuple[Slot, lifecycle.Event]] = collections.deque()
+        # Reports made while `spawn` runs (its run has no slot yet), for `_spawn` to queue.
+        self._early: list[tuple[RunHandle, lifecycle.Event]] | None = None
         self._stepping = False
         self._waiters: list[_Waiter] = []
         self._dirty = False
@@ -256,25 +259,36 @@ class Supervisor:
     def _pick(self, refs: Iterable[Ref]) -> list[Slot]:
         return [s for r in refs if (s := self._by_ref.get(r)) is not None]
 
-    def start(self, refs: Iterable[Ref]) -> None:
-        """Start these instances (an instance stopping starts again once it is stopped)."""
-        slots = self._pick(refs)
+    def start(self, refs: Iterable[Ref]) -> Marks:
+        """Start these instances (an instance stopping starts again once it is stopped).
+        Only an instance of the table is started: one retiring (being removed or scaled
+        away), a reload's replacement or an outgoing old instance is left as it is, so no
+        command brings back a process that no plan counts. The marks are for `started`."""
+        slots = self._startable(refs)
+        marks = {}
         for slot in slots:
-            slot.asked = slot.generation
+            # Its current run counts as this start's when it is already starting.
+            starting = slot.inst.state is State.STARTING and slot.inst.pid is not None
+            marks[slot.ref] = slot.generation - 1 if starting else slot.generation
         self._command(slots, lifecycle.Start())
+        return marks
 
     def stop(self, refs: Iterable[Ref]) -> None:
         """Stop these instances: kill_signal to each group, SIGKILL after kill_timeout."""
         self._command(self._pick(refs), lifecycle.Stop())
 
-    def restart(self, refs: Iterable[Ref], *, note: str | None = None) -> None:
-        """Stop (if live) then start, with fresh restart counters; `note` is shown in status."""
-        slots = self._pick(refs)
-        for slot in slots:
-            slot.asked = slot.generation
+    def restart(self, refs: Iterable[Ref], *, note: str | None = None) -> Marks:
+        """Stop (if live) then start, with fresh restart counters; `note` is shown in status.
+        Only instances of the table, as for `start`. The marks are for `started`."""
+        slots = self._startable(refs)
+        marks = {slot.ref: slot.generation for slot in slots}
         self._command(slots, lifecycle.Restart())
         for slot in slots:
             slot.note = note
+        return marks
+
+    def _startable(self, refs: Iterable[Ref]) -> list[Slot]:
+        return [s for s in self._pick(refs) if s.role is Role.CURRENT and not s.retiring]
 
     def _command(self, slots: list[Slot], event: lifecycle.Event) -> None:
         for slot in slots:
@@ -333,10 +347,16 @@ class Supervisor:
         await self._wait(lambda: (
             new.inst.state is State.RUNNING
             or new.inst.state in (State.ERRORED, State.EXITED, State.STOPPED, State.BACKOFF)
-            or new.generation > 1), timeout=limit)  # (its first run already ended)
-        superseded = (self.shutting_down
-                      or self._table.get(old.id.app, {}).get(old.id.index) is not old
-                      or old.inst.state not in (State.RUNNING, State.STARTING))
+            or new.generation > 1  # (its first run already ended)
+            or self.shutting_down), timeout=limit)
+        # Given up when the old instance was stopped on purpose (a command, a plan) or
+        # everything stops. An old one that crashed, restarts or gave up meanwhile is what the
+        # ready replacement is for: it takes over, so something serves.
+        asked_to_stop = old.inst.state is State.STOPPED or (
+            old.inst.state is State.STOPPING and not old.inst.then_start
+            and not old.inst.failed_run)
+        superseded = (self.shutting_down or asked_to_stop
+                      or self._table.get(old.id.app, {}).get(old.id.index) is not old)
         if new.inst.state is not State.RUNNING or superseded:
             result = Replacement(self._view(new), None,
                                  superseded and new.inst.state in LIVE_STATES,
@@ -366,16 +386,16 @@ class Supervisor:
         await self._wait(lambda: all(s.gone or s.inst.state in SETTLED for s in slots))
         return [self._view(s) for s in slots]
 
-    async def started(self, refs: Iterable[Ref]) -> list[View]:
-        """What a `start`/`restart` waits for: each instance is settled (running, errored,
-        exited, stopped), waiting in backoff, gone, or has ended the run its last start began
-        and is starting the next (a crash loop with no restart delay never rests in
-        backoff). How they ended up."""
-        slots = self._pick(refs)
+    async def started(self, marks: Mapping[Ref, int]) -> list[View]:
+        """What a `start`/`restart` waits for, given the marks it returned: each instance is
+        settled (running, errored, exited, stopped), waiting in backoff, gone, or has ended
+        the run that start began and is starting the next (a crash loop with no restart
+        delay never rests in backoff). How they ended up."""
+        slots = [(s, marks[s.ref]) for s in self._pick(marks)]
         await self._wait(lambda: all(
             s.gone or s.inst.state in SETTLED or s.inst.state is State.BACKOFF
-            or s.generation >= s.asked + 2 for s in slots))
-        return [self._view(s) for s in slots]
+            or s.generation >= g + 2 for s, g in slots))
+        return [self._view(s) for s, _ in slots]
 
     async def stopped(self, refs: Iterable[Ref]) -> list[View]:
         """Once the processes these instances have now are gone (each is not live, or has
@@ -387,8 +407,10 @@ class Supervisor:
         return [self._view(s) for s, _ in slots]
 
     def begin_shutdown(self) -> None:
-        """From now on a `replace` gives up (the daemon is stopping everything)."""
+        """From now on a `replace` gives up (the daemon is stopping everything); one waiting
+        for its replacement stops waiting now."""
         self.shutting_down = True
+        self._mark_dirty()
 
     async def stop_all(self) -> None:
         """Stop every instance in parallel, each within its own kill_timeout."""
@@ -401,10 +423,13 @@ class Supervisor:
 
     def _report(self, run: RunHandle, event: lifecycle.Event) -> None:
         """What the process layer saw a run do; news of a run that is no longer the slot's
-        current one (a late probe, a heartbeat of a replaced run) is dropped."""
+        current one (a late probe, a heartbeat of a replaced run) is dropped. A report made
+        while `spawn` is still returning that run waits until the run has its slot."""
         slot = self._owners.get(run)
         if slot is not None and slot.run is run:
             self._feed(slot, event)
+        elif slot is None and self._early is not None:
+            self._early.append((run, event))
 
     def _feed(self, slot: Slot, event: lifecycle.Event) -> None:
         """Queue one event for one instance; work off the queue unless a step is under way
@@ -431,20 +456,16 @@ class Supervisor:
             self._log_transition(slot, old, new)
         for effect in effects:
             if isinstance(effect, lifecycle.Spawn):
-                result = self.processes.spawn(slot.id, slot.spec)
-                if isinstance(result, lifecycle.SpawnFailed):
-                    self._queue.append((slot, result))
-                else:
-                    slot.run = result
-                    self._owners[result] = slot
-                    slot.generation += 1
-                    self._queue.append((slot, lifecycle.Spawned(result.pid)))
+                self._spawn(slot)
             elif isinstance(effect, lifecycle.Kill) and slot.run is not None:
                 if effect.signal == lifecycle.SIGKILL and old.state is State.STOPPING:
                     self.log.warning("%s: still running after kill_timeout %s: SIGKILL to its "
                                      "process group", slot.id, units.format_duration(
                                          slot.policy.kill_timeout))
-                self.processes.kill(slot.run, effect.signal)
+                try:
+                    self.processes.kill(slot.run, effect.signal)
+                except Exception:  # the deadline still comes, and SIGKILL after it
+                    self.log.exception("%s: sending signal %d failed", slot.id, effect.signal)
         self._arm_timer(slot)
         if slot.run is not None and (new.state is State.RUNNING) != (old.state is State.RUNNING):
             running = new.state is State.RUNNING
@@ -454,6 +475,25 @@ class Supervisor:
                 s is slot for s, _ in self._queue):
             self._forget(slot)
         self._mark_dirty()
+
+    def _spawn(self, slot: Slot) -> None:
+        """Execute a Spawn effect; its answer is queued, stepped after the current step."""
+        self._early = []
+        try:
+            result = self.processes.spawn(slot.id, slot.spec)
+        except Exception as exc:  # a bug below must not leave a slot starting for ever
+            self.log.exception("%s: spawn failed unexpectedly", slot.id)
+            result = lifecycle.SpawnFailed(f"cannot start: internal error: {exc!r}")
+        finally:
+            early, self._early = self._early, None
+        if isinstance(result, lifecycle.SpawnFailed):
+            self._queue.append((slot, result))
+            return
+        slot.run = result
+        self._owners[result] = slot
+        slot.generation += 1
+        self._queue.append((slot, lifecycle.Spawned(result.pid)))
+        self._queue.extend((slot, event) for run, event in early if run is result)
 
     def _forget(self, slot: Slot) -> None:
         """A retired slot is stopped: it leaves the table (and its app, if it was the last)."""

@@ -76,14 +76,14 @@ def test_start_of_a_crash_loop_returns_when_its_first_run_ends() -> None:
         ref = w.engine.add("web", 0)
         w.procs.on_spawn = lambda run: w.clock.call_at(
             w.clock.now + 0.1, lambda: w.procs.exit(run, 1))
-        w.engine.start([ref])
-        (v,) = await w.run(w.engine.started([ref]), limit=5.0)
+        (v,) = await w.run(w.engine.started(w.engine.start([ref])), limit=5.0)
         assert (v.state, v.inst.exit_code, v.generation) == (State.STARTING, 1, 2)
-        # and a restart of it waits for the same: one more run ended
-        before = v.generation
-        w.engine.restart([ref])
-        (v,) = await w.run(w.engine.started([ref]), limit=5.0)
-        assert v.generation == before + 2
+        # a start of it now, while it is starting: its current run is this start's run
+        (v,) = await w.run(w.engine.started(w.engine.start([ref])), limit=5.0)
+        assert v.generation == 3
+        # and a restart of it waits for the run it begins to end
+        (v,) = await w.run(w.engine.started(w.engine.restart([ref])), limit=5.0)
+        assert v.generation == 5
 
     play(scenario)
 
@@ -95,8 +95,7 @@ def test_started_returns_in_backoff_and_when_settled() -> None:
         refs = [w.engine.add("web", 0), w.engine.add("ok", 0)]
         w.procs.on_spawn = lambda run: run.spec.name == "web" and w.clock.call_at(
             w.clock.now + 0.1, lambda: w.procs.exit(run, 1))
-        w.engine.start(refs)
-        web, ok = await w.run(w.engine.started(refs), limit=5.0)
+        web, ok = await w.run(w.engine.started(w.engine.start(refs)), limit=5.0)
         assert (web.state, ok.state) == (State.BACKOFF, State.RUNNING)
 
     play(scenario)
