@@ -83,11 +83,19 @@ class ConfigLoader:
         return future
 
     def _start(self, result: asyncio.Future[Desired]) -> asyncio.Future[Desired]:
+        timer = self._loop.call_later(self.deadline, self._expire, result)
+        thread = threading.Thread(target=self._work, args=(result, timer), daemon=True,
+                                  name="procsup-config-load")
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had (RLIMIT_NPROC, a pids cgroup)
+            timer.cancel()
+            result.set_exception(ConfigError(
+                f"cannot start a thread to read the config: {exc}; nothing was changed",
+                file=self._path))
+            return result
         self.started += 1
         self._busy_since, self._overdue = self._loop.time(), False
-        timer = self._loop.call_later(self.deadline, self._expire, result)
-        threading.Thread(target=self._work, args=(result, timer), daemon=True,
-                         name="procsup-config-load").start()
         return result
 
     def _work(self, result: asyncio.Future[Desired], timer: asyncio.TimerHandle) -> None:

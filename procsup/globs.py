@@ -76,7 +76,7 @@ class Loop:
     target: str
 
 
-def has_magic(name: str) -> bool:
+def _has_magic(name: str) -> bool:
     return _MAGIC.search(name) is not None
 
 
@@ -150,7 +150,7 @@ class Expander:
                 else:
                     self._add(below)
             return
-        if not has_magic(head):
+        if not _has_magic(head):
             # Written out by the user: followed even when it leads back (the pattern is finite).
             path = os.path.join(directory, head)
             if not rest:
