@@ -1,6 +1,7 @@
 """TOML + includes + profile + defaults -> `Desired`, or `ConfigError(file, line, app, key)`.
 
-Layer 1, and the only module that reads files. `load()` either returns a complete `Desired` or
+Layer 1, and the only module that reads files (`globs` lists the directories of `include`
+for it, following no symlink loop). `load()` either returns a complete `Desired` or
 raises; it starts nothing, creates no directory and touches no network. The existence of `cwd`,
 users and groups is checked when an instance is spawned, not here; env files are read here (their
 content is part of the app's definition).

@@ -110,6 +110,27 @@ def test_update_with_a_symlink_loop_under_an_include(daemon: Daemon) -> None:
     assert daemon.status()["config"]["applied"] is True
 
 
+def test_a_save_that_includes_a_symlink_loop_is_applied_by_the_watch(daemon: Daemon) -> None:
+    """watch_config: the watch finds the directories of the new glob (loop-free too) and the
+    save is applied; ping answers all along."""
+    pid = start_with_sleeper(daemon, "watch_config = true")
+    self_links(daemon.root)
+    tmp = daemon.config.with_name(".apps.toml.new")
+    tmp.write_text(daemon.header('watch_config = true\ninclude = ["loop.d/**/*.toml"]') + SLEEPER)
+    os.replace(tmp, daemon.config)
+
+    def b_running() -> bool:
+        ping_within(daemon)
+        return [i["state"] for i in daemon.instances("b")] == ["running"]
+
+    wait_for(b_running, 20, "b started by the watch")
+    assert daemon.instances("s")[0]["pid"] == pid
+    # A new file below the glob is seen: its directory is watched (once, not through links).
+    (daemon.root / "loop.d" / "c.toml").write_text(
+        '[apps.c]\ncommand = ["sleep", "1000"]\nmin_uptime = "100ms"\n')
+    daemon.wait_states("c", "running", 1, timeout=20)
+
+
 def test_update_with_an_include_past_the_depth_bound_changes_nothing(daemon: Daemon) -> None:
     pid = start_with_sleeper(daemon)
     deep = daemon.root.joinpath("conf.d", *(f"n{i}" for i in range(17)))
