@@ -216,15 +216,15 @@ class Commands:
 
     # ------------------------------------------------------------------ config
 
-    def _load(self) -> Any:
+    async def _load(self) -> Any:
         try:
-            return self.applier.load()
+            return await self.applier.load()
         except ConfigError as exc:
             self.applier.config_error = str(exc)
             raise RemoteError(WireError.INVALID_CONFIG.value, str(exc), exc.to_dict()) from None
 
     async def cmd_reread(self, args: dict[str, Any], send: Send) -> object:
-        new = self._load()
+        new = await self._load()
         return {**self.applier.plan(new).to_json(), "warnings": list(new.warnings)}
 
     async def cmd_update(self, args: dict[str, Any], send: Send) -> object:
@@ -232,7 +232,7 @@ class Commands:
             wait = bool(args.get("wait", True))
             failures: list[str] = []
             if not wait:  # the plan now; the apply (maybe a long rollout) goes on by itself
-                new = self._load()
+                new = await self._load()
                 plan = self.applier.plan(new)
                 self.applier.request_reload("update")
                 return {**plan.to_json(), "failed": False, "warnings": list(new.warnings)}
