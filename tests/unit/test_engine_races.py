@@ -200,7 +200,10 @@ def test_update_fails_when_an_app_it_started_crash_loops() -> None:
         w.applier.started_up.set()
         await up(w, spec("keep", 1))
         new = desired(w.daemon, spec("keep", 1), spec("bad", 1, restart_delay=1.0))
-        w.applier.load = lambda: new  # type: ignore[method-assign]
+        async def load() -> Any:
+            return new
+
+        w.applier.load = load  # type: ignore[method-assign]
         w.procs.on_spawn = lambda run: run.spec.name == "bad" and w.clock.call_at(
             w.clock.now + 0.1, lambda: w.procs.exit(run, 1))
         cmds = Commands(w.engine, w.applier, follow=lambda p, c: (lambda: None))
