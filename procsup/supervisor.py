@@ -90,6 +90,7 @@ class Slot:
     timer: Cancellable | None = None
     timer_at: float | None = None
     generation: int = 0  # runs spawned so far
+    run_spec: AppSpec | None = None  # the definition the current run was started with
     retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
     note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
     gone: bool = False  # forgotten: no longer in the table
@@ -448,7 +449,7 @@ class Supervisor:
         """Apply one event to one instance and execute the resulting effects."""
         if isinstance(event, lifecycle.Exited) and slot.run is not None:
             del self._owners[slot.run]  # the process layer let go of it
-            slot.run = None
+            slot.run = slot.run_spec = None
         old = slot.inst
         new, effects = lifecycle.step(old, slot.policy, event, self.clock.time())
         slot.inst = new
@@ -489,7 +490,7 @@ class Supervisor:
         if isinstance(result, lifecycle.SpawnFailed):
             self._queue.append((slot, result))
             return
-        slot.run = result
+        slot.run, slot.run_spec = result, slot.spec
         self._owners[result] = slot
         slot.generation += 1
         self._queue.append((slot, lifecycle.Spawned(result.pid)))
@@ -522,11 +523,14 @@ class Supervisor:
 
     def _close_listeners(self) -> None:
         """Close the listening sockets that no instance of the applied apps can use any more
-        (a retired instance still stopping keeps its own)."""
-        self.processes.close_listeners(
-            ((s.spec, s.id.index) for s in self._slots()
-             if not s.retiring or s.inst.state in LIVE_STATES),
-            self._specs)
+        (a retired instance still stopping keeps its own). A live run keeps the sockets of
+        the definition it was started with too: during a rollout that changes `listen` the
+        old instances serve on the old address, and after a failed one they restart on it."""
+        users = [(s.spec, s.id.index) for s in self._slots()
+                 if not s.retiring or s.inst.state in LIVE_STATES]
+        users += [(s.run_spec, s.id.index) for s in self._slots()
+                  if s.run is not None and s.run_spec is not None and s.run_spec is not s.spec]
+        self.processes.close_listeners(users, self._specs)
 
     def _log_transition(self, slot: Slot, old: Instance, new: Instance) -> None:
         level = logging.WARNING if new.state in (State.ERRORED, State.BACKOFF) else logging.INFO

@@ -6,6 +6,7 @@ left a process nobody planned for, a serving gap, or a daemon that could not sto
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -214,5 +215,62 @@ def test_update_fails_when_an_app_it_started_crash_loops() -> None:
         assert result["failed"] is True, result
         assert "bad:0 is backoff" in result["error"], result
         assert w.applier.config_error is None  # the config itself is applied
+
+    play(scenario)
+
+
+def _record_wanted(w: World) -> list[set[str]]:
+    """Every close_listeners call's wanted addresses (the process layer closes the rest)."""
+    wanted: list[set[str]] = []
+    orig = w.procs.close_listeners
+
+    def close_listeners(users: Any, specs: Any) -> None:
+        users = list(users)
+        wanted.append({a for s, _ in users for a in s.listen}
+                      | {a for s in specs.values() for a in s.listen})
+        orig(users, specs)
+
+    w.procs.close_listeners = close_listeners  # type: ignore[method-assign]
+    return wanted
+
+
+def test_a_listen_change_keeps_the_old_address_while_old_instances_serve_on_it() -> None:
+    """Closing it under them and then, after a failed rollout, binding it again while they
+    still listen on it would make the next restart of an old instance fail (EADDRINUSE)."""
+
+    async def scenario(w: World) -> None:
+        wanted = _record_wanted(w)
+        v1 = cluster(2)
+        await up(w, v1)
+        v2 = dataclasses.replace(v1, listen=("tcp://127.0.0.1:2",))
+        w.procs.on_spawn = lambda run: run.spec.listen == v2.listen and w.clock.call_at(
+            w.clock.now + 0.1, lambda: w.procs.exit(run, 1))  # the new definition crashes
+        mark = len(wanted)
+        failures: list[str] = []
+        await w.run(w.applier.apply(desired(w.daemon, v2), wait=True, failures=failures))
+        assert failures
+        assert all(v1.listen[0] in s for s in wanted[mark:]), wanted[mark:]
+        assert [v.spec.listen for v in (w.engine.current("web") or {}).values()] == [
+            v1.listen, v1.listen]
+
+    play(scenario)
+
+
+def test_a_rollout_failing_at_its_second_instance_keeps_the_first_ones_new_address() -> None:
+    async def scenario(w: World) -> None:
+        wanted = _record_wanted(w)
+        v1 = cluster(2)
+        await up(w, v1)
+        v2 = dataclasses.replace(v1, listen=("tcp://127.0.0.1:2",))
+        w.procs.on_spawn = lambda run: (
+            run.spec.listen == v2.listen and run.id.index == 1 and w.clock.call_at(
+                w.clock.now + 0.1, lambda: w.procs.exit(run, 1)))
+        failures: list[str] = []
+        await w.run(w.applier.apply(desired(w.daemon, v2), wait=True, failures=failures))
+        assert failures
+        cur = w.engine.current("web") or {}
+        assert cur[0].live and cur[1].live
+        # web:0 already runs the new definition and serves on its address: still wanted
+        assert v2.listen[0] in wanted[-1] and v1.listen[0] in wanted[-1]
 
     play(scenario)
