@@ -274,3 +274,16 @@ def test_a_rollout_failing_at_its_second_instance_keeps_the_first_ones_new_addre
         assert v2.listen[0] in wanted[-1] and v1.listen[0] in wanted[-1]
 
     play(scenario)
+
+
+def test_a_replacement_that_cannot_be_started_for_now_says_so_without_retrying() -> None:
+    async def scenario(w: World) -> None:
+        await up(w, cluster(1))
+        w.procs.fail["web"] = SpawnFailed("fork failed: out of memory", transient=True)
+        failure = await w.run(w.applier.reload_apps({"web": [0]}))
+        assert failure is not None
+        assert "the replacement could not be started: fork failed: out of memory" in failure
+        assert "retrying" not in failure
+        assert w.states("web") == {0: "running"}  # the old instance serves on
+
+    play(scenario)
