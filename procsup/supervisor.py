@@ -449,7 +449,10 @@ class Supervisor:
         """Apply one event to one instance and execute the resulting effects."""
         if isinstance(event, lifecycle.Exited) and slot.run is not None:
             del self._owners[slot.run]  # the process layer let go of it
+            outdated = slot.run_spec is not None and slot.run_spec is not slot.spec
             slot.run = slot.run_spec = None
+            if outdated:  # the sockets only its old definition used may go now
+                self._close_listeners()
         old = slot.inst
         new, effects = lifecycle.step(old, slot.policy, event, self.clock.time())
         slot.inst = new
