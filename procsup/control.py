@@ -98,6 +98,7 @@ class ControlServer:
         group_gid: int | None,
         logger: logging.Logger,
         request_timeout: float = 5.0,
+        throttle: Throttle | None = None,
     ) -> None:
         self.path = path
         self._commands = commands
@@ -113,7 +114,7 @@ class ControlServer:
         # Accepted, not served yet: (socket, loop time of the accept), oldest first.
         self._waiting: deque[tuple[socket.socket, float]] = deque()
         self._tick: asyncio.TimerHandle | None = None
-        self._throttle = Throttle()
+        self._throttle = throttle or Throttle()
         self._summary: asyncio.TimerHandle | None = None
         self._closing = False
         # Connections whose client waits for EOF as the sign the daemon exited (`shutdown`).
