@@ -124,6 +124,11 @@ class Connection(asyncio.BufferedProtocol):
         if not self.eof.done():
             self.eof.set_result(None)
 
+    def time_out(self) -> None:
+        """The request did not arrive in time: `request` raises TimeoutError."""
+        if not self.request.done():
+            self.request.set_exception(TimeoutError())
+
     async def drain(self) -> None:
         """Wait while the transport's buffer is above its high-water mark; ConnectionError
         once the connection is closed."""

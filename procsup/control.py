@@ -62,6 +62,8 @@ MAX_WAITING = 64
 IDLE_EVICT = 1.0
 #: How often the waiting connections are looked at (only while there are any).
 _WAIT_TICK = 0.1
+#: Connections accepted in one loop turn beyond the first (the listen backlog is 128).
+_ACCEPT_BATCH = 128
 #: Bytes all streamed replies together may have queued; beyond it, a client holding more than
 #: its share (this divided by the connections served) is dropped.
 TOTAL_BUFFER_LIMIT = 16 * 1024 * 1024
@@ -245,29 +247,67 @@ class ControlServer:
         while True:
             try:
                 sock, _ = await loop.sock_accept(listener)
+                self._admit(sock, loop.time())
+                # Then whatever else is pending, up to a batch: at one accept per loop turn, a
+                # real client would wait a turn for every hostile connect ahead of it in the
+                # kernel's backlog (measured: `status` p50 130 ms among 100 hostile clients).
+                for _ in range(_ACCEPT_BATCH):
+                    sock, _ = listener.accept()
+                    self._admit(sock, loop.time())
+            except BlockingIOError:
+                pass  # the backlog is empty
             except OSError as exc:
                 # EMFILE/ENFILE/ENOBUFS: the next accept may work once something was closed;
                 # a pause keeps a full fd table from spinning the loop.
                 self.note("accept failures", None, "control: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            sock.setblocking(False)
-            if len(self._tasks) < MAX_CONNECTIONS and not self._waiting:
-                self._serve_socket(sock, loop.time())
-            elif len(self._waiting) < MAX_WAITING:
-                self._waiting.append((sock, loop.time()))
-                if self._tick is None:
-                    self._tick = loop.call_later(_WAIT_TICK, self._look_at_waiting)
-            else:
-                self.note("connections refused", _peer_of(sock),
-                          "control: refused a connection from pid %d uid %d: %d served and "
-                          "%d waiting already", len(self._tasks), len(self._waiting))
-                self._refuse(sock, WireError.TOO_MANY_CONNECTIONS,
-                             f"procsupd is busy: it serves {MAX_CONNECTIONS} connections and "
-                             f"{MAX_WAITING} more wait; try again")
-            # sock_accept does not yield while connections are pending: let the ones
-            # accepted run, so that a connect flood cannot hold the loop.
+            # Let the connections accepted run before the next batch, so that a connect flood
+            # cannot hold the loop.
             await asyncio.sleep(0)
+
+    def _admit(self, sock: socket.socket, now: float) -> None:
+        """Serve a new connection, have it wait for a place, or refuse it."""
+        sock.setblocking(False)
+        if self._refused_early(sock):
+            return
+        if len(self._tasks) < MAX_CONNECTIONS and not self._waiting:
+            self._serve_socket(sock, now)
+        elif len(self._waiting) < MAX_WAITING:
+            self._waiting.append((sock, now))
+            if self._tick is None:
+                self._tick = asyncio.get_running_loop().call_later(
+                    _WAIT_TICK, self._look_at_waiting)
+        else:
+            self.note("connections refused", _peer_of(sock),
+                      "control: refused a connection from pid %d uid %d: %d served and "
+                      "%d waiting already", len(self._tasks), len(self._waiting))
+            self._refuse(sock, WireError.TOO_MANY_CONNECTIONS,
+                         f"procsupd is busy: it serves {MAX_CONNECTIONS} connections and "
+                         f"{MAX_WAITING} more wait; try again")
+
+    def _refused_early(self, sock: socket.socket) -> bool:
+        """Refuse at once a request whose header is there already and announces more than
+        MAX_REQUEST: the commonest abuse then costs no place, transport or task, and real
+        clients are not kept waiting behind a flood of it. The header is only peeked at, so
+        anything else goes on as usual, and only for peers the quick check lets in, since the
+        peer is checked before anything is read (the rest take the usual way)."""
+        peer = _peer_of(sock)
+        if not (peer.uid in (0, os.getuid()) or peer.gid == self._group_gid):
+            return False
+        try:
+            head = sock.recv(protocol.HEADER_SIZE, socket.MSG_PEEK)
+        except OSError:
+            return False
+        if len(head) < protocol.HEADER_SIZE:
+            return False
+        length = protocol.decode_header(head)
+        if length <= protocol.MAX_REQUEST:
+            return False
+        message = f"request of {length} bytes exceeds the limit of {protocol.MAX_REQUEST} bytes"
+        self.note("bad requests", peer, "control: bad request from pid %d uid %d: %s", message)
+        self._refuse(sock, protocol.TOO_LARGE, message)
+        return True
 
     def _look_at_waiting(self) -> None:
         """While connections wait: refuse those waiting too long, and make room by closing
@@ -394,7 +434,7 @@ class ControlServer:
             conn.write_error(WireError.FORBIDDEN, "permission denied: not allowed to use procsupd")
             return
         try:
-            cmd, args = await asyncio.wait_for(self._read_request(conn), self._request_timeout)
+            cmd, args = await self._read_request(conn)
         except TimeoutError:
             self.note("requests timed out", peer,
                       "control: pid %d uid %d sent no whole request within %gs",
@@ -431,7 +471,15 @@ class ControlServer:
         return await loop.run_in_executor(None, _in_group, peer.uid, gid)
 
     async def _read_request(self, conn: Connection) -> tuple[str, dict[str, Any]]:
-        payload = await asyncio.shield(conn.request)  # a timeout must not cancel the future
+        """The request, or TimeoutError after `request_timeout`."""
+        # A timer rather than asyncio.wait_for, which runs the wait as a task of its own: two
+        # more loop turns for every request, each as long as the busiest loop turn (a log
+        # flood's pipeful) -- `status` under a flood and hostile clients waits for every one.
+        timer = asyncio.get_running_loop().call_later(self._request_timeout, conn.time_out)
+        try:
+            payload = await conn.request
+        finally:
+            timer.cancel()
         return protocol.parse_request(protocol.decode_payload(payload))
 
     async def _run(self, conn: Connection, cmd: str, args: dict[str, Any], peer: Peer) -> None:
