@@ -320,7 +320,8 @@ class ControlServer:
             self._refuse(sock, WireError.TOO_MANY_CONNECTIONS,
                          f"procsupd is busy: no free connection within "
                          f"{self._request_timeout:g}s ({MAX_CONNECTIONS} served); try again")
-        idle = sorted((c for c in self._conns if c.reading and now - c.since >= IDLE_EVICT),
+        idle = sorted((c for c in self._conns
+                       if c.reading and c.peer is not None and now - c.since >= IDLE_EVICT),
                       key=lambda c: c.since)
         for conn in idle[: len(self._waiting)]:
             conn.reading = False  # once
