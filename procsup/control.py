@@ -112,6 +112,7 @@ class ControlServer:
         self._acceptor: asyncio.Task[None] | None = None
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we bound
         self._tasks: set[asyncio.Task[None]] = set()  # one per connection served
+        self._unstarted: dict[asyncio.Task[None], socket.socket] = {}  # their sockets, until run
         self._conns: set[Connection] = set()  # those whose streams are open
         # Accepted, not served yet: (socket, loop time of the accept), oldest first.
         self._waiting: deque[tuple[socket.socket, float]] = deque()
@@ -350,13 +351,18 @@ class ControlServer:
     def _serve_socket(self, sock: socket.socket, since: float) -> None:
         task = asyncio.get_running_loop().create_task(self._on_connect(sock, since))
         self._tasks.add(task)
+        self._unstarted[task] = sock
         task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        sock = self._unstarted.pop(task, None)
+        if sock is not None:  # cancelled (the server closed) before it ever ran
+            sock.close()
         self._next_waiting()
 
     async def _on_connect(self, sock: socket.socket, since: float) -> None:
+        self._unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.connect_accepted_socket(
@@ -364,6 +370,9 @@ class ControlServer:
         except OSError:  # the client is already gone
             sock.close()
             return
+        except BaseException:  # cancelled: the server closes (a transport made closed it too)
+            sock.close()
+            raise
         # drain() then returns at once below the stream limit: `send` decides on a client that
         # does not read (drops it) rather than stalling the command that streams.
         conn.transport.set_write_buffer_limits(high=STREAM_BUFFER_LIMIT)
