@@ -22,6 +22,8 @@ another one, nor the loop):
 - a streamed reply whose client does not read is dropped, with one log line, once
   `STREAM_BUFFER_LIMIT` bytes are queued for it, or more than its share once all connections
   together have `TOTAL_BUFFER_LIMIT` queued;
+- a process that sent `throttle.PENALTY_AFTER` bad requests within a window is refused on
+  accept until the window ends (`throttle.Penalty`);
 - what bad clients cause is logged through a `Throttle`: a few lines per peer uid and kind per
   window, then one line counting the rest, so no client can flood the daemon log.
 """
@@ -45,7 +47,7 @@ from typing import Any, Protocol
 from procsup import protocol
 from procsup.connection import STREAM_BUFFER_LIMIT, Connection, Peer
 from procsup.errors import ProcsupError, RemoteError, WireError
-from procsup.throttle import Throttle
+from procsup.throttle import Penalty, Throttle
 
 #: Pushes one `"more": true` frame; raises ConnectionError when the client is gone.
 Send = Callable[[object], Awaitable[None]]
@@ -118,6 +120,7 @@ class ControlServer:
         self._waiting: deque[tuple[socket.socket, float]] = deque()
         self._tick: asyncio.TimerHandle | None = None
         self._throttle = throttle or Throttle()
+        self._penalty = Penalty()
         self._summary: asyncio.TimerHandle | None = None
         self._closing = False
         # Connections whose client waits for EOF as the sign the daemon exited (`shutdown`).
@@ -294,6 +297,13 @@ class ControlServer:
         anything else goes on as usual, and only for peers the quick check lets in, since the
         peer is checked before anything is read (the rest take the usual way)."""
         peer = _peer_of(sock)
+        if self._penalty.barred(peer.pid, peer.uid, asyncio.get_running_loop().time()):
+            self.note("connections refused", peer,
+                      "control: refused a connection from pid %d uid %d: %s", "bad requests")
+            self._refuse(sock, protocol.BAD_REQUEST,
+                         f"procsupd refuses this process for a while: it sent "
+                         f"{self._penalty.after} bad requests in {self._penalty.window:g}s")
+            return True
         if not (peer.uid in (0, os.getuid()) or peer.gid == self._group_gid):
             return False
         try:
@@ -306,7 +316,7 @@ class ControlServer:
         if length <= protocol.MAX_REQUEST:
             return False
         message = f"request of {length} bytes exceeds the limit of {protocol.MAX_REQUEST} bytes"
-        self.note("bad requests", peer, "control: bad request from pid %d uid %d: %s", message)
+        self._bad(peer, message)
         self._refuse(sock, protocol.TOO_LARGE, message)
         return True
 
@@ -404,6 +414,11 @@ class ControlServer:
         total = sum(c.buffered() for c in self._conns)
         return total > TOTAL_BUFFER_LIMIT and size > TOTAL_BUFFER_LIMIT // len(self._conns)
 
+    def _bad(self, peer: Peer, message: str) -> None:
+        """A bad request: logged (through the throttle) and counted against its process."""
+        self._penalty.bad(peer.pid, peer.uid, asyncio.get_running_loop().time())
+        self.note("bad requests", peer, "control: bad request from pid %d uid %d: %s", message)
+
     def note(self, kind: str, peer: Peer | None, message: str, *args: object) -> None:
         """Log a warning about a client, through the throttle: `kind` names the trouble in the
         summary ("bad requests"); `message` gets the peer's pid and uid, then `args`."""
@@ -454,8 +469,7 @@ class ControlServer:
             )
             return
         except protocol.ProtocolViolation as exc:
-            self.note("bad requests", peer, "control: bad request from pid %d uid %d: %s",
-                      exc.message)
+            self._bad(peer, exc.message)
             conn.write_error(exc.code, exc.message)
             return
         except EOFError as exc:
