@@ -272,8 +272,12 @@ class ControlServer:
 
     def _admit(self, sock: socket.socket, now: float) -> None:
         """Serve a new connection, have it wait for a place, or refuse it."""
-        sock.setblocking(False)
-        if self._refused_early(sock):
+        try:
+            sock.setblocking(False)
+            if self._refused_early(sock):
+                return
+        except OSError:  # no credentials for a peer gone already: nothing to answer
+            sock.close()
             return
         if len(self._tasks) < MAX_CONNECTIONS and not self._waiting:
             self._serve_socket(sock, now)
@@ -291,15 +295,17 @@ class ControlServer:
                          f"{MAX_WAITING} more wait; try again")
 
     def _refused_early(self, sock: socket.socket) -> bool:
-        """Refuse at once a request whose header is there already and announces more than
-        MAX_REQUEST: the commonest abuse then costs no place, transport or task, and real
-        clients are not kept waiting behind a flood of it. The header is only peeked at, so
-        anything else goes on as usual, and only for peers the quick check lets in, since the
-        peer is checked before anything is read (the rest take the usual way)."""
+        """Refuse at once a process that sent too many bad requests lately (`Penalty`), and
+        a request whose header is there already and announces more than MAX_REQUEST: the
+        commonest abuse then costs no place, transport or task, and real clients are not kept
+        waiting behind a flood of it. The header is only peeked at, so anything else goes on
+        as usual, and only for peers the quick check lets in, since the peer is checked
+        before anything is read (the rest take the usual way)."""
         peer = _peer_of(sock)
         if self._penalty.barred(peer.pid, peer.uid, asyncio.get_running_loop().time()):
             self.note("connections refused", peer,
-                      "control: refused a connection from pid %d uid %d: %s", "bad requests")
+                      "control: refused a connection from pid %d uid %d: it sent %d bad "
+                      "requests lately", self._penalty.after)
             self._refuse(sock, protocol.BAD_REQUEST,
                          f"procsupd refuses this process for a while: it sent "
                          f"{self._penalty.after} bad requests in {self._penalty.window:g}s")
