@@ -5,17 +5,21 @@ reloads, the fresh processes the monitors ask for, start-up and shutdown.
 it, one apply at a time, stops finished before anything starts. `scale` and `reload_apps` change
 instances between configs; `rolling` replaces instances one at a time, each replacement ready
 before its old instance stops; `recycle` is how a monitor gets fresh processes. The config reload
-triggers (`update`, SIGHUP, a saved watched file) end here too. Executing a plan makes no
-decision the planner did not make: each kind of action is executed one way, through the
-engine's intents (`supervisor.Supervisor`); this module never touches an instance itself.
+triggers (`update`, SIGHUP, a saved watched file) end here too, and `ConfigLoader` reads the
+config for them on a worker thread, one read at a time, within a deadline. Executing a plan
+makes no decision the planner did not make: each kind of action is executed one way, through
+the engine's intents (`supervisor.Supervisor`); this module never touches an instance itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
+import re
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
@@ -23,7 +27,7 @@ from procsup import config, monitors, reconcile, units, watch
 from procsup.errors import ConfigError
 from procsup.model import LIVE_STATES, Desired, ExecMode, State
 from procsup.reconcile import Kind
-from procsup.supervisor import Ref, Supervisor, View
+from procsup.supervisor import Marks, Ref, Supervisor, View
 
 #: During a large start, yield to the loop this often so the instance record is written and
 #: the control socket answers.
@@ -33,6 +37,116 @@ _DEBOUNCE = 0.2
 #: A watched file that reads as invalid is read again this long after, before it is reported
 #: (an editor may still be writing it).
 _RECHECK = 0.5
+#: A config load (on its worker thread) that takes longer fails: nothing changes.
+LOAD_DEADLINE = 10.0
+
+
+class ConfigLoader:
+    """Runs `read` (a `config.load`) on a worker thread, so that no config can hold the loop:
+    control requests are answered while it reads, however slow the file system.
+
+    One load at a time. The loads asked for while one runs share one load that starts when it
+    ends (it reads what was saved meanwhile): a burst of SIGHUPs, saves and `update`s reads the
+    config at most twice. A load that takes longer than `deadline` fails for everyone waiting
+    on it with a ConfigError that says so. Its thread cannot be stopped: until it ends, a load
+    asked for fails at once, so that one stuck read never becomes a pile of threads. The thread
+    is a daemon thread, so a stuck read does not keep procsupd from exiting either."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read: Callable[[], Desired], *,
+                 path: str, log: logging.Logger, deadline: float = LOAD_DEADLINE) -> None:
+        self._loop = loop
+        self._read = read
+        self._path = path
+        self._log = log
+        self.deadline = deadline
+        self.started = 0  # loads begun (for tests and the log)
+        self._busy_since: float | None = None  # a worker thread runs, since then
+        self._overdue = False  # ... and is past its deadline
+        self._next: asyncio.Future[Desired] | None = None
+
+    async def load(self) -> Desired:
+        """A fresh read of the config: read after this call. Raises ConfigError."""
+        if self._busy_since is None:
+            result = self._start(self._future())
+        elif self._overdue:
+            raise self._stuck()
+        else:
+            if self._next is None:
+                self._next = self._future()
+            result = self._next
+        # The load goes on for the others waiting if this caller goes away (a client's Ctrl-C).
+        return await asyncio.shield(result)
+
+    def _future(self) -> asyncio.Future[Desired]:
+        future: asyncio.Future[Desired] = self._loop.create_future()
+        # Retrieved even when every waiter went away, so asyncio logs no unretrieved error.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return future
+
+    def _start(self, result: asyncio.Future[Desired]) -> asyncio.Future[Desired]:
+        timer = self._loop.call_later(self.deadline, self._expire, result)
+        thread = threading.Thread(target=self._work, args=(result, timer), daemon=True,
+                                  name="procsup-config-load")
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had (RLIMIT_NPROC, a pids cgroup)
+            timer.cancel()
+            result.set_exception(ConfigError(
+                f"cannot start a thread to read the config: {exc}; nothing was changed",
+                file=self._path))
+            return result
+        self.started += 1
+        self._busy_since, self._overdue = self._loop.time(), False
+        return result
+
+    def _work(self, result: asyncio.Future[Desired], timer: asyncio.TimerHandle) -> None:
+        """On the worker thread: read, then hand the outcome to the loop (and only that)."""
+        value: Desired | None = None
+        error: BaseException | None = None
+        try:
+            value = self._read()
+        except Exception as exc:  # ConfigError, or a bug: the waiters get it either way
+            error = exc
+        finally:
+            try:
+                self._loop.call_soon_threadsafe(self._done, result, timer, value, error)
+            except RuntimeError:  # the loop is closed: procsupd has exited
+                pass
+
+    def _done(self, result: asyncio.Future[Desired], timer: asyncio.TimerHandle,
+              value: Desired | None, error: BaseException | None) -> None:
+        timer.cancel()
+        assert self._busy_since is not None
+        if self._overdue:
+            self._log.warning("config: the load that took too long ended after %.1f s",
+                              self._loop.time() - self._busy_since)
+        self._busy_since = None
+        if not result.done():
+            if value is not None:
+                result.set_result(value)
+            else:
+                result.set_exception(error or RuntimeError("the config load ended without result"))
+        if self._next is not None:
+            pending, self._next = self._next, None
+            self._start(pending)
+
+    def _expire(self, result: asyncio.Future[Desired]) -> None:
+        self._overdue = True
+        if not result.done():
+            result.set_exception(ConfigError(
+                f"loading the config took longer than {self.deadline:g} s; nothing was changed "
+                "(a config file on a slow or hung file system?)", file=self._path))
+        if self._next is not None:
+            pending, self._next = self._next, None
+            pending.set_exception(self._stuck())
+
+    def _stuck(self) -> ConfigError:
+        assert self._busy_since is not None
+        return ConfigError(
+            f"the previous load of the config has not ended after "
+            f"{self._loop.time() - self._busy_since:.0f} s (more than {self.deadline:g} s); "
+            "nothing was changed, and the config is not read again until it ends (a config "
+            "file on a slow or hung file system?)", file=self._path)
 
 
 class Applier:
@@ -56,6 +170,8 @@ class Applier:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch: watch.ConfigWatch | None = None
         self._debounce: asyncio.TimerHandle | None = None
+        self.loader = ConfigLoader(self.loop, self._read, path=desired.daemon.config_path,
+                                   log=self.log)
         self.monitors = monitors.Monitors(self.loop, self.log, self.recycle, self.leaders)
 
     @property
@@ -100,13 +216,19 @@ class Applier:
         timeout = self.desired.daemon.shutdown_timeout
         try:
             await self.started_up.wait()  # recovery first: its slots must exist to be stopped
-            async with self.lock:  # let a running apply finish its step first
-                await asyncio.wait_for(self.engine.stop_all(), timeout)
+            await asyncio.wait_for(self._stop_everything(), timeout)
         except TimeoutError:
             self.log.error("shutdown_timeout (%.1fs) passed: killing what is left", timeout)
             self.engine.signal([v.ref for v in self.engine.snapshot()], signal.SIGKILL)
         finally:
             self._exit.set()
+
+    async def _stop_everything(self) -> None:
+        # After a running apply's step (it starts nothing more once shutting down, and a
+        # rollout gives up), so that no instance is started behind stop_all's back; waiting
+        # for the lock counts against shutdown_timeout too.
+        async with self.lock:
+            await self.engine.stop_all()
 
     async def wait_exit(self) -> None:
         await self._exit.wait()
@@ -122,17 +244,19 @@ class Applier:
             out[name] = reconcile.Running(spec, len(views), stopped)
         return out
 
-    def load(self) -> Desired:
-        """Read the config file again (includes, profile); raises ConfigError."""
+    async def load(self) -> Desired:
+        """Read the config file again (includes, profile), off the loop, within the loader's
+        deadline; raises ConfigError."""
+        return await self.loader.load()
+
+    def _read(self) -> Desired:
+        """The load itself, on the loader's worker thread: touches no state of the loop."""
+        path = self.desired.daemon.config_path  # never changes: the file procsupd was given
         try:
             return config.load(
-                self.desired.daemon.config_path,
-                profile=self.profile_override,
-                require_root_owned=os.geteuid() == 0,
-            )
+                path, profile=self.profile_override, require_root_owned=os.geteuid() == 0)
         except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror or exc}",
-                              file=self.desired.daemon.config_path) from None
+            raise ConfigError(f"cannot read: {exc.strerror or exc}", file=path) from None
 
     def plan(self, new: Desired) -> reconcile.Plan:
         return reconcile.plan(self.running(), new.apps, self.desired.daemon, new.daemon)
@@ -151,7 +275,7 @@ class Applier:
         if failures is None:
             failures = []
         engine = self.engine
-        starting: list[Ref] = []
+        starting: Marks = {}
         async with self.lock:
             if self.shutting_down:
                 return reconcile.Plan()
@@ -183,16 +307,14 @@ class Applier:
                 elif action.kind is Kind.REBIND:
                     engine.stop(refs)
                     await engine.stopped(refs)
-                    engine.start(refs)
-                    starting += refs
+                    starting.update(engine.start(refs))
                 elif action.kind is Kind.RESTART:
-                    engine.restart(refs)
-                    starting += refs
+                    starting.update(engine.restart(refs))
                 elif action.kind in (Kind.START, Kind.SCALE_UP, Kind.RESUME):
                     for i in action.instances:
-                        ref = engine.add(action.app, i)
-                        engine.start([ref])
-                        starting.append(ref)
+                        if self.shutting_down:
+                            break  # SIGTERM meanwhile: start nothing more
+                        starting.update(engine.start([engine.add(action.app, i)]))
                         if len(starting) % _YIELD_EVERY == 0:
                             await asyncio.sleep(0)  # record what runs so far; answer clients
             self.config_error = "; ".join(failures[failed_before:]) or None
@@ -202,7 +324,10 @@ class Applier:
                 self.log.warning("config: %s", warning)
             self.monitors.configure(engine.specs(), self.desired.daemon)
         if wait and starting:
-            await engine.settled(starting)
+            # What this apply started and did not get running (a crash loop, a command that
+            # cannot run) is a failure of the update, though the config is applied.
+            failures += [_not_started(v) for v in await engine.started(starting)
+                         if v.state not in (State.RUNNING, State.STOPPED)]
         return plan
 
     async def scale(self, app: str, count: int, *, wait: bool) -> list[View]:
@@ -210,17 +335,19 @@ class Applier:
         instances that went and the ones added, as they ended up (after waiting)."""
         engine = self.engine
         async with self.lock:
+            if self.shutting_down:
+                return []  # everything stops; nothing is scaled
             current = {i: v for i, v in (engine.current(app) or {}).items() if not v.retiring}
             retired = engine.retire([v.ref for i, v in current.items() if i >= count])
             # PROCSUP_INSTANCES of the next runs; per-instance log names when crossing 1
             engine.set_spec(app, dataclasses.replace(engine.specs()[app], instances=count))
             added = [engine.add(app, i) for i in range(len(current), count)]
-            engine.start(added)
+            marks = engine.start(added)
             self.monitors.configure(engine.specs(), self.desired.daemon)
         gone = {v.ref: v for v in retired}
         if wait:
             gone.update((v.ref, v) for v in await engine.stopped(list(gone)))
-            return [*gone.values(), *await engine.settled(added)]
+            return [*gone.values(), *await engine.started(marks)]
         return [*gone.values(), *engine.views(added)]
 
     async def reload_apps(self, targets: Mapping[str, list[int]]) -> str | None:
@@ -252,8 +379,7 @@ class Applier:
                     continue
                 if old.state not in (State.RUNNING, State.STARTING):  # nothing to keep serving
                     if not only_running:
-                        self.engine.restart([old.ref])
-                        await self.engine.settled([old.ref])
+                        await self.engine.started(self.engine.restart([old.ref]))
                     continue
                 done = await self.engine.replace(old.ref)
                 if done.old is not None:
@@ -274,6 +400,9 @@ class Applier:
         """Why a reload's replacement did not take over, for the user: its own exit, said as
         such (with a hint for a fork app, the usual cause being its own port), or the wait."""
         code, spec = new.inst.exit_code, new.spec
+        if new.inst.spawn_failures and new.inst.reason:  # a resource ran out; not retried here
+            found = _RETRY_RE.match(new.inst.reason)
+            return f"the replacement could not be started: {found[1] if found else new.inst.reason}"
         if code is None and new.generation <= 1:  # it never ran: the command cannot execute
             return new.inst.reason or f"the replacement is {new.state.value}"
         if waited >= spec.ready_timeout or code is None:
@@ -370,7 +499,7 @@ class Applier:
         """Read the config and apply it (`update`, SIGHUP, a saved file). An invalid config
         changes nothing: the error is logged, kept for `status`, and raised."""
         try:
-            new = self.load()
+            new = await self.load()
         except ConfigError as exc:
             self.config_error = str(exc)
             self.log.error("%s: config not applied: %s", trigger, exc)
@@ -416,11 +545,15 @@ class Applier:
 
     def _saved(self, recheck: bool) -> None:
         self._debounce = None
-        if self.shutting_down:
-            return
+        if not self.shutting_down:
+            self.spawn_task(self._apply_saved(recheck))
+
+    async def _apply_saved(self, recheck: bool) -> None:
         try:
-            new = self.load()
+            new = await self.load()
         except ConfigError as exc:
+            if self._debounce is not None or self.shutting_down:
+                return  # saved again meanwhile: that save is read in its turn
             if not recheck:  # maybe half-written: read again before calling it broken
                 self._debounce = self.loop.call_later(_RECHECK, self._saved, True)
                 return
@@ -428,8 +561,15 @@ class Applier:
             self.log.error("saved config not applied: %s", exc)
             self.update_watch(exc)
             return
-        self.spawn_task(self._apply_saved(new))
-
-    async def _apply_saved(self, new: Desired) -> None:
         await self.apply(new, wait=False)
         self.update_watch()
+
+
+#: lifecycle's reason for a transient spawn failure: "retrying in 2s (WHY; 3 failures in a row)".
+_RETRY_RE = re.compile(r"retrying in \S+ \((.*); \d+ failures?(?: in a row)?\)$")
+
+
+def _not_started(v: View) -> str:
+    why = v.inst.reason or (f"last run {units.exit_code_text(v.inst.exit_code)}"
+                            if v.inst.exit_code is not None else "not ready")
+    return f"{v.id} is {v.state.value}: {why}"

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="procsup", description="Control a running procsupd.",
         epilog="exit status: 0 ok, 1 the request failed, 2 usage error, "
-        "3 cannot reach the daemon",
+        "3 cannot reach the daemon. '--' ends the options: an app name that starts with '-' "
+        "(which older versions accepted) goes after it, as in: procsup stop -- -h",
     )
     p.add_argument("-c", "--config", metavar="CONFIG",
                    help="find the socket from this config file's [procsup] socket")

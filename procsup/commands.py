@@ -126,12 +126,11 @@ class Commands:
 
     async def _start(self, args: dict[str, Any], restart: bool) -> object:
         refs = [v.ref for v in self.select(args["apps"])]
-        if restart:
-            self.engine.restart(refs)
-        else:
-            self.engine.start(refs)
+        # Only instances of the table start: one retiring, a reload's replacement or an
+        # outgoing old instance is on its way out already (and not reported).
+        marks = self.engine.restart(refs) if restart else self.engine.start(refs)
         wait = bool(args.get("wait", True))
-        views = await self.engine.settled(refs) if wait else self.engine.views(refs)
+        views = await self.engine.started(marks) if wait else self.engine.views(marks)
         return self.outcome(views, self._ok_started(wait))
 
     async def cmd_start(self, args: dict[str, Any], send: Send) -> object:
@@ -199,6 +198,7 @@ class Commands:
                     cpu=round(cpu, 1) if cpu is not None else None, memory=mem,
                     exit_code=v.inst.exit_code, reason=v.inst.reason or v.note, status=v.status,
                     next_cron_restart=monitors.next_cron_restart(v.id.app),
+                    log_errors=tuple(h.to_json() for h in v.log_health),
                 ).to_json()
             )
         a = self.applier
@@ -216,15 +216,15 @@ class Commands:
 
     # ------------------------------------------------------------------ config
 
-    def _load(self) -> Any:
+    async def _load(self) -> Any:
         try:
-            return self.applier.load()
+            return await self.applier.load()
         except ConfigError as exc:
             self.applier.config_error = str(exc)
             raise RemoteError(WireError.INVALID_CONFIG.value, str(exc), exc.to_dict()) from None
 
     async def cmd_reread(self, args: dict[str, Any], send: Send) -> object:
-        new = self._load()
+        new = await self._load()
         return {**self.applier.plan(new).to_json(), "warnings": list(new.warnings)}
 
     async def cmd_update(self, args: dict[str, Any], send: Send) -> object:
@@ -232,7 +232,7 @@ class Commands:
             wait = bool(args.get("wait", True))
             failures: list[str] = []
             if not wait:  # the plan now; the apply (maybe a long rollout) goes on by itself
-                new = self._load()
+                new = await self._load()
                 plan = self.applier.plan(new)
                 self.applier.request_reload("update")
                 return {**plan.to_json(), "failed": False, "warnings": list(new.warnings)}
@@ -261,6 +261,8 @@ class Commands:
             self.select([app])  # raises unknown_app with the list of apps
         wait = bool(args.get("wait", True))
         views = await self.applier.scale(app, int(args["instances"]), wait=wait)
+        if self.engine.shutting_down and not views:
+            raise RemoteError(WireError.SHUTTING_DOWN.value, "procsupd is shutting down")
         ok = self._ok_started(wait)
         return self.outcome(views, lambda v: v.retiring or ok(v))
 

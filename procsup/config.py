@@ -1,6 +1,7 @@
 """TOML + includes + profile + defaults -> `Desired`, or `ConfigError(file, line, app, key)`.
 
-Layer 1, and the only module that reads files. `load()` either returns a complete `Desired` or
+Layer 1, and the only module that reads files (`globs` lists the directories of `include`
+for it, following no symlink loop). `load()` either returns a complete `Desired` or
 raises; it starts nothing, creates no directory and touches no network. The existence of `cwd`,
 users and groups is checked when an instance is spawned, not here; env files are read here (their
 content is part of the app's definition).
@@ -12,7 +13,6 @@ locator in `tomlpos`.
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import re
 import shlex
@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from procsup import paths, schema, tomlpos, units
+from procsup import globs, paths, schema, tomlpos, units
 from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
 
@@ -57,11 +57,12 @@ def _raise_all(errors: Sequence[ConfigError]) -> None:
 class _Source:
     """One config file, read and parsed."""
 
-    def __init__(self, path: str, text: str, data: dict[str, Any]) -> None:
+    def __init__(self, path: str, text: str, data: dict[str, Any], identity: _Identity) -> None:
         self.path = path
         self.dir = os.path.dirname(path)
         self.data = data
         self.locator = tomlpos.Locator(text)
+        self.identity = identity
 
     def error(
         self, message: str, *path: str, app: str | None = None, key: str | None = None
@@ -75,16 +76,66 @@ class _Source:
         return os.path.normpath(os.path.join(self.dir, path))
 
 
-def _read_text(path: str, require_root_owned: bool) -> str:
+#: (st_dev, st_ino): a file's identity, whichever link or glob reached it.
+_Identity = tuple[int, int]
+#: A config, included or env file is read whole; a larger one is refused.
+MAX_FILE_SIZE = 16 * 1024 * 1024
+_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class _Unreadable(Exception):
+    """Why a file is not read, for the caller to put in its located error."""
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"it is {kind}, not a regular file"
+
+
+def _read_bytes(path: str, require_root_owned: bool = False) -> tuple[bytes, _Identity]:
+    """The content and identity of the regular file `path`; raises _Unreadable (or ConfigError
+    for an owner a root daemon refuses).
+
+    The type is checked before the file is opened: opening a FIFO blocks until a writer comes
+    (and every write to it would wake the config watch), a device or a socket is no config.
+    O_NONBLOCK (an open that cannot wait), O_NOCTTY and the fstat after it close the race with
+    a file swapped in between the stat and the open."""
     try:
-        with open(path, "rb") as f:
+        reason = _not_regular(os.stat(path).st_mode)
+        if reason is not None:
+            raise _Unreadable(reason)
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb") as f:
+            st = os.fstat(f.fileno())
+            reason = _not_regular(st.st_mode)
+            if reason is not None:
+                raise _Unreadable(reason)
             if require_root_owned:
-                _check_owner(path, os.fstat(f.fileno()))
-            data = f.read()
+                _check_owner(path, st)
+            # Read one byte more than allowed: the file may grow after the fstat.
+            data = f.read(MAX_FILE_SIZE + 1) if st.st_size <= MAX_FILE_SIZE else b""
     except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    if st.st_size > MAX_FILE_SIZE or len(data) > MAX_FILE_SIZE:
+        raise _Unreadable(f"it holds more than {MAX_FILE_SIZE >> 20} MiB, the most a config "
+                          "file may hold")
+    return data, (st.st_dev, st.st_ino)
+
+
+def _read_text(path: str, require_root_owned: bool) -> tuple[str, _Identity]:
     try:
-        return data.decode("utf-8")
+        data, identity = _read_bytes(path, require_root_owned)
+    except _Unreadable as exc:
+        raise ConfigError(f"cannot read config file: {exc}", file=path) from None
+    try:
+        return data.decode("utf-8"), identity
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("not valid UTF-8", file=path, line=line) from None
@@ -100,7 +151,7 @@ def _check_owner(path: str, st: os.stat_result) -> None:
 
 
 def _read(path: str, require_root_owned: bool) -> _Source:
-    text = _read_text(path, require_root_owned)
+    text, identity = _read_text(path, require_root_owned)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -114,7 +165,7 @@ def _read(path: str, require_root_owned: bool) -> _Source:
             line = max(1, len(text.splitlines()))
             message = message[: m.start()]
         raise ConfigError(f"TOML syntax error: {message}", file=path, line=line) from None
-    return _Source(path, text, data)
+    return _Source(path, text, data, identity)
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -160,28 +211,66 @@ def load(
     )
     add_apps(main)
     sources = [main]
-    seen = {main.path}  # a broken include matched by two globs is reported once
-    for pattern in daemon.include:
-        for match in sorted(glob.glob(pattern, recursive=True)):
-            found = os.path.abspath(match)
-            if not os.path.isfile(found) or found in seen:
-                continue
-            seen.add(found)
-            try:
-                src = _read_included(found, require_root_owned, errors)
-            except ConfigError as exc:  # unreadable or not TOML: only this file is skipped
-                errors.append(exc)
-                continue
-            sources.append(src)
-            add_apps(src)
+    included, warnings = _included(main, daemon.include, errors)
+    for found in included:
+        try:
+            src = _read_included(found, require_root_owned, errors)
+        except ConfigError as exc:  # unreadable or not TOML: only this file is skipped
+            errors.append(exc)
+            continue
+        sources.append(src)
+        add_apps(src)
     try:
         _raise_all(errors)
     except ConfigError as exc:
-        exc.files = (main.path, *sorted(seen - {main.path}))
+        exc.files = (main.path, *sorted(included))
         exc.include = daemon.include
         raise
     return Desired(daemon=daemon, apps=apps, profile=active, files=tuple(s.path for s in sources),
-                   warnings=_warnings(sources))
+                   warnings=(*warnings, *_warnings(sources)))
+
+
+def _included(
+    main: _Source, patterns: Sequence[str], errors: list[ConfigError]
+) -> tuple[list[str], list[str]]:
+    """The files the `include` globs name, in order (each glob's matches sorted), each file
+    once however many links or globs reach it; and a warning per glob that met a symlink
+    loop. A glob past a bound of `globs.LIMITS` is an error of `include` (none of its files
+    are read: the config is refused anyway)."""
+    expander = globs.Expander()
+    seen = {main.identity}
+    files: list[str] = []
+    warnings: list[str] = []
+
+    def error(message: str) -> ConfigError:
+        return main.error(message, "procsup", "include", key="include")
+
+    for pattern in patterns:
+        loops_before = len(expander.loops)
+        try:
+            matches = expander.expand(pattern)
+        except globs.LimitExceeded as exc:
+            errors.append(error(f"include {pattern!r} {exc.message}"))
+            continue
+        for found in matches:
+            try:
+                st = os.stat(found)
+            except OSError:  # a dangling link, or gone since: nothing there, as for glob
+                continue
+            if stat.S_ISDIR(st.st_mode):  # a glob may match directories; they hold no apps
+                continue
+            # A special file goes on to be refused (by _read_bytes) with its reason.
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            files.append(found)
+        loops = expander.loops[loops_before:]
+        if loops:
+            links = ", ".join(f"{lp.link} -> {lp.target}" for lp in loops[:3])
+            more = f" and {len(loops) - 3} more" if len(loops) > 3 else ""
+            warnings.append(str(error(
+                f"include {pattern!r}: a symlink loop, not followed: {links}{more}")))
+    return files, warnings
 
 
 def _warnings(sources: list[_Source]) -> tuple[str, ...]:
@@ -336,10 +425,9 @@ def _app_spec(
 
     if not isinstance(raw, dict):
         raise error(f"an app must be a table ([apps.{name}]), got {schema.type_name(raw)}")
-    if not schema.APP_NAME_RE.match(name):
-        raise error(f"invalid app name {name!r}: use letters, digits, '_', '.' and '-'")
-    if name in schema.RESERVED_APP_NAMES:
-        raise error(f"the app name {name!r} is reserved")
+    problem = schema.app_name_problem(name)
+    if problem is not None:
+        raise error(problem)
 
     values: dict[str, Any] = {}
     profile_env: dict[str, dict[str, str]] = {}
@@ -447,10 +535,9 @@ def _app_spec(
 def _read_env_file(src: _Source, app: str, path: str) -> dict[str, str]:
     """KEY=VALUE lines; `#` comments, blank lines, `export `, '...' or "..." values."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
+        text = _read_bytes(path)[0].decode("utf-8")
+    except (_Unreadable, UnicodeDecodeError) as exc:
+        reason = str(exc) if isinstance(exc, _Unreadable) else "not valid UTF-8"
         raise src.error(
             f"cannot read env file {path}: {reason}", "apps", app, "env_file", app=app,
             key="env_file",

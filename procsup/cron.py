@@ -6,20 +6,25 @@ Shortcuts such as `@daily` and a sixth (seconds) field are refused: they are cro
 extensions, not cron, and the field count is the first check users rely on. An expression
 that can never fire (`0 0 31 2 *`) is refused too.
 
-Times are the daemon's local wall-clock time, as in cron, and are given and returned as naive
-datetimes: a fixed UTC offset would put every fire after a DST change an hour off. The caller
-passes the current time, so nothing here reads the clock. Uses only what croniter 1.3.5
-(Debian 12) has.
+Times are the daemon's local wall-clock time, as in cron, and fire times are naive datetimes:
+a fixed UTC offset would put every fire after a DST change an hour off. The caller passes the
+current time, so nothing here reads the clock. Uses only what croniter 1.3.5 (Debian 12) has.
+
+`Schedule` and `check` follow one app's fire times across changes of the clock. They tell the
+clock being *set* (NTP stepping it, an administrator, a VM restored) from daylight saving time
+by comparing the wall clock with the monotonic clock: a set clock moves against the monotonic
+one, a DST change moves only the local time's UTC offset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from croniter import croniter
 
-__all__ = ["CronError", "next_fire", "normalize"]
+__all__ = ["STEP", "CronError", "Schedule", "check", "next_fire", "normalize", "schedule", "until"]
 
 _FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 _FIELDS = "minute hour day-of-month month day-of-week"
@@ -63,6 +68,74 @@ def next_fire(expr: str, after: datetime) -> datetime:
         raise CronError(f"cron expression {expr!r} has no time after {after}") from None
     assert isinstance(fire, datetime)
     return fire
+
+
+#: Seconds the wall clock may fall behind the monotonic clock between two looks and still count
+#: as the same clock: a step back shorter than this (an NTP correction) only delays the next
+#: fire by that much and fires nothing again; cron's resolution is a minute anyway.
+STEP = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Where one app's cron stands: the next fire time `fire` (naive local wall time), and the
+    clocks at the last look, `wall` (aware, local with its UTC offset) and `mono` (monotonic
+    seconds), by which `check` tells a set clock from time passing."""
+
+    expr: str
+    fire: datetime
+    wall: datetime
+    mono: float
+
+
+def schedule(expr: str, wall: datetime, mono: float) -> Schedule:
+    """The schedule of `expr` (normalized) from the clocks now: `wall` the local time with
+    its UTC offset (`datetime.now().astimezone()`), `mono` the monotonic clock. Raises
+    CronError as `next_fire`."""
+    return Schedule(expr, next_fire(expr, _local(wall)), wall, mono)
+
+
+def check(s: Schedule, wall: datetime, mono: float) -> tuple[datetime | None, Schedule]:
+    """Look at the clocks again: the fire time that is due now (None: nothing is), and the
+    schedule from here on. Raises CronError as `next_fire`.
+
+    - Due once the local wall time reaches the planned fire time, and then once, however many
+      fire times a jump forward (the clock set ahead, a resumed machine) passed over: the next
+      is planned after now.
+    - The clock set back by more than `STEP`: the plan is made again from the new wall time,
+      so the wall clock is followed both ways and the times it shows again fire again (set back
+      4 h, an hourly cron fires within the hour, not in 4 h). The plan starts from the earliest
+      wall time the clock can have shown since the last look, so a step that lands just before
+      a fire time, between two looks, still fires it.
+    - DST is not a set clock: the local time changes, time does not. Each local fire time
+      fires once: in the hour repeated when DST ends, the times that fired before do not fire
+      again (a job at 02:30 runs once that night), and the times skipped when DST starts are
+      due at once, at the change, as any jump forward.
+    """
+    local = _local(wall)
+    elapsed = mono - s.mono
+    fire = s.fire
+    # Timestamps, not `wall - s.wall`: two times of one ZoneInfo zone subtract as naive local
+    # times, which would make the end of DST look like the clock set back an hour.
+    if elapsed - (wall.timestamp() - s.wall.timestamp()) > STEP:
+        # `next_fire` is strictly after: a microsecond earlier, a step landing exactly on a
+        # fire time keeps it.
+        fire = next_fire(s.expr, local - timedelta(seconds=elapsed, microseconds=1))
+    if local < fire:
+        return None, Schedule(s.expr, fire, wall, mono)
+    return fire, Schedule(s.expr, next_fire(s.expr, local), wall, mono)
+
+
+def until(s: Schedule, wall: datetime) -> float:
+    """Seconds from `wall` (aware local time) to the planned fire time, by the local clock;
+    0 when it is due."""
+    return max((s.fire - _local(wall)).total_seconds(), 0.0)
+
+
+def _local(wall: datetime) -> datetime:
+    if wall.tzinfo is None:
+        raise ValueError("the wall clock must be an aware local time (datetime.now().astimezone())")
+    return wall.replace(tzinfo=None)
 
 
 def _reason(exc: Exception) -> str:

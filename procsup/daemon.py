@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in desired.warnings:
         print(f"procsupd: warning: {warning}", file=sys.stderr)
     if args.check:
-        print(config.describe(desired))
+        print(config.describe(desired), end="")  # its text ends with the newline
         return ExitCode.OK
     try:
         check_runtime_dirs(desired)

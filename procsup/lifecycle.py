@@ -25,6 +25,9 @@ Restart policy (contract §3): a run is *stable* when it lasted `min_uptime` and
 `unstable` counts unstable runs in a row. An unexpected end restarts the instance when the policy
 wants it, at most `max_restarts` times in a row after unstable runs (so `max_restarts + 1` runs),
 then the instance is `ERRORED`. A stable run resets the count (and the exponential backoff).
+A spawn that fails for want of a resource (`SpawnFailed(transient=True)`) is no run at all: it
+waits in `BACKOFF` and is tried again, with its own doubling delay, however often it fails; a
+command that cannot be executed is `ERRORED` at once.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ SIGKILL = 9
 #: Upper bound of the exponential backoff delay (contract: "doubles per unstable restart, cap
 #: 15 s").
 BACKOFF_CAP = 15.0
+
+#: First delay before a start that failed for want of a resource (EAGAIN, EMFILE...) is tried
+#: again; it doubles per failure in a row up to BACKOFF_CAP.
+SPAWN_RETRY = 0.5
 
 #: `ready` value meaning "alive for min_uptime"; every other value waits for a `Ready` event.
 READY_STARTED = "started"
@@ -97,6 +104,7 @@ class Instance:
     ready: bool = False  # readiness reached for the current process
     failed_run: bool = False  # the stop in progress ends a failed run (not ready in time)
     failed_how: str | None = None  # with failed_run: how each failed run failed, if not by time
+    spawn_failures: int = 0  # transient spawn failures in a row (fork: EAGAIN, EMFILE, ...)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -126,9 +134,12 @@ class Spawned:
 
 @dataclass(frozen=True)
 class SpawnFailed:
-    """The command cannot be executed (missing executable, cwd, user, unbindable listen)."""
+    """No process could be started. `transient`: for want of a resource that comes back (a
+    process or open-files limit, memory); otherwise the command cannot be executed (missing
+    executable, cwd, user, unbindable listen)."""
 
     reason: str
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,8 +219,8 @@ def step(inst: Instance, policy: Policy, event: Event, now: float) -> Step:
             return _on_restart(inst, policy, now)
         case Spawned(pid=pid):
             return _on_spawned(inst, policy, pid, now)
-        case SpawnFailed(reason=reason):
-            return _on_spawn_failed(inst, reason)
+        case SpawnFailed(reason=reason, transient=transient):
+            return _on_spawn_failed(inst, policy, reason, transient, now)
         case Exited(code=code, signal=sig):
             return _on_exited(inst, policy, code, sig, now)
         case Ready():
@@ -282,7 +293,7 @@ def _on_start(inst: Instance) -> Step:
         # starts over with it (so "gave up after N restarts" and RESTARTS agree), otherwise
         # it is kept for status.
         restarts = 0 if inst.state is State.ERRORED else inst.restarts
-        return _spawn(inst, restarts=restarts, unstable=0)
+        return _spawn(replace(inst, spawn_failures=0), restarts=restarts, unstable=0)
     if inst.state is State.STOPPING:
         # Stop in progress: let it finish (the group must be gone first), then start again.
         return replace(inst, then_start=True, unstable=0), ()
@@ -306,8 +317,9 @@ def _on_stop(inst: Instance, policy: Policy, now: float) -> Step:
         # the signal was sent and the deadline stands.
         return replace(inst, then_start=False, failed_run=False), ()
     if inst.state is State.BACKOFF:
-        # No process between runs: cancelling the pending restart is the whole stop.
-        return replace(inst, state=State.STOPPED, deadline=None, reason=None), ()
+        # No process between runs: cancelling the pending restart (or retry) is the whole stop.
+        return replace(inst, state=State.STOPPED, deadline=None, reason=None,
+                       spawn_failures=0), ()
     # STOPPED/EXITED/ERRORED: nothing runs; STOPPED records that the user wants it so, and the
     # last exit code stays visible.
     return replace(inst, state=State.STOPPED, deadline=None, reason=None), ()
@@ -328,7 +340,7 @@ def _on_restart(inst: Instance, policy: Policy, now: float) -> Step:
         # now restarts explicitly).
         return replace(inst, then_start=True, failed_run=False, restarts=0, unstable=0), ()
     # STOPPED/EXITED/ERRORED/BACKOFF: nothing to stop, so a restart is a start with fresh counters.
-    return _spawn(inst, restarts=0, unstable=0)
+    return _spawn(replace(inst, spawn_failures=0), restarts=0, unstable=0)
 
 
 def _on_recycle(
@@ -368,7 +380,7 @@ def _on_recycle(
 def _on_spawned(inst: Instance, policy: Policy, pid: int, now: float) -> Step:
     if inst.pid is not None or inst.state not in (State.STARTING, State.STOPPING):
         return _nothing(inst)  # no spawn was asked for: a stray answer
-    spawned = replace(inst, pid=pid, started_at=now, ready=False)
+    spawned = replace(inst, pid=pid, started_at=now, ready=False, spawn_failures=0)
     if inst.state is State.STOPPING:
         # A stop arrived while the spawn was in flight: kill the new process right away.
         return replace(spawned, deadline=now + policy.kill_timeout), (Kill(policy.kill_signal),)
@@ -380,12 +392,33 @@ def _on_spawned(inst: Instance, policy: Policy, pid: int, now: float) -> Step:
     return replace(spawned, reason=None, deadline=now + max(wait, 0.0)), ()
 
 
-def _on_spawn_failed(inst: Instance, reason: str) -> Step:
+def _on_spawn_failed(
+    inst: Instance, policy: Policy, reason: str, transient: bool, now: float
+) -> Step:
     if inst.pid is not None:
         return _nothing(inst)  # a process is live, so it evidently could be executed
     if inst.state is State.STOPPING and not inst.then_start:
         # The user stopped it while the spawn was in flight: it is stopped, as asked.
         return replace(inst, state=State.STOPPED, deadline=None, then_start=False), ()
+    if transient:
+        # A resource ran out (a process or open-files limit, memory): the command is fine and
+        # the resource comes back, so try again after a growing delay, for as long as it takes.
+        # No run happened, so this is no crash loop: max_restarts is not spent, `unstable` and
+        # `restarts` stay, and any restart policy retries (the start itself has not happened).
+        tries = inst.spawn_failures + 1
+        delay = _retry_delay(policy, tries)
+        again = "1 failure" if tries == 1 else f"{tries} failures in a row"
+        return replace(
+            inst,
+            state=State.BACKOFF,
+            pid=None,
+            ready=False,
+            reason=f"retrying in {_secs(delay)} ({reason}; {again})",
+            deadline=now + delay,
+            then_start=False,
+            failed_run=False,
+            spawn_failures=tries,
+        ), ()
     # The command cannot be executed: retrying cannot help, so errored at once (supervisord's
     # FATAL), with the reason shown in status.
     return replace(
@@ -525,6 +558,13 @@ def _delay(policy: Policy, unstable: int) -> float:
         return policy.restart_delay
     doublings = min(max(unstable - 1, 0), _MAX_DOUBLINGS)
     return min(math.ldexp(base, doublings), max(BACKOFF_CAP, base))  # base * 2**doublings
+
+
+def _retry_delay(policy: Policy, tries: int) -> float:
+    """Seconds to wait before the next start after `tries` transient spawn failures in a row:
+    from SPAWN_RETRY doubling to BACKOFF_CAP, or the app's own restart delay when longer."""
+    doublings = min(tries - 1, _MAX_DOUBLINGS)
+    return max(min(math.ldexp(SPAWN_RETRY, doublings), BACKOFF_CAP), _delay(policy, 1))
 
 
 def _gave_up(policy: Policy, unstable: int, why: str, how: str | None) -> str:

@@ -1,7 +1,8 @@
 """Log files: whole lines -> files; rotation, reopen, tail and follow (layer 2).
 
 This is the only module that opens log files; reading the child pipes into a sink is `pipes`.
-It imports nothing else from procsup and reports back only through the callbacks it is given.
+It imports only `drops` (the bookkeeping of refused writes) from procsup, and reports back
+only through the callbacks it is given.
 
 Threading: everything here runs on the supervisor's one asyncio loop thread. There are no locks;
 a line is never split or interleaved mid-line within one file because each chunk of whole lines
@@ -10,8 +11,12 @@ after a short write) and nothing else runs on the loop in between.
 
 Flow control: writes are synchronous. When the disk is slow the loop is slow, the pipe fills
 and the child blocks in write(2); nothing is queued in memory and nothing is dropped. The only
-data that can be lost is data the kernel refuses (ENOSPC, EIO...): that is reported through
-`on_error` and the chunk is discarded, because holding it would mean an unbounded queue.
+data that can be lost is data the kernel refuses (ENOSPC, EDQUOT, EIO, a failed open...). That
+is dropped, not held: holding it means an unbounded queue, and blocking the child instead (not
+reading its pipe) would freeze every app that logs as soon as /var/log fills, turning a full
+disk into an outage. Dropping is never silent: a sink counts what it drops (`LogSink.health`,
+shown by `status`), reports the start of a failure and its end to the daemon log, and writes
+one marker line into the file where writing resumed.
 
 Symlink safety: a directory is trusted when it is owned by root or by the daemon's own user and
 is neither group- nor world-writable. A log file in any other directory (e.g. a sticky 1777 one,
@@ -29,9 +34,13 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 
+from procsup.drops import Ledger, LogHealth
+
 __all__ = [
+    "LogHealth",
     "LogSink",
     "LogSinks",
     "tail",
@@ -42,16 +51,24 @@ _log = logging.getLogger(__name__)
 _TAIL_BLOCK = 64 * 1024
 _TAIL_MAX_BYTES = 16 * 1024 * 1024
 _NL = b"\n"
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+# O_NOCTTY: a log path that is a terminal must not become the controlling terminal of
+# procsupd (a session leader without one), whose hangup would then send it SIGHUP.
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
 _FILE_MODE = 0o640
 _DIR_MODE = 0o755
 
-ErrorCallback = Callable[[str, OSError], None]
+#: Write errors after which the open file works again once space is freed: the next chunk
+#: simply tries write(2) again. Any other error (EIO, EROFS, ESTALE...) may have broken the fd
+#: for good: it is closed and the file reopened on a later write, with backoff.
+_SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+RETRY_FIRST = 0.1
+"""Seconds after a broken fd or a failed open before a write tries to open the file again;
+doubled on every failure up to RETRY_MAX, so a dead device costs no open(2) per chunk."""
+RETRY_MAX = 30.0
+
+#: report(level, message): a line for the daemon log (a failure, a resume).
+Report = Callable[[int, str], None]
 Follower = Callable[[bytes], None]
-
-
-def _log_error(path: str, exc: OSError) -> None:
-    _log.error("log file %s: %s", path, exc)
 
 
 def _parent_is_shared(path: str) -> bool:
@@ -100,18 +117,27 @@ class LogSink:
     """One open log file, shared by every stream that writes to it (out+err of an instance when
     both paths are the same; every instance of an app with merge_logs). Writes whole lines only.
 
-    The file is opened O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, mode 0o640 (before umask), by the
-    constructor, which raises OSError (path in the message) when that fails; later failures
-    (write, reopen, rotation) never raise: they go to `on_error(path, exc)`, once per kind of
-    failure until something succeeds again. When the file could not be reopened, the next write
-    tries again, so the sink heals itself once the cause is fixed; the chunks in between are lost.
+    The file is opened O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC|O_NOCTTY, mode 0o640 (before umask),
+    by the constructor, which raises OSError (path in the message) when that fails; later
+    failures never raise.
+
+    Refused writes: a chunk the file refuses (write or open failed) is dropped and counted in
+    `ledger` (`health`). The first failure of an episode, and each other kind of failure in
+    it, is one ERROR line to `report(level, message)`, not one per chunk. After ENOSPC, EDQUOT
+    or EFBIG the file stays open and every chunk tries again, so the first write after space
+    is freed succeeds; after any other error the fd is closed and a later write reopens the
+    file, at most every RETRY_FIRST..RETRY_MAX seconds. Where writing resumes, one marker line
+    goes into the file first ("[procsup] N lines (M bytes) dropped since T: cannot write: No
+    space left on device", with the date prefix if there is one; a line the failure cut short
+    is ended before it) and one WARNING line is reported.
 
     Rotation (when `max_size` is set and a write takes the file past it): the file is closed,
     `<path>.k` becomes `<path>.k+1` for k = retain-1..1, `<path>` becomes `<path>.1`, files
     beyond `<path>.retain` left from a larger retain are deleted, and a new file is opened.
     `retain = 0` truncates the file instead. Rotation happens between writes, so never inside a
     line; a file may exceed `max_size` by up to one chunk. Files that are not regular (a tty,
-    /dev/stdout in a container) are never rotated.
+    /dev/stdout in a container) are never rotated. A failed rotation is reported and tried
+    again after another `max_size` bytes.
     """
 
     def __init__(
@@ -121,8 +147,9 @@ class LogSink:
         date_format: str | None = None,
         max_size: int | None = None,
         retain: int = 5,
-        on_error: ErrorCallback | None = None,
+        report: Report | None = None,
         followers: list[Follower] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         if date_format is not None:
             _date_prefix(date_format)  # a bad format fails here, not on every chunk later
@@ -132,13 +159,15 @@ class LogSink:
         self.date_format = date_format
         self.max_size = max_size
         self.retain = retain
-        self._on_error = on_error if on_error is not None else _log_error
+        self._report = report if report is not None else _log.log
         self._followers: list[Follower] = followers if followers is not None else []
+        self._ledger = ledger if ledger is not None else Ledger()
         self._fd: int | None = None
         self._closed = False
         self._size = 0
         self._rotate_at: int | None = max_size
-        self._last_error: tuple[str, int | None] | None = None
+        self._retry_at = 0.0  # time.monotonic() before which no write tries to open the file
+        self._retry_delay = RETRY_FIRST
         self._open(truncate=False)
 
     # -- public --------------------------------------------------------------------------
@@ -146,6 +175,15 @@ class LogSink:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def health(self) -> LogHealth | None:
+        """What this path refused, or None when it never refused anything."""
+        return self._ledger.health(self.path)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
 
     def write(self, data: bytes | memoryview, head: bytes = b"") -> None:
         """Append `head + data`: one or more complete lines (a missing final newline is added);
@@ -176,9 +214,13 @@ class LogSink:
             prefix = _date_prefix(self.date_format)
             body = data.replace(_NL, _NL + prefix)
             parts = (prefix, memoryview(body)[: len(body) - len(prefix)])
-        if self._fd is None:
+        if self._fd is None and time.monotonic() >= self._retry_at:
             self._open(truncate=False, reporting=True)
-        if self._fd is not None:
+        if self._fd is not None and self._ledger.episode is not None:
+            self._resume()
+        if self._fd is None or self._ledger.episode is not None:
+            self._drop(parts)
+        else:
             total = sum(len(p) for p in parts)
             if self._rotate_at is not None and self._size + total > self._rotate_at:
                 self._write_rotating(b"".join(parts))
@@ -191,7 +233,7 @@ class LogSink:
 
     def reopen(self) -> None:
         """Close the file and open `path` again (SIGUSR1 after logrotate moved it away: the
-        new file is created). Errors go to `on_error`."""
+        new file is created). Errors are reported, never raised."""
         if self._closed:
             return
         self._close_fd()
@@ -206,23 +248,23 @@ class LogSink:
 
     def _write_parts(self, parts: tuple[bytes | memoryview, ...]) -> None:
         if self._fd is None:
+            self._drop(parts)
             return
-        try:
-            written = self._write_all(self._fd, parts)
-        except OSError as exc:
-            self._report("write", exc)
-        else:
-            self._last_error = None
-            self._size += written
-            if self._rotate_at is not None and self._size > self._rotate_at:
-                self._rotate()
+        written, exc = self._write_all(self._fd, parts)
+        self._size += written
+        if exc is not None:
+            self._failed("write", exc, parts, written)
+        elif self._rotate_at is not None and self._size > self._rotate_at:
+            self._rotate()
 
     def _write_rotating(self, out: bytes) -> None:
         """Write whole lines up to the size limit, rotate, go on with the rest: a file passes
         `max_size` by at most one line, however much one read brought."""
         view = memoryview(out)
         start, end = 0, len(out)
-        while start < end and self._fd is not None:
+        # A piece refused stops it: the rest is dropped, and anything written later goes after
+        # the marker line.
+        while start < end and self._fd is not None and self._ledger.episode is None:
             if self._rotate_at is None:  # not a regular file, or rotation was switched off
                 self._write_parts((view[start:],))
                 return
@@ -237,36 +279,42 @@ class LogSink:
             # Up to the limit; the next round's first line passes it and rotates the file.
             self._write_parts((view[start:cut],))
             start = cut
+        if start < end:  # refused, or the file was lost on the way (a failed reopen)
+            self._drop((view[start:],))
 
     @staticmethod
-    def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> int:
-        """Write all of `parts` (one syscall unless the kernel writes short); return the size."""
-        written = os.write(fd, parts[0]) if len(parts) == 1 else os.writev(fd, parts)
+    def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> tuple[int, OSError | None]:
+        """Write all of `parts` (one syscall unless the kernel writes short): the bytes
+        written, and the error that stopped it short (None when all were written)."""
         total = sum(len(part) for part in parts) if len(parts) > 1 else len(parts[0])
-        if written < total:
-            view = memoryview(b"".join(parts))
-            while written < total:
-                n = os.write(fd, view[written:])
-                if n == 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                written += n
-        return total
+        written = 0
+        try:
+            written = os.write(fd, parts[0]) if len(parts) == 1 else os.writev(fd, parts)
+            if written < total:
+                view = memoryview(b"".join(parts))
+                while written < total:
+                    n = os.write(fd, view[written:])
+                    if n == 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    written += n
+        except OSError as exc:
+            return written, exc
+        return total, None
 
     def _open(self, *, truncate: bool, reporting: bool = False) -> None:
-        """Open the file; with `reporting` errors go to on_error, else they raise."""
+        """Open the file; with `reporting` errors are reported (an episode), else raised."""
         try:
             fd = _open_log(self.path, truncate=truncate)
         except OSError as exc:
             if not reporting:
                 raise
-            self._report("open", exc)
+            self._failed("open", exc)
             return
         st = os.fstat(fd)
         regular = stat.S_ISREG(st.st_mode)
         self._fd = fd
         self._size = st.st_size if regular else 0
         self._rotate_at = self.max_size if regular else None
-        self._last_error = None
 
     def configure(self, *, date_format: str | None, max_size: int | None, retain: int) -> None:
         """Change the prefix and rotation settings of the open file (a config apply)."""
@@ -286,7 +334,7 @@ class LogSink:
             try:
                 os.close(fd)
             except OSError as exc:  # EIO from delayed write-back: report, the fd is gone anyway
-                self._report("close", exc)
+                self._report(logging.ERROR, f"log file {self.path}: cannot close: {exc}")
 
     def _rotate(self) -> None:
         assert self._fd is not None and self.max_size is not None
@@ -305,7 +353,7 @@ class LogSink:
                 self._shift()
             except OSError as exc:
                 shifted = False
-                self._report("rotate", exc)
+                self._report(logging.ERROR, f"log file {self.path}: cannot rotate: {exc}")
         self._open(truncate=self.retain == 0, reporting=True)
         if not shifted and self._rotate_at is not None:
             # The file is still the big one: try again after another max_size bytes rather
@@ -327,15 +375,48 @@ class LogSink:
                 break
             k += 1
 
-    def _report(self, op: str, exc: OSError) -> None:
-        key = (op, exc.errno)
-        if key == self._last_error:
-            return
-        self._last_error = key
-        try:
-            self._on_error(self.path, exc)
-        except Exception:
-            _log.exception("log error callback failed for %s", self.path)
+    # -- refused writes ------------------------------------------------------------------
+
+    def _failed(
+        self, op: str, exc: OSError, parts: tuple[bytes | memoryview, ...] = (), written: int = 0
+    ) -> None:
+        """`op` failed: start (or go on with) the episode, drop what was not written, and let
+        go of an fd that may be broken."""
+        error = f"cannot {op}: {exc.strerror or exc}"
+        new = self._ledger.fail(error, time.time())
+        if parts:
+            out = parts[0] if len(parts) == 1 else b"".join(parts)
+            # When the kernel took the start of the chunk, the file may end inside a line.
+            cut = out[written - 1] != 10 if written else None
+            self._ledger.drop(memoryview(out)[written:], time.time(), cut=cut)
+        if op == "open" or exc.errno not in _SPACE_ERRORS:
+            self._close_fd()
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        if new:
+            self._report(logging.ERROR, f"log file {self.path}: {error}; its lines are dropped "
+                                        "(counted in status) until a write works again")
+
+    def _drop(self, parts: tuple[bytes | memoryview, ...]) -> None:
+        for part in parts:
+            self._ledger.drop(part, time.time())
+
+    def _resume(self) -> None:
+        """The file is open again during an episode: write the marker line where the gap is,
+        and end the episode if that works."""
+        assert self._fd is not None
+        prefix = _date_prefix(self.date_format) if self.date_format is not None else b""
+        marker = self._ledger.marker(prefix)
+        if marker:
+            written, exc = self._write_all(self._fd, (marker,))
+            self._size += written
+            if exc is not None:
+                self._failed("write", exc)
+                if written:  # part of the marker is in the file: the next one ends it
+                    self._ledger.drop(b"", time.time(), cut=marker[written - 1] != 10)
+                return
+        self._retry_delay = RETRY_FIRST
+        self._report(logging.WARNING, self._ledger.resume(self.path))
 
     def _notify(self, follower: Follower, data: bytes) -> None:
         try:
@@ -362,13 +443,19 @@ class LogSinks:
     The first `acquire` of a path decides its settings (date format, max size, retain); later
     acquirers of the same path share that sink and its settings until the last one releases it
     (a changed app is restarted, so its old instances release before the new ones acquire).
+
+    What a path dropped outlives its sink: the next sink of the path (the app's next run)
+    continues the counts and the episode, so a crash-looping app on a full disk has one
+    episode, one count and one marker line, not one per run. Only paths that dropped something
+    are remembered.
     """
 
-    def __init__(self, on_error: ErrorCallback | None = None) -> None:
-        self._on_error = on_error
+    def __init__(self, report: Report | None = None) -> None:
+        self._report = report
         self._sinks: dict[str, LogSink] = {}
         self._refs: dict[str, int] = {}
         self._followers: dict[str, list[Follower]] = {}
+        self._ledgers: dict[str, Ledger] = {}  # of paths that dropped something, by key
 
     def acquire(
         self, path: str, *, date_format: str | None, max_size: int | None, retain: int
@@ -388,13 +475,15 @@ class LogSinks:
                     date_format=date_format,
                     max_size=max_size,
                     retain=retain,
-                    on_error=self._on_error,
+                    report=self._report,
                     followers=followers,
+                    ledger=self._ledgers.get(key),
                 )
             except (OSError, ValueError):
                 if not followers:
                     del self._followers[key]
                 raise
+            self._ledgers.pop(key, None)  # the sink has it now
             self._sinks[key] = sink
             self._refs[key] = 0
         elif (date_format, max_size, retain) != (sink.date_format, sink.max_size, sink.retain):
@@ -415,11 +504,13 @@ class LogSinks:
             return
         del self._sinks[key], self._refs[key]
         sink.close()
+        if not sink.ledger.clean:
+            self._ledgers[key] = sink.ledger
         if not self._followers.get(key, True):
             del self._followers[key]
 
     def reopen_all(self) -> None:
-        """Reopen every open file (SIGUSR1). Errors go to `on_error`, never raise."""
+        """Reopen every open file (SIGUSR1). Errors are reported, never raised."""
         for sink in tuple(self._sinks.values()):
             sink.reopen()
 

@@ -174,6 +174,9 @@ class InstanceView:
     reason: str | None
     status: str | None = None
     next_cron_restart: str | None = None
+    #: its log files that refused writes: path, error (None once writing resumed), since,
+    #: dropped_lines, dropped_bytes
+    log_errors: tuple[dict[str, object], ...] = ()
 
     def to_json(self) -> dict[str, object]:
         d = dataclasses.asdict(self)

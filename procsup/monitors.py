@@ -23,8 +23,10 @@ thread.
   files (every app's logs, the daemon's log, pidfile, socket and instance record) never count.
 - Cron: one timer per app with `cron_restart`, armed for the next fire time on the local wall
   clock (naive datetimes, so 04:00 stays 04:00 across a DST change) and re-checked at least
-  every minute, so that a change of the wall clock (NTP, a suspended machine) delays a fire by
-  at most that, and a jump over several fire times restarts once.
+  every minute. Each look hands both clocks to `cron.check`, which follows a set clock both
+  ways (set back: the times shown again fire again; set ahead or resumed: one restart,
+  however many fire times it passed over), so a change of the clock delays a fire by at most
+  a minute.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ FROM_START = 1.25
 
 
 def local_now() -> datetime:
-    """The local wall-clock time, naive (cron.py's convention)."""
-    return datetime.now()
+    """The local wall-clock time with its UTC offset, as `cron.check` takes it."""
+    return datetime.now().astimezone()
 
 
 class Monitors:
@@ -88,6 +90,7 @@ class Monitors:
         memory_interval: float = MEMORY_INTERVAL,
         settle: float = 0.5,
         clock: Callable[[], datetime] = local_now,
+        cron_recheck: float = CRON_RECHECK,
     ) -> None:
         self.loop = loop
         self.log = log
@@ -95,12 +98,13 @@ class Monitors:
         self._leaders = leaders
         self._interval = memory_interval
         self._clock = clock
+        self._cron_recheck = cron_recheck
         self._specs: dict[str, AppSpec] = {}
         self._watch = watch.AppWatch(
             loop, self._on_watch, settle=settle,
             on_error=lambda app, message: self.log.error("%s: watch: %s", app, message),
         )
-        self._cron: dict[str, tuple[str, datetime, asyncio.TimerHandle]] = {}
+        self._cron: dict[str, tuple[cron.Schedule, asyncio.TimerHandle]] = {}
         self._memory_task: asyncio.Task[None] | None = None
         self._recycled_pids: set[int] = set()
         self._closed = False
@@ -117,14 +121,14 @@ class Monitors:
             return
         self._specs = dict(specs)
         for app in [a for a in self._cron if specs.get(a) is None
-                    or specs[a].cron_restart != self._cron[a][0]]:
-            self._cron.pop(app)[2].cancel()
+                    or specs[a].cron_restart != self._cron[a][0].expr]:
+            self._cron.pop(app)[1].cancel()
         for app in [a for a in self._watch.keys if a not in specs or not specs[a].watch]:
             self._watch.unwatch(app)
         own = self._own_files(specs, daemon) if any(s.watch for s in specs.values()) else []
         for name, spec in specs.items():
             if spec.cron_restart is not None and name not in self._cron:
-                self._arm_cron(name, spec.cron_restart, self._clock())
+                self._arm_cron(name, spec.cron_restart)
             if spec.watch:
                 try:
                     missing = self._watch.watch(name, spec.watch, spec.ignore_watch, own)
@@ -153,12 +157,12 @@ class Monitors:
         """The next planned cron restart of `app`, ISO 8601 with the UTC offset it will have
         then (local time), or None."""
         entry = self._cron.get(app)
-        return entry[1].astimezone().isoformat() if entry is not None else None
+        return entry[0].fire.astimezone().isoformat() if entry is not None else None
 
     def close(self) -> None:
         """Cancel every timer and the memory task, stop watching. Idempotent."""
         self._closed = True
-        for _, _, timer in self._cron.values():
+        for _, timer in self._cron.values():
             timer.cancel()
         self._cron.clear()
         if self._memory_task is not None:
@@ -174,33 +178,41 @@ class Monitors:
 
     # -- cron -------------------------------------------------------------------------------
 
-    def _arm_cron(self, app: str, expr: str, after: datetime) -> None:
+    def _arm_cron(self, app: str, expr: str) -> None:
         try:
-            fire = cron.next_fire(expr, after)
+            plan = cron.schedule(expr, self._clock(), self.loop.time())
         except cron.CronError as exc:  # validated, so only past croniter's search horizon
-            self.log.error("%s: cron_restart: %s; no cron restart planned", app, exc)
-            self._cron.pop(app, None)
+            self._no_cron(app, exc)
             return
-        delay = min(max((fire - self._clock()).total_seconds(), 0.0), CRON_RECHECK)
-        timer = self.loop.call_later(delay, self._cron_due, app)
-        self._cron[app] = (expr, fire, timer)
+        self._wait_cron(app, plan)
+
+    def _wait_cron(self, app: str, plan: cron.Schedule) -> None:
+        delay = min(cron.until(plan, plan.wall), self._cron_recheck)
+        self._cron[app] = (plan, self.loop.call_later(delay, self._cron_due, app))
+
+    def _no_cron(self, app: str, exc: cron.CronError) -> None:
+        self.log.error("%s: cron_restart: %s; no cron restart planned", app, exc)
+        self._cron.pop(app, None)
 
     def _cron_due(self, app: str) -> None:
         entry = self._cron.get(app)
         if entry is None or self._closed:
             return
-        expr, fire, _ = entry
-        now = self._clock()
-        if now < fire:  # a re-check, or the clock went back: wait on
-            delay = min((fire - now).total_seconds(), CRON_RECHECK)
-            self._cron[app] = (expr, fire, self.loop.call_later(delay, self._cron_due, app))
+        plan = entry[0]
+        try:
+            fired, plan = cron.check(plan, self._clock(), self.loop.time())
+        except cron.CronError as exc:
+            self._no_cron(app, exc)
             return
-        # Fired. The next one is counted from the later of now and this fire time, so a clock
-        # that jumped forward past several fire times restarts once, not once per fire time.
-        self._arm_cron(app, expr, max(now, fire))
-        self.log.info("%s: cron_restart %r fired (planned %s)", app, expr, fire.isoformat())
-        when = fire.strftime("%Y-%m-%d %H:%M")
-        self._recycle(app, None, f"cron_restart {expr!r} at {when}", revive=True)
+        self._wait_cron(app, plan)
+        if fired is None:  # a re-check: not yet
+            if plan.fire < entry[0].fire:
+                self.log.info("%s: cron_restart: the clock was set back; next restart at %s",
+                              app, plan.fire.isoformat())
+            return
+        self.log.info("%s: cron_restart %r fired (planned %s)", app, plan.expr, fired.isoformat())
+        when = fired.strftime("%Y-%m-%d %H:%M")
+        self._recycle(app, None, f"cron_restart {plan.expr!r} at {when}", revive=True)
 
     # -- memory -----------------------------------------------------------------------------
 

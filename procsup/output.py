@@ -73,7 +73,8 @@ STATUS_HEADERS = ("APP", "ID", "PID", "STATE", "UPTIME", "RESTARTS", "CPU", "MEM
 
 
 def format_status(result: object, *, filtered: bool = False) -> str:
-    """The `status` table, preceded by a line when the config on disk is not applied."""
+    """The `status` table, preceded by a line when the config on disk is not applied and
+    followed by one per log file that refuses writes now."""
     res = as_dict(result)
     out = []
     config = as_dict(res.get("config"))
@@ -103,7 +104,26 @@ def format_status(result: object, *, filtered: bool = False) -> str:
             str(reason) if reason else _last_exit(inst),
         ))
     out.append(format_table(STATUS_HEADERS, rows))
+    out.extend(_log_errors(instances))
     return "".join(out)
+
+
+def _log_errors(instances: list[dict[str, Any]]) -> list[str]:
+    """`web:0: log file /var/log/web-out.log: cannot write: No space left on device (since
+    ...; 3555 lines, 347.2K dropped)`, once per file and error (a file shared by instances
+    names them all). A file that writes again is left out: `--json` keeps its counts."""
+    seen: dict[tuple[object, ...], list[str]] = {}
+    for inst in instances:
+        for entry in (as_dict(e) for e in as_list(inst.get("log_errors"))):
+            if entry.get("error"):
+                key = tuple(entry.get(k) for k in ("path", "error", "since", "dropped_lines",
+                                                   "dropped_bytes"))
+                seen.setdefault(key, []).append(_instance_name(inst))
+    lines = []
+    for (path, error, since, n, size), names in seen.items():
+        lines.append(f"{', '.join(names)}: log file {path}: {error} (since {since}; "
+                     f"{_text(_int(n))} lines, {format_size(_int(size))} dropped)\n")
+    return lines
 
 
 def format_outcome(result: object) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -33,6 +34,8 @@ from procsup.model import AppSpec, ExecMode, InstanceId
 DRAIN_POLL = 0.02
 #: Exit polling interval where pidfds are unavailable.
 _EXIT_POLL = 0.05
+#: A log file that cannot be opened for these reasons may open later (space, fds come back).
+_LOG_TRANSIENT_ERRNOS = spawn.TRANSIENT_ERRNOS | {errno.ENOSPC, errno.EDQUOT}
 
 #: app, instance index (reuseport) or None (shared), address, balance
 ListenerKey = tuple[str, int | None, str, str]
@@ -77,6 +80,12 @@ class Run:
         """The leader's pid, which is also the process group id."""
         return self.proc.pid
 
+    @property
+    def log_health(self) -> tuple[logs.LogHealth, ...]:
+        """The run's log files that refused writes (each file once), for status."""
+        sinks = {id(c.sink): c.sink for c in self.captures if c.sink is not None}
+        return tuple(h for sink in sinks.values() if (h := sink.health) is not None)
+
 
 class RunHandle(Protocol):
     """A run as the engine sees it: what `spawn` returned, read-only (a fake process layer
@@ -86,6 +95,8 @@ class RunHandle(Protocol):
     def pid(self) -> int: ...
     @property
     def status(self) -> str | None: ...
+    @property
+    def log_health(self) -> tuple[logs.LogHealth, ...]: ...
 
 
 #: report(run, event): what a run did, for the engine's event queue.
@@ -118,7 +129,7 @@ class Processes:
         self.environ = environ
         self.marker = marker
         self.state_dir = state_dir
-        self.sinks = logs.LogSinks(on_error=self._log_error)
+        self.sinks = logs.LogSinks(report=self.log.log)
         self.notify: notify.NotifyServer | None = None
         self._runs: dict[int, Run] = {}  # live runs (not yet released) by pid = pgid
         self._readers: set[Capture] = set()  # every stream still being read
@@ -130,9 +141,6 @@ class Processes:
         # (ready, stopping, ...) writes nothing, so a rolling reload's step from READY=1 to
         # the next spawn does no file I/O.
         self._recorded: tuple[statefile.Record, ...] | None = None
-
-    def _log_error(self, what: str, exc: OSError) -> None:
-        self.log.error("%s: %s", what, exc)
 
     def start_notify(self, path: str) -> None:
         """The $NOTIFY_SOCKET every instance gets, beside the control socket."""
@@ -164,10 +172,10 @@ class Processes:
 
     # ------------------------------------------------------------------ one run
 
-    def spawn(self, iid: InstanceId, spec: AppSpec) -> Run | str:
+    def spawn(self, iid: InstanceId, spec: AppSpec) -> Run | lifecycle.SpawnFailed:
         """Start a run of instance `iid` from `spec`: the new `Run`, or why it cannot start
         (executable not found, a socket that cannot be bound, a log file that cannot be
-        opened, ...)."""
+        opened, ...; `transient` when a resource ran out: a process limit, open files)."""
         captures: list[Capture] = []
         write_ends: list[int] = []  # closed in the parent once the child has them
         try:
@@ -229,8 +237,12 @@ class Processes:
                     cap.reader.close()
                 self._capture_done(cap)
             if isinstance(exc, spawn.SpawnError):
-                return exc.reason
-            return f"cannot set up output pipes: {exc}"
+                return lifecycle.SpawnFailed(exc.reason, transient=exc.transient)
+            # pipe(2) or a Popen pipe: only the daemon's resources can fail here.
+            if exc.errno in spawn.TRANSIENT_ERRNOS:
+                return lifecycle.SpawnFailed(
+                    f"cannot set up output pipes: {spawn.resource_text(exc)}", transient=True)
+            return lifecycle.SpawnFailed(f"cannot set up output pipes: {exc}")
         finally:
             for w in write_ends:
                 os.close(w)
@@ -333,7 +345,8 @@ class Processes:
                 try:
                     sock = sockets.bind(address, reuseport=reuseport)
                 except sockets.BindError as exc:
-                    raise spawn.SpawnError(str(exc)) from None
+                    raise spawn.SpawnError(
+                        str(exc), transient=exc.errno in spawn.TRANSIENT_ERRNOS) from None
                 self.listeners[key] = sock
             socks.append(sock)
         return socks
@@ -374,7 +387,15 @@ class Processes:
                 path, date_format=spec.log_date_format, max_size=spec.log_max_size,
                 retain=spec.log_retain,
             )
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            # A full disk or fd table comes back; a permission or a path problem does not.
+            if exc.errno in _LOG_TRANSIENT_ERRNOS:
+                why = (spawn.resource_text(exc) if exc.errno in spawn.TRANSIENT_ERRNOS
+                       else exc.strerror or str(exc))
+                raise spawn.SpawnError(f"cannot open log file {path}: {why}",
+                                       transient=True) from None
+            raise spawn.SpawnError(f"cannot open log file: {exc}") from None
+        except ValueError as exc:
             raise spawn.SpawnError(f"cannot open log file: {exc}") from None
 
     def _capture_done(self, cap: Capture) -> None:

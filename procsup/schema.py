@@ -21,8 +21,14 @@ from collections.abc import Callable, Mapping
 from procsup import cron, units
 from procsup.model import ExecMode, RestartPolicy
 
-#: App names: `[apps.NAME]`. "all" is reserved for `procsup start all`.
-APP_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: App names: `[apps.NAME]`. "all" is reserved for `procsup start all`. The name is part of
+#: file names (the default logs `<app>-error-<i>.log` and their rotated `.N`), and will be of
+#: systemd unit names (`<app>@<i>.service`, CONTRACT §3 Export), each at most 255 bytes
+#: (NAME_MAX): 100 characters leave room for every suffix. A leading "-" would read as an
+#: option on the command line (`procsup stop -h` prints the usage). Match with `fullmatch`.
+APP_NAME_MAX = 100
+APP_NAME_RE = re.compile(rf"[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,{APP_NAME_MAX - 1}}}")
+_APP_NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
 RESERVED_APP_NAMES = frozenset({"all"})
 #: Profile names: `[procsup] env`, `procsupd --env`, the suffix of `env_<profile>`.
 PROFILE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -65,6 +71,22 @@ class Key:
     doc: str
     required: bool = False
     default_doc: str | None = None
+
+
+def app_name_problem(name: str) -> str | None:
+    """Why `name` cannot be an app name (the message of a config error), or None if it can."""
+    if not _APP_NAME_CHARS.fullmatch(name):
+        return f"invalid app name {name!r}: use letters, digits, '_', '.' and '-'"
+    if name.startswith("-"):
+        return (f"invalid app name {name!r}: app names may not start with '-' (it reads as an "
+                "option on the command line)")
+    if len(name) > APP_NAME_MAX:
+        return (f"app name too long: {len(name)} characters, at most {APP_NAME_MAX} (it is part "
+                "of the app's log file names, each limited to 255 bytes)")
+    if name in RESERVED_APP_NAMES:
+        return f"the app name {name!r} is reserved"
+    assert APP_NAME_RE.fullmatch(name)
+    return None
 
 
 def type_name(value: object) -> str:

@@ -83,12 +83,13 @@ _ACTIVATION_NAME = "procsup-activate"
 class BindError(ProcsupError):
     """A listen address cannot be bound. `reason` is short and lower-case ("address already in
     use", "permission denied", ...); str() is "cannot listen on ADDRESS: REASON", which is what
-    `status` shows for the errored app."""
+    `status` shows for the errored app. `errno` is the OS error's, when there was one."""
 
-    def __init__(self, address: str, reason: str) -> None:
+    def __init__(self, address: str, reason: str, errno: int | None = None) -> None:
         super().__init__(f"cannot listen on {address}: {reason}")
         self.address = address
         self.reason = reason
+        self.errno = errno
 
 
 _REASONS = {
@@ -197,7 +198,7 @@ def _bind_tcp(address: str, *, reuseport: bool, backlog: int) -> socket.socket:
     try:
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError as exc:
-        raise BindError(address, _reason(exc)) from None
+        raise BindError(address, _reason(exc), exc.errno) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
@@ -208,7 +209,7 @@ def _bind_tcp(address: str, *, reuseport: bool, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise BindError(address, _reason(exc)) from None
+        raise BindError(address, _reason(exc), exc.errno) from None
     return sock
 
 
@@ -257,7 +258,7 @@ def _bind_unix(address: str, *, backlog: int, mode: int) -> socket.socket:
     except (FileNotFoundError, NotADirectoryError):
         raise BindError(address, f"directory {parent} does not exist") from None
     except OSError as exc:
-        raise BindError(address, _reason(exc)) from None
+        raise BindError(address, _reason(exc), exc.errno) from None
     try:
         state = _path_state(path)
         if state == "other":
@@ -270,13 +271,13 @@ def _bind_unix(address: str, *, backlog: int, mode: int) -> socket.socket:
             except FileNotFoundError:
                 pass
     except OSError as exc:
-        raise BindError(address, _reason(exc)) from None
+        raise BindError(address, _reason(exc), exc.errno) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise BindError(address, _reason(exc)) from None
+        raise BindError(address, _reason(exc), exc.errno) from None
     try:
         os.chmod(path, mode)
         sock.listen(backlog)
@@ -286,7 +287,7 @@ def _bind_unix(address: str, *, backlog: int, mode: int) -> socket.socket:
             os.unlink(path)  # we just created it
         except OSError:
             pass
-        raise BindError(address, _reason(exc)) from None
+        raise BindError(address, _reason(exc), exc.errno) from None
     return sock
 
 

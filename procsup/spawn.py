@@ -13,6 +13,7 @@ import errno
 import grp
 import os
 import pwd
+import resource
 import shutil
 import signal
 import subprocess
@@ -36,12 +37,54 @@ PRIVATE_ENV = (
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class SpawnError(ProcsupError):
-    """The command cannot be executed. `reason` is what `status` shows for the errored instance."""
+#: Errors of a resource that comes back by itself (a process or open-files limit, memory, a
+#: binary being written): a start that fails with one is retried, never final.
+TRANSIENT_ERRNOS = frozenset({
+    errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ETXTBSY,
+})
 
-    def __init__(self, reason: str) -> None:
+
+class SpawnError(ProcsupError):
+    """The instance cannot be started. `reason` is what `status` shows. `transient`: for want
+    of a resource that may come back (see TRANSIENT_ERRNOS), so the start is worth retrying;
+    otherwise the command cannot be executed as configured."""
+
+    def __init__(self, reason: str, *, transient: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.transient = transient
+
+
+def resource_text(exc: OSError, *, user: str | None = None) -> str:
+    """What ran out, for an OSError with an errno of TRANSIENT_ERRNOS: the resource, and whose
+    limit it is likely to be, rather than the program it was for."""
+    code = exc.errno
+    if code == errno.EAGAIN:
+        who = user if user is not None else _own_user()
+        return f"resource temporarily unavailable (RLIMIT_NPROC of user {who}?)"
+    if code == errno.EMFILE:
+        soft = _nofile_limit()
+        return f"too many open files in procsupd (its RLIMIT_NOFILE is {soft})"
+    if code == errno.ENFILE:
+        return "too many open files in the system (fs.file-max)"
+    if code == errno.ENOMEM:
+        return "out of memory"
+    if code == errno.ETXTBSY:
+        return "the executable is being written (text file busy)"
+    return exc.strerror or str(exc)
+
+
+def _own_user() -> str:
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _nofile_limit() -> str:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +176,26 @@ def build_env(
     return env
 
 
-def _explain(exc: OSError, launch: Launch) -> str:
-    """Turn Popen's exec/chdir failure into the reason shown in `status`."""
+def _explain(exc: OSError, launch: Launch) -> SpawnError:
+    """Turn Popen's fork/exec/chdir failure into the reason shown in `status`."""
+    exe = launch.argv[0]
+    if exc.errno in TRANSIENT_ERRNOS:
+        # Popen names the executable when execve failed, nothing when fork (or the child's
+        # setuid/setgroups before exec) did; either way the resource is to blame, not the file.
+        # execve's EAGAIN is the new user's RLIMIT_NPROC (Linux checks it after setuid);
+        # fork's is the daemon's own user's.
+        user = None
+        if exc.filename == exe:
+            what, user = f"cannot execute {exe}", launch.identity.name
+        elif exc.errno in (errno.EAGAIN, errno.ENOMEM):
+            what = "fork failed"
+        else:
+            what = f"cannot start {exe}"  # EMFILE/ENFILE: Popen's own pipe
+        return SpawnError(f"{what}: {resource_text(exc, user=user)}", transient=True)
+    return SpawnError(_explain_final(exc, launch))
+
+
+def _explain_final(exc: OSError, launch: Launch) -> str:
     exe = launch.argv[0]
     if launch.cwd is not None and exc.filename == launch.cwd:
         if exc.errno == errno.ENOENT:
@@ -182,7 +243,7 @@ def start(launch: Launch) -> subprocess.Popen[bytes]:
     except SpawnError:
         raise
     except OSError as exc:
-        raise SpawnError(_explain(exc, launch)) from None
+        raise _explain(exc, launch) from None
     except (ValueError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"cannot start {launch.argv[0]}: {exc}") from None
 

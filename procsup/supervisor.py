@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
-from procsup import lifecycle, units
+from procsup import lifecycle, logs, units
 from procsup.lifecycle import Instance, Policy
 from procsup.model import LIVE_STATES, AppSpec, ExecMode, InstanceId, State
 from procsup.running import Report, RunHandle
@@ -41,6 +41,8 @@ SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED})
 
 #: A slot's handle for the layers above: stable for the slot's life, never reused.
 Ref = int
+#: What a start or restart returns for `started`: per instance, the generation its run ends.
+Marks = dict[Ref, int]
 
 
 class Cancellable(Protocol):
@@ -58,7 +60,7 @@ class ProcessLayer(Protocol):
     """The OS side of runs (`running.Processes`). It reports what runs do later through the
     `report` callback given to its factory."""
 
-    def spawn(self, iid: InstanceId, spec: AppSpec) -> RunHandle | str: ...
+    def spawn(self, iid: InstanceId, spec: AppSpec) -> RunHandle | lifecycle.SpawnFailed: ...
     def kill(self, run: RunHandle, sig: int) -> None: ...
     def signal(self, run: RunHandle, sig: int) -> bool: ...
     def watch_heartbeat(self, run: RunHandle, timeout: float | None) -> None: ...
@@ -88,6 +90,7 @@ class Slot:
     timer: Cancellable | None = None
     timer_at: float | None = None
     generation: int = 0  # runs spawned so far
+    run_spec: AppSpec | None = None  # the definition the current run was started with
     retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
     note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
     gone: bool = False  # forgotten: no longer in the table
@@ -106,6 +109,7 @@ class View:
     retiring: bool
     note: str | None
     status: str | None  # the last STATUS= of its current run
+    log_health: tuple[logs.LogHealth, ...] = ()  # its current run's log files that refused writes
 
     @property
     def state(self) -> State:
@@ -164,6 +168,8 @@ class Supervisor:
         self._owners: dict[RunHandle, Slot] = {}  # the slot of every run not yet ended
         self._refs = itertools.count(1)
         self._queue: collections.deque[tuple[Slot, lifecycle.Event]] = collections.deque()
+        # Reports made while `spawn` runs (its run has no slot yet), for `_spawn` to queue.
+        self._early: list[tuple[RunHandle, lifecycle.Event]] | None = None
         self._stepping = False
         self._waiters: list[_Waiter] = []
         self._dirty = False
@@ -183,7 +189,8 @@ class Supervisor:
     @staticmethod
     def _view(slot: Slot) -> View:
         return View(slot.ref, slot.id, slot.spec, slot.inst, slot.role, slot.generation,
-                    slot.retiring, slot.note, slot.run.status if slot.run else None)
+                    slot.retiring, slot.note, slot.run.status if slot.run else None,
+                    slot.run.log_health if slot.run else ())
 
     def snapshot(self) -> list[View]:
         """Every instance: the table in app order, then replacements, then outgoing ones."""
@@ -253,20 +260,36 @@ class Supervisor:
     def _pick(self, refs: Iterable[Ref]) -> list[Slot]:
         return [s for r in refs if (s := self._by_ref.get(r)) is not None]
 
-    def start(self, refs: Iterable[Ref]) -> None:
-        """Start these instances (an instance stopping starts again once it is stopped)."""
-        self._command(self._pick(refs), lifecycle.Start())
+    def start(self, refs: Iterable[Ref]) -> Marks:
+        """Start these instances (an instance stopping starts again once it is stopped).
+        Only an instance of the table is started: one retiring (being removed or scaled
+        away), a reload's replacement or an outgoing old instance is left as it is, so no
+        command brings back a process that no plan counts. The marks are for `started`."""
+        slots = self._startable(refs)
+        marks = {}
+        for slot in slots:
+            # Its current run counts as this start's when it is already starting.
+            starting = slot.inst.state is State.STARTING and slot.inst.pid is not None
+            marks[slot.ref] = slot.generation - 1 if starting else slot.generation
+        self._command(slots, lifecycle.Start())
+        return marks
 
     def stop(self, refs: Iterable[Ref]) -> None:
         """Stop these instances: kill_signal to each group, SIGKILL after kill_timeout."""
         self._command(self._pick(refs), lifecycle.Stop())
 
-    def restart(self, refs: Iterable[Ref], *, note: str | None = None) -> None:
-        """Stop (if live) then start, with fresh restart counters; `note` is shown in status."""
-        slots = self._pick(refs)
+    def restart(self, refs: Iterable[Ref], *, note: str | None = None) -> Marks:
+        """Stop (if live) then start, with fresh restart counters; `note` is shown in status.
+        Only instances of the table, as for `start`. The marks are for `started`."""
+        slots = self._startable(refs)
+        marks = {slot.ref: slot.generation for slot in slots}
         self._command(slots, lifecycle.Restart())
         for slot in slots:
             slot.note = note
+        return marks
+
+    def _startable(self, refs: Iterable[Ref]) -> list[Slot]:
+        return [s for s in self._pick(refs) if s.role is Role.CURRENT and not s.retiring]
 
     def _command(self, slots: list[Slot], event: lifecycle.Event) -> None:
         for slot in slots:
@@ -325,10 +348,16 @@ class Supervisor:
         await self._wait(lambda: (
             new.inst.state is State.RUNNING
             or new.inst.state in (State.ERRORED, State.EXITED, State.STOPPED, State.BACKOFF)
-            or new.generation > 1), timeout=limit)  # (its first run already ended)
-        superseded = (self.shutting_down
-                      or self._table.get(old.id.app, {}).get(old.id.index) is not old
-                      or old.inst.state not in (State.RUNNING, State.STARTING))
+            or new.generation > 1  # (its first run already ended)
+            or self.shutting_down), timeout=limit)
+        # Given up when the old instance was stopped on purpose (a command, a plan) or
+        # everything stops. An old one that crashed, restarts or gave up meanwhile is what the
+        # ready replacement is for: it takes over, so something serves.
+        asked_to_stop = old.inst.state is State.STOPPED or (
+            old.inst.state is State.STOPPING and not old.inst.then_start
+            and not old.inst.failed_run)
+        superseded = (self.shutting_down or asked_to_stop
+                      or self._table.get(old.id.app, {}).get(old.id.index) is not old)
         if new.inst.state is not State.RUNNING or superseded:
             result = Replacement(self._view(new), None,
                                  superseded and new.inst.state in LIVE_STATES,
@@ -358,6 +387,17 @@ class Supervisor:
         await self._wait(lambda: all(s.gone or s.inst.state in SETTLED for s in slots))
         return [self._view(s) for s in slots]
 
+    async def started(self, marks: Mapping[Ref, int]) -> list[View]:
+        """What a `start`/`restart` waits for, given the marks it returned: each instance is
+        settled (running, errored, exited, stopped), waiting in backoff, gone, or has ended
+        the run that start began and is starting the next (a crash loop with no restart
+        delay never rests in backoff). How they ended up."""
+        slots = [(s, marks[s.ref]) for s in self._pick(marks)]
+        await self._wait(lambda: all(
+            s.gone or s.inst.state in SETTLED or s.inst.state is State.BACKOFF
+            or s.generation >= g + 2 for s, g in slots))
+        return [self._view(s) for s, _ in slots]
+
     async def stopped(self, refs: Iterable[Ref]) -> list[View]:
         """Once the processes these instances have now are gone (each is not live, or has
         started a new run since: a later start superseded the stop, or left the table): how
@@ -368,8 +408,10 @@ class Supervisor:
         return [self._view(s) for s, _ in slots]
 
     def begin_shutdown(self) -> None:
-        """From now on a `replace` gives up (the daemon is stopping everything)."""
+        """From now on a `replace` gives up (the daemon is stopping everything); one waiting
+        for its replacement stops waiting now."""
         self.shutting_down = True
+        self._mark_dirty()
 
     async def stop_all(self) -> None:
         """Stop every instance in parallel, each within its own kill_timeout."""
@@ -382,10 +424,13 @@ class Supervisor:
 
     def _report(self, run: RunHandle, event: lifecycle.Event) -> None:
         """What the process layer saw a run do; news of a run that is no longer the slot's
-        current one (a late probe, a heartbeat of a replaced run) is dropped."""
+        current one (a late probe, a heartbeat of a replaced run) is dropped. A report made
+        while `spawn` is still returning that run waits until the run has its slot."""
         slot = self._owners.get(run)
         if slot is not None and slot.run is run:
             self._feed(slot, event)
+        elif slot is None and self._early is not None:
+            self._early.append((run, event))
 
     def _feed(self, slot: Slot, event: lifecycle.Event) -> None:
         """Queue one event for one instance; work off the queue unless a step is under way
@@ -404,7 +449,10 @@ class Supervisor:
         """Apply one event to one instance and execute the resulting effects."""
         if isinstance(event, lifecycle.Exited) and slot.run is not None:
             del self._owners[slot.run]  # the process layer let go of it
-            slot.run = None
+            outdated = slot.run_spec is not None and slot.run_spec is not slot.spec
+            slot.run = slot.run_spec = None
+            if outdated:  # the sockets only its old definition used may go now
+                self._close_listeners()
         old = slot.inst
         new, effects = lifecycle.step(old, slot.policy, event, self.clock.time())
         slot.inst = new
@@ -412,20 +460,16 @@ class Supervisor:
             self._log_transition(slot, old, new)
         for effect in effects:
             if isinstance(effect, lifecycle.Spawn):
-                result = self.processes.spawn(slot.id, slot.spec)
-                if isinstance(result, str):
-                    self._queue.append((slot, lifecycle.SpawnFailed(result)))
-                else:
-                    slot.run = result
-                    self._owners[result] = slot
-                    slot.generation += 1
-                    self._queue.append((slot, lifecycle.Spawned(result.pid)))
+                self._spawn(slot)
             elif isinstance(effect, lifecycle.Kill) and slot.run is not None:
                 if effect.signal == lifecycle.SIGKILL and old.state is State.STOPPING:
                     self.log.warning("%s: still running after kill_timeout %s: SIGKILL to its "
                                      "process group", slot.id, units.format_duration(
                                          slot.policy.kill_timeout))
-                self.processes.kill(slot.run, effect.signal)
+                try:
+                    self.processes.kill(slot.run, effect.signal)
+                except Exception:  # the deadline still comes, and SIGKILL after it
+                    self.log.exception("%s: sending signal %d failed", slot.id, effect.signal)
         self._arm_timer(slot)
         if slot.run is not None and (new.state is State.RUNNING) != (old.state is State.RUNNING):
             running = new.state is State.RUNNING
@@ -435,6 +479,25 @@ class Supervisor:
                 s is slot for s, _ in self._queue):
             self._forget(slot)
         self._mark_dirty()
+
+    def _spawn(self, slot: Slot) -> None:
+        """Execute a Spawn effect; its answer is queued, stepped after the current step."""
+        self._early = []
+        try:
+            result = self.processes.spawn(slot.id, slot.spec)
+        except Exception as exc:  # a bug below must not leave a slot starting for ever
+            self.log.exception("%s: spawn failed unexpectedly", slot.id)
+            result = lifecycle.SpawnFailed(f"cannot start: internal error: {exc!r}")
+        finally:
+            early, self._early = self._early, None
+        if isinstance(result, lifecycle.SpawnFailed):
+            self._queue.append((slot, result))
+            return
+        slot.run, slot.run_spec = result, slot.spec
+        self._owners[result] = slot
+        slot.generation += 1
+        self._queue.append((slot, lifecycle.Spawned(result.pid)))
+        self._queue.extend((slot, event) for run, event in early if run is result)
 
     def _forget(self, slot: Slot) -> None:
         """A retired slot is stopped: it leaves the table (and its app, if it was the last)."""
@@ -463,11 +526,14 @@ class Supervisor:
 
     def _close_listeners(self) -> None:
         """Close the listening sockets that no instance of the applied apps can use any more
-        (a retired instance still stopping keeps its own)."""
-        self.processes.close_listeners(
-            ((s.spec, s.id.index) for s in self._slots()
-             if not s.retiring or s.inst.state in LIVE_STATES),
-            self._specs)
+        (a retired instance still stopping keeps its own). A live run keeps the sockets of
+        the definition it was started with too: during a rollout that changes `listen` the
+        old instances serve on the old address, and after a failed one they restart on it."""
+        users = [(s.spec, s.id.index) for s in self._slots()
+                 if not s.retiring or s.inst.state in LIVE_STATES]
+        users += [(s.run_spec, s.id.index) for s in self._slots()
+                  if s.run is not None and s.run_spec is not None and s.run_spec is not s.spec]
+        self.processes.close_listeners(users, self._specs)
 
     def _log_transition(self, slot: Slot, old: Instance, new: Instance) -> None:
         level = logging.WARNING if new.state in (State.ERRORED, State.BACKOFF) else logging.INFO

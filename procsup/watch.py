@@ -1,14 +1,15 @@
 """Watch the config files for changes and report them on the event loop (layer 2).
 
-The only module that uses watchdog; imports nothing from procsup. `ConfigWatch` watches the
+The only module that uses watchdog; imports only `globs` from procsup. `ConfigWatch` watches the
 *directories* that hold the config files (non-recursively), because editors save in ways that a
 watch on the file itself misses: write a temporary file and rename it over the original (the
 original inode, and a watch on it, are gone), truncate and rewrite, delete and create. Every
 event is handed to the loop as is (STYLE.md §2: the watchdog thread only enqueues) and filtered
 there against what is watched: an exact file (main config and included files) or an include
-glob (with the `glob.glob(..., recursive=True)` rules config.py uses: `*` and `?` stay within
-one name and skip names starting with "."; `**` spans directories). Other names in the same
-directories (editor swap and backup files: `.apps.toml.swp`, `apps.toml~`, `4913`) are ignored.
+glob (with the rules of `globs`, which config.py uses too: `*` and `?` stay within one name and
+skip names starting with "."; `**` spans directories, following no symlink loop). Other names
+in the same directories (editor swap and backup files: `.apps.toml.swp`, `apps.toml~`, `4913`)
+are ignored.
 
 `on_change(path)` is called, on the loop, once per relevant path of each event: created,
 modified (also attribute changes such as `touch`), closed after writing, deleted, and both ends
@@ -36,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fnmatch
-import glob
 import os
 import re
 import threading
@@ -46,6 +46,8 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from procsup import globs
 
 #: Event types that mean a file's content or presence may have changed. Not "opened" nor
 #: "closed_no_write" (watchdog >= 5 reports reads).
@@ -549,19 +551,25 @@ def _glob_directories(pattern: str) -> set[str]:
         return {os.path.dirname(pattern)}
     found = {prefix}
     parts = pattern.split("/")
-    if "**" in parts:
-        candidates = glob.glob(os.path.join(glob.escape(prefix), "**"), recursive=True)
-    else:  # every level of the directory part, so that a new subdirectory is watched too
-        start = len(prefix.rstrip("/").split("/"))
-        candidates = []
-        for end in range(start + 1, len(parts)):
-            candidates.extend(glob.glob("/".join(parts[:end])))
+    # globs, as config.py: no symlink loop followed, bounded; past a bound, the config load
+    # reports it and what was found until then is watched.
+    expander = globs.Expander()
+    candidates: list[str] = []
+    try:
+        if "**" in parts:
+            candidates = expander.directories(prefix)
+        else:  # every level of the directory part, so that a new subdirectory is watched too
+            start = len(prefix.rstrip("/").split("/"))
+            for end in range(start + 1, len(parts)):
+                candidates.extend(expander.expand("/".join(parts[:end])))
+    except globs.LimitExceeded as exc:
+        candidates.extend(exc.partial)
     found.update(os.path.normpath(c) for c in candidates if os.path.isdir(c))
     return found
 
 
 def _glob_match(path: str, pattern: tuple[str, ...]) -> bool:
-    """Whether `glob.glob(pattern, recursive=True)` could return `path` (both absolute and
+    """Whether `globs.Expander.expand(pattern)` could return `path` (both absolute and
     normalized, split at "/" for the pattern)."""
     return _match_parts(tuple(path.split("/")), pattern)
 

@@ -101,7 +101,7 @@ def render(
     AssertionError here rather than a config that `procsupd --check` rejects later.
     """
     for name, table in apps.items():
-        if not schema.APP_NAME_RE.match(name) or name in schema.RESERVED_APP_NAMES:
+        if schema.app_name_problem(name) is not None:
             raise AssertionError(f"importer produced an invalid app name {name!r}")
         for key, value in table.items():
             found = schema.app_key(key)
@@ -157,17 +157,23 @@ def _one_line(text: str) -> str:
 
 
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+#: Why an imported app was renamed, for the note.
+NAME_RULES = (f"procsup app names use letters, digits, '_', '.' and '-', do not start with '-', "
+              f"have at most {schema.APP_NAME_MAX} characters, and are unique")
 
 
 def app_name(wanted: str, taken: set[str]) -> str:
-    """A procsup app name for a source name: invalid characters become "-", "all" and names
-    already taken get a "-2", "-3"... suffix. The caller notes a change of name."""
-    name = _BAD_NAME_CHARS.sub("-", wanted).strip("-") or "app"
+    """A procsup app name for a source name: invalid characters become "-", leading ones are
+    dropped, a name longer than `schema.APP_NAME_MAX` is cut to it, "all" and names already
+    taken get a "-2", "-3"... suffix (cutting the name further to make room). The caller notes
+    a change of name (`NAME_RULES` says why)."""
+    name = _BAD_NAME_CHARS.sub("-", wanted).strip("-")[: schema.APP_NAME_MAX] or "app"
     if name in schema.RESERVED_APP_NAMES:
         name = f"{name}-app"
     base, n = name, 2
     while name in taken:
-        name, n = f"{base}-{n}", n + 1
+        suffix = f"-{n}"
+        name, n = base[: schema.APP_NAME_MAX - len(suffix)] + suffix, n + 1
     taken.add(name)
     return name
 

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from procsup import schema
 from procsup.errors import ConfigError
 from procsup.importers import (
+    NAME_RULES,
     AppTable,
     Files,
     Note,
@@ -269,8 +270,7 @@ class _App(AppTable):
         wanted = _js_text(wanted)
         self.name = app_name(wanted, self.taken)
         if self.name != wanted:
-            self.note("name", f"renamed {wanted!r} to {self.name!r} (procsup app names use "
-                      "letters, digits, '_', '.' and '-', and are unique)")
+            self.note("name", f"renamed {wanted!r} to {self.name!r} ({NAME_RULES})")
 
         cwd_value = self.take("cwd")
         base = os.path.dirname(self.path)

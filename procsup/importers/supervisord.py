@@ -35,7 +35,17 @@ from collections.abc import Mapping
 
 from procsup import units
 from procsup.errors import ConfigError
-from procsup.importers import AppTable, Files, Note, Result, app_name, is_device, read, render
+from procsup.importers import (
+    NAME_RULES,
+    AppTable,
+    Files,
+    Note,
+    Result,
+    app_name,
+    is_device,
+    read,
+    render,
+)
 from procsup.importers.ini import Section, boolean, parse, parse_environment
 
 #: A `%(process_num)...` expansion with its printf-style flags, width and conversion.
@@ -309,8 +319,7 @@ class _Program(AppTable):
 
     def convert(self) -> tuple[str, dict[str, object]]:
         if self.name != self.program:
-            self.note("[program]", f"renamed {self.program!r} to {self.name!r} (procsup app "
-                      "names use letters, digits, '_', '.' and '-', and are unique)")
+            self.note("[program]", f"renamed {self.program!r} to {self.name!r} ({NAME_RULES})")
         self.start = self.integer("numprocs_start", 0)
         numprocs = self.numprocs = self.integer("numprocs", 1, minimum=1)
         names = self.names(numprocs)

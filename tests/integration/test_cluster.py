@@ -464,6 +464,29 @@ def test_a_failed_rollout_is_not_counted_as_applied(daemon: Daemon) -> None:
     assert [a["action"] for a in json.loads(r.stdout)["actions"]] == ["reload"]
 
 
+def test_a_failed_listen_change_leaves_old_instances_that_can_still_restart(
+    daemon: Daemon,
+) -> None:
+    """The rollout to a new port fails; the old instances keep serving on the old port, and
+    one that crashes afterwards comes back on the socket the daemon still holds (not
+    `errored` with "address already in use", as when the daemon had closed it)."""
+    port, port2 = _free_port(), _free_port()
+    _cluster(daemon, port)
+    daemon.start()
+    old = {r["pid"] for r in daemon.wait_states("web", "running", 2)}
+    text = daemon.config.read_text().replace(f"127.0.0.1:{port}", f"127.0.0.1:{port2}")
+    daemon.config.write_text(text.replace('"notify"]', '"never"]'))
+    assert daemon.cli("update", timeout=60).returncode == 1
+    assert {r["pid"] for r in daemon.instances("web")} == old
+    victim = min(old)
+    os.kill(victim, signal.SIGKILL)
+    rows = wait_for(lambda: (rs := daemon.instances("web")) and all(
+        r["state"] == "running" for r in rs) and victim not in {r["pid"] for r in rs} and rs,
+        20, "the crashed old instance running again")
+    assert all(r["reason"] is None for r in rows)
+    assert _all_answer(port)
+
+
 def _socket_inodes(pids: set[int]) -> set[str]:
     """The listening socket each instance got at fd 3 ("socket:[inode]")."""
     return {os.readlink(f"/proc/{pid}/fd/3") for pid in pids}

@@ -210,13 +210,15 @@ def test_check_validates_without_starting(daemon: Daemon) -> None:
     )
     assert r.returncode == 0, r.stderr
     sleeper = " ".join(json.loads(app_cmd("sleeper")))
-    assert r.stdout.rstrip("\n").split("\n") == [
+    # Split as is: one newline ends the last line, and no blank line follows it.
+    assert r.stdout.split("\n") == [
         f"config: {daemon.config}",
         "profile: (none)",
         f"socket: {daemon.socket}",
         "apps: 2",
         f"  a  2 instances  fork     {sleeper}",
         "  b  1 instance   fork     sleep 1000",
+        "",
     ], r.stdout
     assert not os.path.exists(daemon.socket)
 

@@ -40,7 +40,9 @@ def test_instances_run_with_their_identity_and_status_json(daemon: Daemon) -> No
             "reason",
             "status",
             "next_cron_restart",
+            "log_errors",
         }
+        assert r["log_errors"] == []
         assert pid_alive(r["pid"])
         assert os.getpgid(r["pid"]) == r["pid"]  # its own process group
         assert os.getsid(r["pid"]) == r["pid"]  # and its own session

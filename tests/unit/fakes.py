@@ -14,6 +14,8 @@ from typing import Any
 
 from procsup import lifecycle
 from procsup.apply import Applier
+from procsup.lifecycle import SpawnFailed
+from procsup.logs import LogHealth
 from procsup.model import AppSpec, DaemonSpec, Desired, InstanceId
 from procsup.running import Report, RunHandle
 from procsup.supervisor import Supervisor
@@ -69,30 +71,35 @@ class FakeRun:
     status: str | None = None
     killed: list[int] = dataclasses.field(default_factory=list)
     ended: bool = False
+    log_health: tuple[LogHealth, ...] = ()
 
 
 class FakeProcesses:
     """A process layer without processes. `history` lists what it was asked, as tuples:
     ("spawn", "web:0", pid) / ("spawn-failed", "web:0", reason), ("kill", "web:0", pid, sig),
     ("exit", "web:0", pid, code, sig). A killed run exits `exit_after` seconds later (None:
-    only when the test says so, with `exit`); `fail` maps an app to a spawn failure reason;
-    `on_spawn(run)` lets a test script what a new run does."""
+    only when the test says so, with `exit`); `fail` maps an app to a spawn failure (a reason:
+    the command cannot be executed; or a `SpawnFailed`, e.g. transient); `on_spawn(run)` lets
+    a test script what a new run does."""
 
     def __init__(self, report: Report, clock: FakeClock) -> None:
         self.report = report
         self.clock = clock
         self.history: list[tuple[Any, ...]] = []
         self.runs: list[FakeRun] = []
-        self.fail: dict[str, str] = {}
+        self.fail: dict[str, str | SpawnFailed] = {}
         self.exit_after: float | None = 0.1
         self.on_spawn: Callable[[FakeRun], None] | None = None
         self.listener_users: list[set[tuple[str, int]]] = []
         self._pids = itertools.count(100)
 
-    def spawn(self, iid: InstanceId, spec: AppSpec) -> FakeRun | str:
+    def spawn(self, iid: InstanceId, spec: AppSpec) -> FakeRun | SpawnFailed:
         if iid.app in self.fail:
-            self.history.append(("spawn-failed", str(iid), self.fail[iid.app]))
-            return self.fail[iid.app]
+            failure = self.fail[iid.app]
+            if isinstance(failure, str):
+                failure = SpawnFailed(failure)
+            self.history.append(("spawn-failed", str(iid), failure.reason))
+            return failure
         run = FakeRun(iid, next(self._pids), spec)
         self.runs.append(run)
         self.history.append(("spawn", str(iid), run.pid))

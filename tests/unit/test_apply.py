@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
+import threading
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from procsup.apply import ConfigLoader
+from procsup.errors import ConfigError
 from procsup.model import ExecMode, State
 from procsup.reconcile import Kind
 from procsup.supervisor import Role
@@ -256,3 +265,120 @@ def test_a_monitor_replaces_a_cluster_instance_and_restarts_a_fork_one() -> None
         assert len(w.engine.snapshot()) == 2
 
     play(scenario)
+
+
+# --- loading the config: off the loop, one at a time, with a deadline (real threads) ---------
+
+
+class Reads:
+    """A `read` for ConfigLoader: each call waits until released, then returns a fresh object
+    (the loader hands it on untouched) or raises what it is given."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+        self.error: Exception | None = None
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if not self.release.wait(20):
+            raise AssertionError("never released")
+        if self.error is not None:
+            raise self.error
+        return object()
+
+
+def loader(read: Callable[[], Any], deadline: float = 10.0) -> ConfigLoader:
+    return ConfigLoader(asyncio.get_running_loop(), read, path="/etc/apps.toml",
+                        log=logging.getLogger("test"), deadline=deadline)
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.timeout(30)
+def test_the_loop_keeps_turning_while_a_load_reads() -> None:
+    async def main() -> None:
+        reads = Reads()
+        load = asyncio.ensure_future(loader(reads).load())
+        ticks = 0
+        for _ in range(20):  # 20 loop turns with timers, all while the read waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert (ticks, load.done(), reads.calls) == (20, False, 1)
+        reads.release.set()
+        assert await asyncio.wait_for(load, 10) is not None
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_loads_asked_for_during_a_load_share_one_load_after_it() -> None:
+    async def main() -> None:
+        reads = Reads()
+        cl = loader(reads)
+        first = asyncio.ensure_future(cl.load())
+        await until(lambda: reads.calls == 1, "the first read")
+        later = [asyncio.ensure_future(cl.load()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert reads.calls == 1  # one load at a time
+        later[0].cancel()  # a caller that goes away does not cancel the load of the others
+        reads.release.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *later[1:]), 10)
+        assert (reads.calls, cl.started) == (2, 2)  # the three asked for one more read
+        assert results[1] is results[2] and results[0] is not results[1]
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_read_error_reaches_every_waiter() -> None:
+    async def main() -> None:
+        reads = Reads()
+        reads.error = ConfigError("broken", file="/etc/apps.toml", line=3)
+        reads.release.set()
+        with pytest.raises(ConfigError, match="broken"):
+            await asyncio.wait_for(loader(reads).load(), 10)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_load_blocked_in_open_fails_at_the_deadline(tmp_path: Path) -> None:
+    """What the daemon did before with a FIFO as apps.toml: open() waits for a writer. Past the
+    deadline the load fails, a load asked for meanwhile fails at once (one stuck thread at most),
+    and once the read ends the next load reads again."""
+    pipe = tmp_path / "apps.toml"
+    os.mkfifo(pipe)
+    calls: list[float] = []
+
+    def read() -> Any:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            with open(pipe, "rb") as f:  # blocks until the test opens the other end
+                f.read()
+        return object()
+
+    async def main() -> None:
+        cl = loader(read, deadline=0.3)
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as info:
+            await asyncio.wait_for(cl.load(), 10)
+        assert 0.3 <= time.monotonic() - started < 5
+        assert info.value.file == "/etc/apps.toml"
+        assert info.value.message.startswith(
+            "loading the config took longer than 0.3 s; nothing was changed")
+        with pytest.raises(ConfigError, match="has not ended after"):
+            await asyncio.wait_for(cl.load(), 1)
+        assert len(calls) == 1
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets its EOF
+        await until(lambda: cl._busy_since is None, "the stuck read to end")
+        assert await asyncio.wait_for(cl.load(), 10) is not None
+        assert len(calls) == 2
+
+    asyncio.run(main())

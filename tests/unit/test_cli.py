@@ -201,6 +201,28 @@ def test_format_status_config_not_applied_and_empty() -> None:
     assert output.format_status({"instances": []}, filtered=True) == "no matching instances\n"
 
 
+def test_format_status_names_log_files_that_refuse_writes() -> None:
+    full = {"path": "/l/web-out.log", "error": "cannot write: No space left on device",
+            "since": "2026-12-02T07:20:00+00:00", "dropped_lines": 3555,
+            "dropped_bytes": 355500}
+    resumed = {**full, "path": "/l/web-error.log", "error": None, "since": None}
+    row = {"app": "web", "pid": 4242, "state": "running", "uptime": 5, "restarts": 0}
+    res = {"instances": [
+        {**row, "instance": 0, "log_errors": [full, resumed]},
+        {**row, "instance": 1, "log_errors": [full]},  # merge_logs: one file, both named
+        {**row, "instance": 2, "log_errors": [resumed]},  # writing again: only --json has it
+        {**row, "instance": 3, "log_errors": "garbage from a newer daemon"},
+    ]}
+    text = output.format_status(res)
+    assert text.endswith(
+        "  -\n"
+        "web:0, web:1: log file /l/web-out.log: cannot write: No space left on device (since "
+        "2026-12-02T07:20:00+00:00; 3555 lines, 347.2K dropped)\n")
+    assert "web-error.log" not in text
+    assert output.format_status({"instances": [row]}) == output.format_status(
+        {"instances": [{**row, "log_errors": []}]})
+
+
 def test_format_outcome_signalled_and_plan() -> None:
     res = {
         "instances": [
@@ -364,6 +386,29 @@ def test_start_stop_restart_wait_and_exit_status(
         ("restart", {"apps": ["all"], "wait": True}),
         ("stop", {"apps": ["web"], "wait": False}),
     ]
+
+
+def test_double_dash_ends_the_options_before_an_app_name(
+    daemon: tuple[FakeDaemon, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11: `procsup stop -h` is the help of `stop` (exit 0, nothing sent); an app named
+    "-h" (valid before names starting with '-' were refused) is reached after `--`, and the
+    main help says so."""
+    fake, path = daemon
+    ok = {"instances": [{"app": "-h", "instance": 0, "state": "stopped", "pid": None,
+                         "reason": None}], "failed": False}
+    fake.on("stop", ok)
+    assert run(path, "stop", "-h") == 0
+    assert "usage: procsup stop" in capsys.readouterr().out
+    assert fake.seen == []
+    assert run(path, "stop", "--", "-h") == 0
+    assert capsys.readouterr().out == "-h:0  stopped\n"
+    fake.on("status", STATUS)
+    assert run(path, "status", "--json", "--", "-h") == 0
+    assert fake.seen == [("stop", {"apps": ["-h"], "wait": True}), ("status", {"apps": ["-h"]})]
+    capsys.readouterr()
+    assert cli.main(["--help"]) == 0
+    assert "procsup stop -- -h" in " ".join(capsys.readouterr().out.split())
 
 
 def test_error_reply_exits_1_with_the_message(

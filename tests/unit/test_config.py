@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -316,12 +317,40 @@ def test_top_level_errors(tmp_path: Path, text: str, line: int, message: str) ->
         ('[apps."my app"]', "invalid app name"),
         ('[apps."a/b"]', "invalid app name"),
         ('[apps.""]', "invalid app name"),
+        # `$` matched before a final newline: "web\n" passed.
+        ('[apps."web\\n"]', "invalid app name"),
+        # Issue 11: `procsup stop -h` printed the usage instead of stopping the app.
+        ('[apps."-h"]', "app names may not start with '-' (it reads as an option on the "
+                        "command line)"),
+        ("[apps.-web]", "may not start with '-'"),
+        # Issue 11: a 300-character name failed only at start, with ENAMETOOLONG.
+        (f"[apps.{'a' * 300}]", "app name too long: 300 characters, at most 100"),
+        (f"[apps.{'a' * 101}]", "app name too long: 101 characters, at most 100"),
     ],
 )
 def test_bad_app_names(tmp_path: Path, header: str, message: str) -> None:
     err = load_error(tmp_path, f'\n{header}\ncommand = "x"\n')
     assert err.line == 2
     assert message in err.message
+    assert str(err).startswith(f"{tmp_path / 'apps.toml'}:2: app ")
+
+
+def test_app_name_limits_are_allowed(tmp_path: Path) -> None:
+    """Up to 100 characters; '-' anywhere but first; a leading '.' or '_' is no option."""
+    names = ["a" * schema.APP_NAME_MAX, "a-", "_x", ".x", "9"]
+    text = "".join(f'[apps."{n}"]\ncommand = "x"\n' for n in names)
+    assert list(load_text(tmp_path, text).apps) == names
+
+
+def test_the_longest_app_name_fits_its_log_file_names(tmp_path: Path) -> None:
+    """The bound leaves every default log file (per instance, rotated) a file name the file
+    system takes: each is created for real."""
+    name = "a" * schema.APP_NAME_MAX
+    app = load_text(tmp_path, f'[apps.{name}]\ncommand = "x"\ninstances = 100000\n'
+                    "log_retain = 1000\n").apps[name]
+    for path in app.log_paths(99999):
+        assert path is not None
+        (tmp_path / (os.path.basename(path) + ".1000")).touch()
 
 
 def test_app_names_with_dots_and_quotes(tmp_path: Path) -> None:
@@ -569,6 +598,134 @@ def test_duplicate_app_between_two_includes(tmp_path: Path) -> None:
     err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
     assert (err.file, err.line, err.app) == (two, 3, "a")
     assert f"{one}:1" in err.message
+
+
+# -- includes through links, bounds, special files: a load that cannot hang -------------------
+# Each of these hung (a FIFO, a recursive glob through links) or misreported before; the timeout
+# makes such a regression fail instead of hanging the run.
+
+
+@pytest.mark.timeout(20)
+def test_include_through_a_symlink_loop_reads_each_file_once(tmp_path: Path) -> None:
+    """The fault run's tree: loop.d/self1 -> . and loop.d/self2 -> . under `**`. Before, the
+    glob grew exponentially; one loop also made 20 "defined twice" errors."""
+    write(tmp_path, '[apps.b]\ncommand = "b"\n', "loop.d/a.toml")
+    (tmp_path / "loop.d" / "self1").symlink_to(".")
+    (tmp_path / "loop.d" / "self2").symlink_to(".")
+    text = '[apps.a]\ncommand = "a"\n[procsup]\ninclude = ["loop.d/**/*.toml"]\n'
+    desired = load_text(tmp_path, text)
+    assert list(desired.apps) == ["a", "b"]
+    assert desired.files == (str(tmp_path / "apps.toml"), str(tmp_path / "loop.d" / "a.toml"))
+    d = tmp_path / "loop.d"
+    assert desired.warnings == (
+        f"{tmp_path / 'apps.toml'}:4: key 'include': include '{d}/**/*.toml': a symlink loop, "
+        f"not followed: {d}/self1 -> {d}, {d}/self2 -> {d}",
+    )
+
+
+def test_a_file_reached_through_two_links_or_globs_is_included_once(tmp_path: Path) -> None:
+    write(tmp_path, '[apps.s]\ncommand = "s"\n', "shared/s.toml")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").symlink_to("../shared")
+    (tmp_path / "d" / "y").symlink_to("../shared")
+    (tmp_path / "d" / "z.toml").symlink_to("../shared/s.toml")
+    text = '[procsup]\ninclude = ["d/*/*.toml", "d/*.toml", "shared/*.toml", "*.toml"]\n'
+    desired = load_text(tmp_path, text)  # no "defined twice": one file, four ways to it
+    assert list(desired.apps) == ["s"]
+    assert desired.files == (str(tmp_path / "apps.toml"), str(tmp_path / "d/x/s.toml"))
+    assert desired.warnings == ()
+
+
+def test_include_deeper_than_the_bound_names_pattern_line_and_limit(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath("conf.d", *(f"n{i}" for i in range(17)))
+    write(tmp_path, '[apps.b]\ncommand = "b"\n', str(deep.relative_to(tmp_path) / "b.toml"))
+    err = load_error(tmp_path, '[procsup]\n\ninclude = ["conf.d/**/*.toml"]\n')
+    main = str(tmp_path / "apps.toml")
+    assert (err.file, err.line, err.app, err.key) == (main, 3, None, "include")
+    assert err.message == (
+        f"include '{tmp_path}/conf.d/**/*.toml' goes more than 16 directories deep below "
+        f"{tmp_path}/conf.d (at {deep})")
+
+
+def test_include_of_more_files_than_the_bound(tmp_path: Path) -> None:
+    (tmp_path / "many").mkdir()
+    for i in range(1001):
+        (tmp_path / "many" / f"{i:04}.toml").write_text("")
+    err = load_error(tmp_path, '[procsup]\ninclude = ["many/*.toml"]\n')
+    assert (err.line, err.key) == (2, "include")
+    assert err.message == f"include '{tmp_path}/many/*.toml' matches more than 1000 files"
+    (tmp_path / "many" / "1000.toml").unlink()
+    assert len(load_text(tmp_path, '[procsup]\ninclude = ["many/*.toml"]\n').files) == 1001
+
+
+def fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def socket_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    return path
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (fifo, "a FIFO"),
+        (socket_file, "a socket"),
+        (lambda p: Path("/dev/null"), "a character device"),
+        (lambda p: p.parent, "a directory"),
+    ],
+)
+def test_a_main_config_that_is_no_regular_file_is_refused(
+    tmp_path: Path, make: Any, kind: str
+) -> None:
+    path = make(tmp_path / "apps.toml")
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path), uid=0, environ={})
+    assert (info.value.file, info.value.line) == (str(path), None)
+    assert info.value.message == f"cannot read config file: it is {kind}, not a regular file"
+
+
+@pytest.mark.timeout(10)
+def test_special_files_matched_by_an_include_are_refused_by_name(tmp_path: Path) -> None:
+    write(tmp_path, '[apps.ok]\ncommand = "x"\n', "apps.d/1.toml")
+    pipe = fifo(tmp_path / "apps.d" / "2.toml")
+    sock = socket_file(tmp_path / "apps.d" / "3.toml")
+    (tmp_path / "apps.d" / "4.toml").symlink_to("/dev/null")
+    (tmp_path / "apps.d" / "5.toml").mkdir()  # a directory a glob matches is no file: skipped
+    err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
+    assert str(err).splitlines() == [
+        f"{pipe}: cannot read config file: it is a FIFO, not a regular file",
+        f"{sock}: cannot read config file: it is a socket, not a regular file",
+        f"{tmp_path}/apps.d/4.toml: cannot read config file: it is a character device, "
+        "not a regular file",
+    ]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["a FIFO", "a character device"])
+def test_an_env_file_that_is_no_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    env = fifo(tmp_path / "x.env") if kind == "a FIFO" else Path("/dev/null")
+    err = load_error(tmp_path, f'[apps.a]\ncommand = "x"\nenv_file = "{env}"\n')
+    main = str(tmp_path / "apps.toml")
+    assert (err.file, err.line, err.app, err.key) == (main, 3, "a", "env_file")
+    assert err.message == f"cannot read env file {env}: it is {kind}, not a regular file"
+
+
+def test_a_config_file_larger_than_the_bound_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "apps.d" / "big.toml"
+    big.parent.mkdir()
+    with big.open("wb") as f:
+        f.truncate(config.MAX_FILE_SIZE + 1)  # sparse: no disk used
+    err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
+    assert (err.file, err.message) == (
+        str(big),
+        "cannot read config file: it holds more than 16 MiB, the most a config file may hold")
 
 
 # -- every problem at once: one broken file never hides the others ------------------------------

@@ -218,6 +218,22 @@ def test_default_name_cwd_and_renames(tmp_path: Path) -> None:
     loaded(tmp_path, result)
 
 
+def test_long_and_dash_names_are_renamed_to_valid_ones(tmp_path: Path) -> None:
+    """Issue 11: a 300-character name is cut to 100 (a second one with the same start gets a
+    "-2" within the 100), a leading '-' is dropped; each with a note, and the result loads."""
+    long = "w" * 300
+    result = convert(tmp_path, f"""module.exports = {{ apps: [
+        {{ name: '{long}', script: 'a.js' }},
+        {{ name: '{long}x', script: 'b.js' }},
+        {{ name: '-h', script: 'c.js' }},
+    ] }}""")
+    apps = tomllib.loads(result.toml)["apps"]
+    assert list(apps) == ["w" * 100, "w" * 98 + "-2", "h"]
+    assert [n.key for n in result.notes] == ["name", "name", "name"]
+    assert "at most 100 characters" in result.notes[0].message
+    assert list(loaded(tmp_path, result).apps) == list(apps)
+
+
 def test_bare_name_that_is_a_local_file_runs_from_cwd(tmp_path: Path) -> None:
     (tmp_path / "server").write_text("#!/bin/sh\n")
     table, notes = one_app(tmp_path, {"script": "server"})

@@ -237,6 +237,14 @@ def test_includes_groups_and_line_numbers(tmp_path: Path) -> None:
     loaded(tmp_path, result)
 
 
+def test_a_long_program_name_is_cut_to_a_valid_app_name(tmp_path: Path) -> None:
+    """Issue 11: a 300-character name would fail at start (ENAMETOOLONG): cut to 100, noted."""
+    result = convert(tmp_path, f"[program:{'p' * 300}]\ncommand=run\n")
+    assert list(loaded(tmp_path, result).apps) == ["p" * 100]
+    assert [n.key for n in result.notes] == ["[program]"]
+    assert "at most 100 characters" in result.notes[0].message
+
+
 def test_group_name_in_grouped_program(tmp_path: Path) -> None:
     table, _ = program(tmp_path, "command=run %(group_name)s\n[group:grp]\nprograms=p\n")
     assert table["command"] == "run grp"

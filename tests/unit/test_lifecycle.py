@@ -308,6 +308,29 @@ TABLE: list[tuple[str, Instance, Event, Instance, tuple[Effect, ...]]] = [
         NOTHING,
     ),
     ("spawn failed with a live pid: ignored", RUNNING, SpawnFailed("x"), RUNNING, NOTHING),
+    (
+        "transient spawn failure: backoff, the budget untouched",
+        dataclasses.replace(PENDING, unstable=3),
+        SpawnFailed("fork failed: out of memory", transient=True),
+        inst(State.BACKOFF, restarts=2, unstable=3, spawn_failures=1, deadline=AT_100 + 0.5,
+             reason="retrying in 0.5s (fork failed: out of memory; 1 failure)"),
+        NOTHING,
+    ),
+    (
+        "transient spawn failure while restarting: backoff",
+        dataclasses.replace(PENDING, state=State.STOPPING, then_start=True, spawn_failures=2),
+        SpawnFailed("x", transient=True),
+        inst(State.BACKOFF, restarts=2, spawn_failures=3, deadline=AT_100 + 2.0,
+             reason="retrying in 2s (x; 3 failures in a row)"),
+        NOTHING,
+    ),
+    (
+        "transient spawn failure while stopping: stopped",
+        dataclasses.replace(PENDING, state=State.STOPPING),
+        SpawnFailed("x", transient=True),
+        inst(State.STOPPED, restarts=2),
+        NOTHING,
+    ),
     # Ready
     (
         "ready starting",
@@ -865,6 +888,40 @@ def test_a_stable_run_ended_by_a_monitor_resets_the_unstable_count() -> None:
     assert (sim.inst.state, sim.inst.unstable) == (State.STARTING, 0)
 
 
+@pytest.mark.parametrize("autorestart", list(RestartPolicy))
+def test_transient_spawn_failures_retry_until_the_resource_comes_back(
+    autorestart: RestartPolicy,
+) -> None:
+    """EAGAIN/EMFILE at fork is not the program's fault: retried with a doubling delay capped
+    at 15 s, as long as it takes (far beyond max_restarts), whatever the restart policy, and
+    the first run that starts resets the retry delay and runs as usual."""
+    pol = policy(autorestart=autorestart, max_restarts=2)
+    current, _ = step(Instance(IID), pol, Start(), 0.0)
+    now, delays = 0.0, []
+    for _ in range(40):
+        current, effects = step(current, pol, SpawnFailed("fork failed", transient=True), now)
+        assert (current.state, effects) == (State.BACKOFF, ())
+        assert current.deadline is not None
+        delays.append(current.deadline - now)
+        now = current.deadline
+        current, effects = step(current, pol, Tick(), now)
+        assert (current.state, effects) == (State.STARTING, (Spawn(),))
+    assert delays[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0]
+    assert set(delays[6:]) == {15.0}
+    assert (current.unstable, current.restarts, current.spawn_failures) == (0, 0, 40)
+    current, _ = step(current, pol, Spawned(7), now)
+    assert (current.state, current.pid, current.spawn_failures) == (State.STARTING, 7, 0)
+    current, _ = step(current, pol, SpawnFailed("not again"), now)  # a live pid: ignored
+    assert current.pid == 7
+
+
+def test_a_transient_retry_waits_at_least_the_apps_restart_delay() -> None:
+    pol = policy(restart_delay=7.0)
+    current, _ = step(Instance(IID), pol, Start(), 0.0)
+    current, _ = step(current, pol, SpawnFailed("x", transient=True), 0.0)
+    assert current.deadline == 7.0
+
+
 def test_spawn_failed_goes_straight_to_errored() -> None:
     final, trace = replay(
         policy(restart_delay=0.0),
@@ -997,7 +1054,7 @@ events = st.one_of(
     st.builds(Stop),
     st.builds(Restart),
     st.builds(Spawned, st.integers(min_value=1, max_value=10**6)),
-    st.builds(SpawnFailed, st.text(max_size=5)),
+    st.builds(SpawnFailed, st.text(max_size=5), st.booleans()),
     st.builds(
         Exited,
         st.none() | st.integers(min_value=0, max_value=255),

@@ -6,17 +6,22 @@ import asyncio
 import errno
 import fcntl
 import itertools
+import logging
 import os
 import re
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from procsup.logs import LogSink, LogSinks, tail
+from procsup.logs import _SPACE_ERRORS, RETRY_FIRST, LogSink, LogSinks, tail
 from procsup.pipes import BIG_READ_SIZE, LINE_MAX, PIPE_SIZE, PipeReader, open_pipe
+
+from ..tinyfs import NOT_ROOT, WHY, fill, tiny_tmpfs
 
 DEADLINE = 10.0  # seconds; every wait in this file is bounded by it
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f %z"
@@ -452,9 +457,27 @@ def test_acquire_error_names_the_path(tmp_path: Path) -> None:
         sinks.acquire(str(tmp_path / "x.log"), date_format="\ud800", max_size=None, retain=5)
 
 
+def _reporter() -> tuple[list[tuple[int, str]], Callable[[int, str], None]]:
+    reports: list[tuple[int, str]] = []
+    return reports, lambda level, message: reports.append((level, message))
+
+
+def _write_until(sink: LogSink, line: bytes, path: Path) -> None:
+    """Write `line` again and again until the file has it: a sink retries a lost file with
+    backoff, on a write, so a test writes until then (bounded by DEADLINE)."""
+    deadline = time.monotonic() + DEADLINE
+    while not (path.exists() and line in path.read_bytes()):
+        assert time.monotonic() < deadline, f"{line!r} never reached {path}"
+        sink.write(line)
+        time.sleep(0.01)
+
+
+_MARKER = re.compile(rb"\[procsup\] (\d+) lines \((\d+) bytes\) dropped since \S+: (.*)\n")
+
+
 def test_write_and_reopen_errors_are_reported_and_heal(tmp_path: Path) -> None:
-    errors: list[tuple[str, int | None]] = []
-    sinks = LogSinks(on_error=lambda path, exc: errors.append((path, exc.errno)))
+    reports, report = _reporter()
+    sinks = LogSinks(report=report)
     path = tmp_path / "dir" / "app.log"
     sink = sinks.acquire(str(path), date_format=None, max_size=None, retain=5)
     sink.write(b"one\n")
@@ -463,23 +486,196 @@ def test_write_and_reopen_errors_are_reported_and_heal(tmp_path: Path) -> None:
     sinks.reopen_all()  # cannot recreate: reported, not raised
     sink.write(b"lost\n")
     sink.write(b"lost too\n")
-    assert [e[0] for e in errors] == [str(path)]  # reported once, with the path
+    health = sink.health
+    assert health is not None and health.error is not None and health.since is not None
+    assert health.error.startswith("cannot open: ")
+    assert health.dropped_lines == 2 and health.dropped_bytes == 14
+    assert [level for level, _ in reports] == [logging.ERROR]  # once, with the path
+    assert str(path) in reports[0][1]
     os.unlink(tmp_path / "dir")
-    sink.write(b"healed\n")  # the next write reopens
+    _write_until(sink, b"healed\n", path)  # a write after the backoff reopens
+    health = sink.health
+    assert health is not None and health.error is None and health.since is None
     sinks.close_all()
-    assert path.read_bytes() == b"healed\n"
+    marker = _MARKER.fullmatch(path.read_bytes().split(b"\n", 1)[0] + b"\n")
+    assert marker is not None, path.read_bytes()
+    assert int(marker[1]) == health.dropped_lines  # the marker's count is status's count
+    assert path.read_bytes().endswith(b" dropped since " + marker.group(0).split(b" since ")[1]
+                                      + b"healed\n")
+    assert [level for level, _ in reports] == [logging.ERROR, logging.WARNING]
+    assert reports[1][1].startswith(f"logging to {path} resumed; {marker[1].decode()} lines")
     assert (tmp_path / "moved" / "app.log").read_bytes() == b"one\n"
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_disk_full_is_reported_once_per_episode() -> None:
-    errors: list[int | None] = []
-    sinks = LogSinks(on_error=lambda path, exc: errors.append(exc.errno))
+def test_disk_full_is_reported_once_per_episode_and_counted() -> None:
+    reports, report = _reporter()
+    sinks = LogSinks(report=report)
     sink = sinks.acquire("/dev/full", date_format=None, max_size=10, retain=1)
-    sink.write(b"x\n")
-    sink.write(b"y\n")
+    for line in (b"x\n", b"y\n", b"two\nlines\n"):
+        sink.write(line)
+    assert sink.health is not None
+    assert (sink.health.error, sink.health.dropped_lines, sink.health.dropped_bytes) == (
+        "cannot write: No space left on device", 4, 14)
+    assert len(reports) == 1 and reports[0][0] == logging.ERROR
+    assert "/dev/full: cannot write: No space left on device" in reports[0][1]
     sinks.close_all()
-    assert errors == [errno.ENOSPC]
+
+
+@pytest.mark.root
+@pytest.mark.skipif(NOT_ROOT, reason=WHY)
+@pytest.mark.parametrize("date_format", [None, DATE_FORMAT])
+def test_a_full_filesystem_drops_counts_and_resumes(tmp_path: Path,
+                                                    date_format: str | None) -> None:
+    reports, report = _reporter()
+    with tiny_tmpfs(tmp_path / "fs", "64k") as fs:
+        sinks = LogSinks(report=report)
+        path = fs / "app.log"
+        sink = sinks.acquire(str(path), date_format=date_format, max_size=None, retain=5)
+        line = b"line %05d " + b"x" * 90 + b"\n"  # 101 bytes: a page boundary cuts one
+        filler = fill(fs)
+        # The last page of app.log still has room: lines fit until it is full.
+        first_lost = next((i for i in range(1000) if (sink.write(line % i), sink.health)[1]),
+                          None)
+        assert first_lost is not None, "the full filesystem took every line"
+        for i in range(first_lost + 1, first_lost + 50):
+            sink.write(line % i)
+        health = sink.health
+        assert health is not None and health.error == "cannot write: No space left on device"
+        assert health.dropped_lines == 50
+        assert [level for level, _ in reports] == [logging.ERROR]  # not one per write
+        filler.unlink()
+        sink.write(line % 50_000)  # space is back: the very next write works
+        health = sink.health
+        assert health is not None and health.error is None and health.dropped_lines == 50
+        assert [level for level, _ in reports] == [logging.ERROR, logging.WARNING]
+        assert "resumed; 50 lines" in reports[1][1]
+        data = path.read_bytes()
+        sinks.close_all()
+    prefix = DATE_RE if date_format else b""
+    lines = data.split(b"\n")
+    assert lines.pop() == b""
+    assert lines[-1] == (re.search(prefix, lines[-1])[0] if prefix else b"") + line[:-1] % 50_000
+    marker = lines[-2]
+    assert re.fullmatch(prefix + rb"\[procsup\] 50 lines \(\d+ bytes\) dropped since \S+: "
+                        rb"cannot write: No space left on device", marker), marker
+    # Before it: every line up to the first lost one, whole; the lost one maybe cut short
+    # (and ended by the marker's newline), never a line after it.
+    kept = [re.sub(b"^" + prefix, b"", ln) for ln in lines[:-2]]
+    assert kept[:first_lost] == [line[:-1] % i for i in range(first_lost)]
+    assert len(kept) in (first_lost, first_lost + 1)
+    if len(kept) > first_lost:
+        assert (line[:-1] % first_lost).startswith(kept[-1]) and kept[-1] != line[:-1] % first_lost
+
+
+@pytest.mark.root
+@pytest.mark.skipif(NOT_ROOT, reason=WHY)
+def test_a_rotation_that_cannot_create_its_new_file_counts_the_rest(tmp_path: Path) -> None:
+    reports, report = _reporter()
+    with tiny_tmpfs(tmp_path / "fs", "1m", inodes=2) as fs:  # its root and one file
+        sinks = LogSinks(report=report)
+        path = fs / "app.log"
+        # Room for the marker and a short line after the rotation, not for the three lines.
+        sink = sinks.acquire(str(path), date_format=None, max_size=150, retain=1)
+        a, b, c = (ch * 99 + b"\n" for ch in (b"a", b"b", b"c"))
+        sink.write(a + b + c)  # rotates after b; the new app.log needs a second inode
+        health = sink.health
+        assert health is not None and health.error == "cannot open: No space left on device"
+        assert (health.dropped_lines, health.dropped_bytes) == (1, 100)  # c, not silently
+        assert (fs / "app.log.1").read_bytes() == a + b
+        (fs / "app.log.1").unlink()  # an inode is free again
+        _write_until(sink, b"d\n", path)
+        health = sink.health
+        assert health is not None and health.error is None
+        data = path.read_bytes()
+        sinks.close_all()
+    marker = _MARKER.match(data)
+    assert marker is not None and int(marker[1]) == health.dropped_lines
+    assert marker[3] == b"cannot open: No space left on device"
+    assert data[marker.end():] == b"d\n"
+    assert [level for level, _ in reports] == [logging.ERROR, logging.WARNING]
+
+
+def test_eio_closes_the_file_and_reopens_it_with_backoff(tmp_path: Path) -> None:
+    # A hung-up terminal: write(2) on it fails with EIO for good, as on a failing device, and
+    # its name goes away, so only a reopen of the path (now a regular file) can heal it.
+    master, slave = os.openpty()
+    tty = os.ttyname(slave)
+    os.close(slave)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o755)
+    private.chmod(0o755)
+    path = private / "app.log"
+    path.symlink_to(tty)
+    reports, report = _reporter()
+    sinks = LogSinks(report=report)
+    sink = sinks.acquire(str(path), date_format=None, max_size=None, retain=5)
+    try:
+        sink.write(b"to the terminal\n")
+    finally:
+        os.close(master)  # the hangup
+    failed_at = time.monotonic()
+    sink.write(b"eio\n")
+    assert sink.health is not None
+    assert sink.health.error == "cannot write: Input/output error"
+    path.unlink()  # the path can be opened again (a regular file is created)
+    sink.write(b"early\n")
+    if time.monotonic() - failed_at < RETRY_FIRST:  # not if this test was slowed that much
+        assert not path.exists(), "reopened without waiting for the backoff"
+    _write_until(sink, b"after\n", path)
+    health = sink.health
+    assert health is not None and health.error is None and health.dropped_lines >= 2
+    sinks.close_all()
+    first, rest = path.read_bytes().split(b"\n", 1)
+    marker = _MARKER.fullmatch(first + b"\n")
+    assert marker is not None and int(marker[1]) == health.dropped_lines
+    assert marker[3] == b"cannot write: Input/output error"
+    assert rest == b"after\n"
+    levels = [level for level, _ in reports]
+    assert levels[0] == logging.ERROR and levels[-1] == logging.WARNING
+    assert len(levels) <= 3  # the EIO, maybe one failed reopen, the resume
+    assert "Input/output error" in reports[0][1]
+
+
+def test_a_path_keeps_its_drops_and_episode_across_sinks(tmp_path: Path) -> None:
+    # An app that restarts while its disk refuses writes: its next run's sink continues the
+    # count and the episode, and one marker covers the whole gap.
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o755)
+    private.chmod(0o755)
+    path = private / "app.log"
+    path.symlink_to("/dev/full")
+    reports, report = _reporter()
+    sinks = LogSinks(report=report)
+    first = sinks.acquire(str(path), date_format=None, max_size=None, retain=5)
+    first.write(b"a\nb\n")
+    sinks.release(first)
+    path.unlink()  # the next run gets a regular file
+    second = sinks.acquire(str(path), date_format=None, max_size=None, retain=5)
+    health = second.health
+    assert health is not None and health.error == "cannot write: No space left on device"
+    assert health.dropped_lines == 2
+    second.write(b"c\n")
+    sinks.release(second)
+    marker = _MARKER.match(path.read_bytes())
+    assert marker is not None and marker[1] == b"2" and path.read_bytes().endswith(b"\nc\n")
+    assert [level for level, _ in reports] == [logging.ERROR, logging.WARNING]
+    third = sinks.acquire(str(path), date_format=None, max_size=None, retain=5)
+    assert third.health is not None and third.health.dropped_lines == 2  # the total stays
+    assert third.health.error is None
+    sinks.close_all()
+
+
+@pytest.mark.parametrize(
+    ("error", "keeps_fd"),
+    [(errno.ENOSPC, True), (errno.EDQUOT, True), (errno.EFBIG, True), (errno.EIO, False),
+     (errno.EROFS, False), (errno.ESTALE, False)],
+)
+def test_which_write_errors_keep_the_file_open(error: int, keeps_fd: bool) -> None:
+    # Space errors heal in place (the next write may work); others may have broken the fd.
+    assert (error in _SPACE_ERRORS) is keeps_fd
 
 
 # -- symlink safety ---------------------------------------------------------------------------

@@ -54,9 +54,10 @@ def iso(*fields: int) -> str:
 
 
 def shifted_clock(start: datetime) -> Callable[[], datetime]:
-    """A wall clock that reads `start` now and runs at the real rate."""
+    """A wall clock (local, with its UTC offset) that reads `start` now and runs at the real
+    rate."""
     t0 = time.monotonic()
-    return lambda: start + timedelta(seconds=time.monotonic() - t0)
+    return lambda: start.astimezone() + timedelta(seconds=time.monotonic() - t0)
 
 
 def run(body: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]) -> None:
@@ -96,16 +97,38 @@ def test_cron_after_a_clock_jump_fires_once() -> None:
     """The wall clock jumps two hours ahead of the plan: one restart, then the next plan."""
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         calls = Calls()
-        now = [datetime(2026, 11, 21, 8, 0, 30)]
+        now = [datetime(2026, 11, 21, 8, 0, 30).astimezone()]
         m = Monitors(loop, LOG, calls, dict, clock=lambda: now[0])
         try:
             m.configure({"web": spec(cron_restart="* * * * *")})
-            now[0] = datetime(2026, 11, 21, 10, 0, 30)
+            now[0] = datetime(2026, 11, 21, 10, 0, 30).astimezone()
             m._cron_due("web")  # what the re-check timer does
             assert len(calls) == 1
             assert m.next_cron_restart("web") == iso(2026, 11, 21, 10, 1)
             m._cron_due("web")  # an early wake-up: nothing
             assert len(calls) == 1
+        finally:
+            m.close()
+
+    run(body)
+
+
+def test_cron_follows_the_clock_set_back() -> None:
+    """Issue 11: the wall clock set back 4 h half a second before an hourly fire. The real
+    timer's next look sees it and plans 07:00 from the new wall time: one restart at 07:00,
+    not a wait for the old 11:00 plan that skipped four."""
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        calls = Calls()
+        moved = [timedelta()]
+        base = shifted_clock(datetime(2026, 11, 21, 10, 59, 59, 500_000))
+        m = Monitors(loop, LOG, calls, dict, clock=lambda: base() + moved[0], cron_recheck=0.05)
+        try:
+            m.configure({"web": spec(cron_restart="0 * * * *")})
+            assert m.next_cron_restart("web") == iso(2026, 11, 21, 11, 0)
+            moved[0] = -timedelta(hours=4)
+            await calls.wait(1, timeout=3)
+            assert calls == [("web", None, "cron_restart '0 * * * *' at 2026-11-21 07:00")]
+            assert m.next_cron_restart("web") == iso(2026, 11, 21, 8, 0)
         finally:
             m.close()
 

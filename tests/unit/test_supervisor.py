@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from procsup.lifecycle import SpawnFailed
 from procsup.model import State
 from procsup.running import RunHandle
 from procsup.supervisor import Role
@@ -47,6 +48,55 @@ def test_a_spawn_failure_is_errored_at_once_with_the_reason() -> None:
         assert v is not None
         assert (v.state, v.inst.reason, v.generation) == (
             State.ERRORED, "executable not found: server", 0)
+
+    play(scenario)
+
+
+def test_a_transient_spawn_failure_backs_off_and_recovers_when_the_resource_returns() -> None:
+    async def scenario(w: World) -> None:
+        w.procs.fail["web"] = SpawnFailed("fork failed: out of memory", transient=True)
+        (ref,) = started(w)
+        await w.until(lambda: sum(h[0] == "spawn-failed" for h in w.procs.history) == 30)
+        v = w.engine.view(ref)
+        assert v is not None and v.state is State.BACKOFF  # 30 tries, far past max_restarts
+        assert v.inst.reason is not None and "fork failed: out of memory" in v.inst.reason
+        del w.procs.fail["web"]  # the limit is lifted
+        (v,) = await w.run(w.engine.settled([ref]))
+        assert (v.state, v.pid, v.inst.restarts) == (State.RUNNING, 100, 0)
+
+    play(scenario)
+
+
+def test_start_of_a_crash_loop_returns_when_its_first_run_ends() -> None:
+    """With no restart delay a crashing instance never rests in backoff: `started` returns
+    once the run the start began has ended and the next one is starting."""
+
+    async def scenario(w: World) -> None:
+        w.engine.set_specs({"web": spec("web", 1, max_restarts=100000)})
+        ref = w.engine.add("web", 0)
+        w.procs.on_spawn = lambda run: w.clock.call_at(
+            w.clock.now + 0.1, lambda: w.procs.exit(run, 1))
+        (v,) = await w.run(w.engine.started(w.engine.start([ref])), limit=5.0)
+        assert (v.state, v.inst.exit_code, v.generation) == (State.STARTING, 1, 2)
+        # a start of it now, while it is starting: its current run is this start's run
+        (v,) = await w.run(w.engine.started(w.engine.start([ref])), limit=5.0)
+        assert v.generation == 3
+        # and a restart of it waits for the run it begins to end
+        (v,) = await w.run(w.engine.started(w.engine.restart([ref])), limit=5.0)
+        assert v.generation == 5
+
+    play(scenario)
+
+
+def test_started_returns_in_backoff_and_when_settled() -> None:
+    async def scenario(w: World) -> None:
+        w.engine.set_specs({"web": spec("web", 1, restart_delay=30.0),
+                            "ok": spec("ok", 1)})
+        refs = [w.engine.add("web", 0), w.engine.add("ok", 0)]
+        w.procs.on_spawn = lambda run: run.spec.name == "web" and w.clock.call_at(
+            w.clock.now + 0.1, lambda: w.procs.exit(run, 1))
+        web, ok = await w.run(w.engine.started(w.engine.start(refs)), limit=5.0)
+        assert (web.state, ok.state) == (State.BACKOFF, State.RUNNING)
 
     play(scenario)
 

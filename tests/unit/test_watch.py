@@ -305,6 +305,24 @@ def test_directory_wildcards(tmp_path: Path) -> None:
     run(go)
 
 
+@pytest.mark.timeout(20)
+def test_a_symlink_loop_under_a_recursive_glob_is_watched_once(tmp_path: Path) -> None:
+    """loop.d/self1 -> . and loop.d/self2 -> .: the directories of `loop.d/**/*.toml` are
+    loop.d and its real subdirectory (before, finding them grew exponentially on the loop)."""
+    d = tmp_path / "loop.d"
+    (d / "sub").mkdir(parents=True)
+    (d / "self1").symlink_to(".")
+    (d / "self2").symlink_to(".")
+
+    async def go(cw: ConfigWatch, rec: Recorder) -> None:
+        cw.watch([], [str(d / "**" / "*.toml")])
+        assert cw.directories == {str(d), str(d / "sub")}
+        (d / "sub" / "a.toml").write_text("")
+        await rec.wait_for(d / "sub" / "a.toml")
+
+    run(go)
+
+
 # -- lifetime -------------------------------------------------------------------------------------
 
 
