@@ -2,9 +2,9 @@
 beside supervisord, with the issue's target and whether it is met.
 
 The benchmarks, in the order they run: apply (config apply: update, save, reread), cluster
-(cluster mode: throughput, spread, rolling reload; needs `wrk`), idle, logs, logs_daemon,
-monitors (memory check and file-watch cost), restart, startup, status; `--only` takes these
-names.
+(cluster mode: throughput, spread, rolling reload; needs `wrk`), hostile (hostile control
+clients: daemon memory, `status` under a log flood), idle, logs, logs_daemon, monitors (memory
+check and file-watch cost), restart, startup, status; `--only` takes these names.
 
 Every option is passed on to each benchmark (see `bench/bench_X.py --help`); options one
 benchmark does not know are ignored by it, so e.g. `--seconds 30` reaches bench_idle.py only.

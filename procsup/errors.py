@@ -26,6 +26,7 @@ class WireError(str, enum.Enum):
     UNKNOWN_APP = "unknown_app"
     INVALID_CONFIG = "invalid_config"
     FORBIDDEN = "forbidden"  # peer not allowed by SO_PEERCRED check
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # the daemon serves its limit of connections
     FAILED = "failed"  # the command ran but did not achieve what was asked
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 
 #: The protocol version carried in every request and reply as "v".
 VERSION = 1
-#: Longest request payload the daemon reads (bytes after the length prefix).
-MAX_REQUEST = 1 << 20
+#: Longest request payload the daemon reads (bytes after the length prefix). Requests are tiny
+#: (the longest real one names apps: a thousand names fit), and this bounds what one
+#: connection makes the daemon buffer and decode: 1 MiB, the old limit, cost about 6.5 MiB at
+#: peak per connection (the bytes, their copies, the decoded text, the error quoting it).
+MAX_REQUEST = 64 << 10
 #: Longest reply payload either end produces or accepts.
 MAX_REPLY = 64 << 20
 
@@ -79,11 +82,23 @@ def decode_header(header: bytes) -> int:
     return int(length)
 
 
+def _cut(text: str, limit: int = 60) -> str:
+    """`text` cut to about `limit` characters: error messages quote what the peer sent, and a
+    peer must not be able to make them (and the log lines they become) large."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _quote(value: object) -> str:
+    return _cut(repr(value))
+
+
 def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def decode_payload(data: bytes) -> dict[str, Any]:
+def decode_payload(data: bytes | bytearray) -> dict[str, Any]:
     """The JSON object carried by a frame's payload.
 
     Raises `ProtocolViolation(BAD_REQUEST)` for invalid UTF-8, invalid JSON (including NaN and
@@ -227,7 +242,7 @@ class Arg:
         if not ok:
             raise ProtocolViolation(
                 BAD_REQUEST,
-                f"{cmd}: argument {self.name!r} must be {self.type_text()}, got {value!r}",
+                f"{cmd}: argument {self.name!r} must be {self.type_text()}, got {_quote(value)}",
             )
         return list(value) if isinstance(value, list) else value
 
@@ -380,14 +395,14 @@ def validate_args(cmd: str, args: object) -> dict[str, Any]:
     """
     command = COMMANDS.get(cmd)
     if command is None:
-        raise ProtocolViolation(UNKNOWN_COMMAND, f"unknown command {cmd!r}")
+        raise ProtocolViolation(UNKNOWN_COMMAND, f"unknown command {_quote(cmd)}")
     if not isinstance(args, dict):
         raise ProtocolViolation(BAD_REQUEST, f"{cmd}: 'args' must be an object")
     known = {a.name for a in command.args}
     unknown = sorted(str(k) for k in args if k not in known)
     if unknown:
         raise ProtocolViolation(
-            BAD_REQUEST, f"{cmd}: unknown argument(s): {', '.join(unknown)}"
+            BAD_REQUEST, f"{_cut(cmd)}: unknown argument(s): {_cut(', '.join(unknown))}"
         )
     out: dict[str, Any] = {}
     for a in command.args:
@@ -418,7 +433,7 @@ def parse_request(obj: Mapping[str, object]) -> tuple[str, dict[str, Any]]:
     if v != VERSION:
         raise ProtocolViolation(
             UNSUPPORTED_VERSION,
-            f"protocol version {v} is not supported (this daemon speaks {VERSION})",
+            f"protocol version {_quote(v)} is not supported (this daemon speaks {VERSION})",
         )
     cmd = obj.get("cmd")
     if not isinstance(cmd, str):

@@ -29,8 +29,17 @@ import pytest
 
 from procsup import protocol
 from procsup.client import Client
-from procsup.control import ControlServer, Peer, Send, _in_group
+from procsup.control import (
+    IDLE_EVICT,
+    MAX_CONNECTIONS,
+    MAX_WAITING,
+    ControlServer,
+    Peer,
+    Send,
+    _in_group,
+)
 from procsup.errors import ProcsupError, RemoteError
+from procsup.throttle import Throttle
 
 T = TypeVar("T")
 Handler = Callable[[dict[str, Any], Peer, Send], Awaitable[object]]
@@ -165,6 +174,7 @@ def serve(
         mode: int = 0o660,
         group_gid: int | None = None,
         request_timeout: float = 5.0,
+        throttle: Throttle | None = None,
     ) -> ControlServer:
         server = ControlServer(
             path or str(tmp_path / "ctl.sock"),
@@ -173,6 +183,7 @@ def serve(
             group_gid=group_gid,
             logger=logger,
             request_timeout=request_timeout,
+            throttle=throttle,
         )
         loop_thread.run(server.start())
         servers.append(server)
@@ -621,7 +632,10 @@ def test_a_client_that_does_not_read_its_stream_is_dropped(
         s.connect(server.path)
         s.sendall(request("logs", {"follow": True}))
         assert dropped.wait(10)
-    assert any("does not read" in r.getMessage() for r in records.records)
+    dropped_lines = [r for r in records.records if "does not read" in r.getMessage()]
+    assert len(dropped_lines) == 1
+    # The drop is the client's doing: one warning, no "logs failed" traceback.
+    assert not [r for r in records.records if r.exc_info or r.levelno >= logging.ERROR]
     ping(server.path)
 
 
@@ -734,3 +748,91 @@ def test_shutdown_with_wait_returns_once_the_daemon_process_exited(tmp_path: Pat
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_connections_beyond_the_limit_wait_then_are_refused(
+    serve: Callable[..., ControlServer], records: Records
+) -> None:
+    started = threading.Semaphore(0)
+
+    async def hold(args: dict[str, Any], peer: Peer, send: Send) -> object:
+        started.release()
+        await asyncio.Event().wait()
+        raise AssertionError("not reached")
+
+    server = serve(FakeCommands(status=hold))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):  # served, each with a request that never ends
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(server.path)
+            s.sendall(request("status"))
+            held.append(s)
+        for _ in range(MAX_CONNECTIONS):
+            assert started.acquire(timeout=5)
+        waiter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        waiter.settimeout(5)
+        waiter.connect(server.path)
+        waiter.sendall(request("ping"))  # waits, unread, for a place
+        held.append(waiter)
+        for _ in range(MAX_WAITING - 1):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(server.path)
+            held.append(s)
+        with pytest.raises(RemoteError) as info:
+            Client(server.path, 5).call("ping")
+        assert info.value.code == "too_many_connections"
+        assert "busy" in info.value.message
+        # A place frees: the connection that waited longest is served.
+        held.pop(0).close()
+        assert protocol.read_frame(waiter)["result"]["pong"] is True
+    finally:
+        for s in held:
+            s.close()
+    assert [r.getMessage() for r in records.records if "refused a connection" in r.getMessage()]
+
+
+def test_a_connection_holding_a_place_without_a_request_is_closed_when_others_wait(
+    serve: Callable[..., ControlServer],
+) -> None:
+    server = serve(request_timeout=30.0)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(server.path)
+            idle.append(s)
+        t0 = time.monotonic()
+        ping(server.path)  # waits until the idle ones are closed to make room
+        assert IDLE_EVICT * 0.9 <= time.monotonic() - t0 < IDLE_EVICT + 3
+        assert code_of(protocol.read_frame(idle[0])) == "timeout"
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_warnings_about_bad_clients_are_summarised(
+    serve: Callable[..., ControlServer], records: Records
+) -> None:
+    server = serve(throttle=Throttle(burst=2, window=0.5))
+    for _ in range(10):
+        assert code_of(exchange(server.path, frame(b"{not json"))) == "bad_request"
+    bad = [r.getMessage() for r in records.records if "bad request" in r.getMessage()]
+    assert len(bad) == 2
+    wait_until(lambda: any("8 more bad requests from uid" in r.getMessage()
+                           for r in records.records), 5)
+    ping(server.path)
+
+
+def test_an_error_message_quotes_at_most_a_little_of_the_request(
+    serve: Callable[..., ControlServer], records: Records
+) -> None:
+    server = serve()
+    reply = exchange(server.path, request("x" * 60000))
+    assert code_of(reply) == "unknown_command"
+    assert len(reply["error"]["message"]) < 200
+    assert all(len(r.getMessage()) < 300 for r in records.records)

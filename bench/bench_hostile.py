@@ -1,0 +1,192 @@
+"""Hostile control clients (issue 11, items 2 and 8): daemon memory, and `status` latency under
+a log flood.
+
+Memory: procsupd with one instance of `sleep`; 100 concurrent clients (bench/_hostile.py, one
+process each) each send --frames bad frames (1 MiB JSON, 1 MiB non-UTF-8, a 4 GiB length
+prefix, 1 MiB of noise, in turn), for --rounds rounds. The daemon's VmRSS (/proc/PID/status)
+is read before, after each round (once the clients are gone and `ping` answered), and its
+VmHWM (peak) at the end; and the lines the rounds added to the daemon log.
+
+Latency: procsupd with one instance of tests/apps/flood.py (100-byte lines to stdout as fast
+as it can, into a rotated log file), then `procsup status --json` is run --reps times, one
+after the other, timed from spawn to exit (what a user waits for), plus the same request
+in-process on a `Client` (no interpreter start-up), and the CLI's floor (`python -c "import
+procsup.cli"`: start-up alone, under the same load): first with the flood alone, then with the
+flood and 100 hostile clients (bench/_hostile.py, looping) running all along.
+
+    .venv/bin/python bench/bench_hostile.py [--rounds 3] [--frames 10] [--reps 100]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import PROCSUP, PYTHON, REPO, Results, Session, begin, fmt, median, parser, pct
+from _proc import wait_quiet
+from _subjects import SLEEP, Procsup
+
+HOSTILE = [PYTHON, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_hostile.py")]
+FLOOD = [PYTHON, str(REPO / "tests" / "apps" / "flood.py")]
+
+
+def vm(pid: int, key: str) -> int:
+    """A `Vm*` field of /proc/PID/status, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def wchar(pid: int) -> int:
+    """Bytes `pid` has written (/proc/PID/io)."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    raise KeyError("wchar")
+
+
+def log_lines(ps: Procsup) -> int:
+    try:
+        with open(ps.stderr, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def memory(s: Session, res: Results, rounds: int, frames: int, clients: int) -> None:
+    ps = Procsup(s, "memory", {"s": {"command": SLEEP}})
+    ps.launch()
+    ps.wait_serving()
+    ps.wait_states("running", 1)
+    for _ in range(20):  # the first requests allocate what every later one reuses
+        ps.call("status")
+    before = vm(ps.pid, "VmRSS")
+    lines0 = log_lines(ps)
+    after = []
+    print(f"   VmRSS before: {before / 2**20:.1f} MiB")
+    for r in range(rounds):
+        t0 = time.monotonic()
+        # One process per client: the daemon refuses on sight a process that sent 20 bad
+        # requests lately, which would spare it most of the frames this is about.
+        procs = [subprocess.Popen([*HOSTILE, ps.socket, "--clients", "1", "--frames",
+                                   str(frames)], stdout=subprocess.PIPE, text=True, env=s.env)
+                 for _ in range(clients)]
+        seen: dict[str, int] = {}
+        for proc in procs:
+            out, _ = proc.communicate(timeout=600)
+            for k, v in json.loads(out).items():
+                seen[k] = seen.get(k, 0) + v
+        took = time.monotonic() - t0
+        ps.call("ping")
+        after.append(vm(ps.pid, "VmRSS"))
+        print(f"   round {r + 1}: {took:.1f} s, VmRSS {after[-1] / 2**20:.1f} MiB, "
+              f"replies {json.dumps(seen)}")
+    peak = vm(ps.pid, "VmHWM")
+    lines = log_lines(ps) - lines0
+    grown = (after[-1] - before) / 1e6
+    res.add("daemon VmRSS before the hostile rounds", "MiB", before / 2**20, None)
+    res.add(f"daemon VmRSS after {rounds} rounds of {clients} clients x {frames} bad frames",
+            "MiB", after[-1] / 2**20, None)
+    res.add("growth (after - before)", "MB", grown, None, target="<= 20 MB", met=grown <= 20)
+    res.add("daemon peak RSS (VmHWM)", "MiB", peak / 2**20, None)
+    res.add(f"daemon log lines from {rounds * clients * frames} bad requests", "lines",
+            lines, None)
+    res.details["memory"] = {"before": before, "after": after, "peak": peak, "lines": lines}
+    ps.stop()
+
+
+def time_status(ps: Procsup, env: dict[str, str], reps: int
+                ) -> tuple[list[float], list[float], list[float]]:
+    """(CLI end-to-end, in-process, CLI floor) `status` times in ms, interleaved. The floor is
+    the interpreter starting with the CLI's imports and exiting, under the same load: what no
+    daemon can make faster."""
+    from procsup.client import Client
+
+    cli, inproc, floor = [], [], []
+    client = Client(ps.socket, timeout=30)
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([PYTHON, "-c", "import procsup.cli"], env=env, timeout=60, check=True)
+        floor.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        r = subprocess.run([PROCSUP, "-s", ps.socket, "status", "--json"], capture_output=True,
+                           env=env, timeout=60, check=False)
+        cli.append((time.perf_counter() - t0) * 1000)
+        if r.returncode != 0:
+            raise RuntimeError(f"status failed: {r.stderr.decode(errors='replace')}")
+        t0 = time.perf_counter()
+        client.call("status")
+        inproc.append((time.perf_counter() - t0) * 1000)
+    return cli, inproc, floor
+
+
+def latency(s: Session, res: Results, reps: int, clients: int) -> None:
+    ps = Procsup(s, "latency", {"flood": {"command": FLOOD, "log_max_size": "64M",
+                                          "log_retain": 1}})
+    ps.launch()
+    ps.wait_serving()
+    ps.wait_states("running", 1)
+    pid = ps.call("status")["instances"][0]["pid"]
+    w0 = wchar(pid)
+    time.sleep(1)  # a measure of the flood rate, not a wait for a condition
+    rate = (wchar(pid) - w0) / 1e6
+    print(f"   flood: {rate:.0f} MB/s written by the app (its log rotated at 64M)")
+    res.details["flood_mb_s"] = rate
+    for label, hostile in (("flood", False), ("flood + 100 hostile clients", True)):
+        worker = None
+        if hostile:
+            worker = subprocess.Popen([*HOSTILE, ps.socket, "--clients", str(clients),
+                                       "--seconds", "3600"], stdout=subprocess.DEVNULL,
+                                      env=s.env)
+            time.sleep(2)  # let the clients reach their steady state
+        try:
+            cli, inproc, floor = time_status(ps, s.env, reps)
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait(10)
+        for name, xs in (("CLI", cli), ("in-process", inproc), ("CLI floor", floor)):
+            print(f"   {label}, {name}: p50 {fmt(median(xs))} p99 {fmt(pct(xs, 99))} "
+                  f"max {fmt(max(xs))} ms")
+            target = "p99 < 100 ms" if hostile and name != "CLI floor" else ""
+            res.add(f"status --json, {label}, {name}, p50", "ms", median(xs), None)
+            res.add(f"status --json, {label}, {name}, p99", "ms", pct(xs, 99), None,
+                    target=target, met=pct(xs, 99) < 100 if target else None)
+            res.add(f"status --json, {label}, {name}, max", "ms", max(xs), None)
+        res.details[label] = {"cli": cli, "inproc": inproc, "floor": floor}
+    ps.stop()
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--reps", type=int, default=100)
+    p.add_argument("--skip", choices=("memory", "latency"), default=None)
+    args = begin(p, "hostile clients: memory and status latency", supervisord=False,
+                 quick={"rounds": 1, "frames": 4, "reps": 20})
+    res = Results("hostile")
+    with Session("hostile", args.budget or 900) as s:
+        busy = wait_quiet()
+        res.details["busy_before"] = busy
+        if args.skip != "memory":
+            memory(s, res, args.rounds, args.frames, args.clients)
+        if args.skip != "latency":
+            latency(s, res, args.reps, args.clients)
+    print(res.summary())
+    res.save(args.json)
+    if args.json:
+        print(json.dumps(res.details.get("memory", {})))
+
+
+if __name__ == "__main__":
+    main()
