@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import re
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -400,9 +399,8 @@ class Applier:
         """Why a reload's replacement did not take over, for the user: its own exit, said as
         such (with a hint for a fork app, the usual cause being its own port), or the wait."""
         code, spec = new.inst.exit_code, new.spec
-        if new.inst.spawn_failures and new.inst.reason:  # a resource ran out; not retried here
-            found = _RETRY_RE.match(new.inst.reason)
-            return f"the replacement could not be started: {found[1] if found else new.inst.reason}"
+        if new.inst.spawn_failures:  # a resource ran out; not retried here
+            return f"the replacement could not be started: {new.inst.spawn_error}"
         if code is None and new.generation <= 1:  # it never ran: the command cannot execute
             return new.inst.reason or f"the replacement is {new.state.value}"
         if waited >= spec.ready_timeout or code is None:
@@ -563,10 +561,6 @@ class Applier:
             return
         await self.apply(new, wait=False)
         self.update_watch()
-
-
-#: lifecycle's reason for a transient spawn failure: "retrying in 2s (WHY; 3 failures in a row)".
-_RETRY_RE = re.compile(r"retrying in \S+ \((.*); \d+ failures?(?: in a row)?\)$")
 
 
 def _not_started(v: View) -> str:

@@ -105,6 +105,7 @@ class Instance:
     failed_run: bool = False  # the stop in progress ends a failed run (not ready in time)
     failed_how: str | None = None  # with failed_run: how each failed run failed, if not by time
     spawn_failures: int = 0  # transient spawn failures in a row (fork: EAGAIN, EMFILE, ...)
+    spawn_error: str | None = None  # with spawn_failures: the last one's own words
 
 
 # --- events -------------------------------------------------------------------------------
@@ -418,6 +419,7 @@ def _on_spawn_failed(
             then_start=False,
             failed_run=False,
             spawn_failures=tries,
+            spawn_error=reason,
         ), ()
     # The command cannot be executed: retrying cannot help, so errored at once (supervisord's
     # FATAL), with the reason shown in status.
