@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from procsup import globs, paths, schema, tomlpos, units
+from procsup import deps, globs, paths, schema, tomlpos, units
 from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
 
@@ -35,7 +35,8 @@ _DIRECT_FIELDS = (
     "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "kill_signal",
     "kill_timeout", "merge_logs", "log_date_format", "log_max_size", "log_retain",
     "max_memory_restart", "ignore_watch", "cron_restart", "ready", "ready_timeout",
-    "heartbeat_timeout", "balance",
+    "heartbeat_timeout", "balance", "depends_on", "health", "health_interval",
+    "health_timeout", "health_failures", "reload_signal",
 )  # fmt: skip
 _DAEMON_DIRECT_FIELDS = ("socket_mode", "socket_group", "env", "watch_config", "shutdown_timeout")
 
@@ -206,8 +207,10 @@ def load(
 
     apps: dict[str, AppSpec] = {}
     defined: dict[str, str] = {}  # name -> "file:line" of its first table, valid or not
+    owners: dict[str, _Source] = {}  # name -> the file of its table
     add_apps = functools.partial(
-        _add_apps, daemon=daemon, profile=active, apps=apps, defined=defined, errors=errors
+        _add_apps, daemon=daemon, profile=active, apps=apps, defined=defined, owners=owners,
+        errors=errors,
     )
     add_apps(main)
     sources = [main]
@@ -220,6 +223,12 @@ def load(
             continue
         sources.append(src)
         add_apps(src)
+    if len(apps) == len(defined):  # with a broken app, "unknown app" could be wrong
+        for p in deps.problems(apps):
+            sub = (p.dependency,) if p.dependency and isinstance(
+                owners[p.app].data["apps"][p.app].get("depends_on"), dict) else ()
+            errors.append(owners[p.app].error(p.message, "apps", p.app, "depends_on", *sub,
+                                              app=p.app, key="depends_on"))
     try:
         _raise_all(errors)
     except ConfigError as exc:
@@ -299,6 +308,7 @@ def _add_apps(
     profile: str | None,
     apps: dict[str, AppSpec],
     defined: dict[str, str],
+    owners: dict[str, _Source],
     errors: list[ConfigError],
 ) -> None:
     """Check the [apps.*] tables of `src` into `apps`, adding the first problem of each app to
@@ -317,6 +327,7 @@ def _add_apps(
             continue
         line = src.locator.line("apps", name)
         defined[name] = f"{src.path}:{line}" if line else src.path
+        owners[name] = src
         try:
             apps[name] = _app_spec(src, name, raw, daemon, profile)
         except ConfigError as exc:
@@ -511,6 +522,11 @@ def _app_spec(
     # a missed heartbeat is an event on its queue like any other.
     if "heartbeat_timeout" in values and values.get("ready", "started") != "notify":
         raise error('heartbeat_timeout is only used with ready = "notify"', "heartbeat_timeout")
+
+    if "health" not in values:
+        for key in ("health_interval", "health_timeout", "health_failures"):
+            if key in values:
+                raise error(f"{key!r} is only used with health", key)
 
     direct = {k: values[k] for k in _DIRECT_FIELDS if k in values}
     return AppSpec(

@@ -127,6 +127,11 @@ def _cluster_only(app: AppSpec, value: _T) -> _T | None:
     return value if app.exec_mode is ExecMode.CLUSTER else None
 
 
+def _health_only(app: AppSpec, value: _T) -> _T | None:
+    # The health_* keys are rejected in an app without `health`.
+    return value if app.health is not None else None
+
+
 _DAEMON_WRITERS: Mapping[str, Callable[[DaemonSpec], object]] = {
     "socket": lambda d: d.socket,
     "socket_mode": lambda d: _mode(d.socket_mode),
@@ -171,6 +176,13 @@ _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
     "ready": lambda a: a.ready,
     "ready_timeout": lambda a: _duration(a.ready_timeout),
     "heartbeat_timeout": lambda a: _duration(a.heartbeat_timeout),
+    "depends_on": lambda a: {n: c.value for n, c in a.depends_on} or None,
+    "health": lambda a: list(a.health) if isinstance(a.health, tuple) else a.health,
+    "health_interval": lambda a: _health_only(a, _duration(a.health_interval)),
+    "health_timeout": lambda a: _health_only(a, _duration(a.health_timeout)),
+    "health_failures": lambda a: _health_only(a, a.health_failures),
+    "reload_signal": lambda a: (None if a.reload_signal is None
+                                else units.signal_name(a.reload_signal)),
     "listen": lambda a: _cluster_only(a, list(a.listen)),
     "balance": lambda a: _cluster_only(a, a.balance),
 }

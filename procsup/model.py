@@ -17,6 +17,15 @@ import os
 from collections.abc import Mapping
 
 
+class Condition(str, enum.Enum):
+    """What a `depends_on` entry waits for (contract §3 Dependencies)."""
+
+    STARTED = "started"  # every instance of the dependency is alive
+    READY = "ready"  # every instance is running
+    HEALTHY = "healthy"  # ready, and its latest health check passed
+    COMPLETED = "completed"  # every instance exited with code 0
+
+
 class ExecMode(str, enum.Enum):
     FORK = "fork"
     CLUSTER = "cluster"
@@ -33,6 +42,7 @@ class RestartPolicy(str, enum.Enum):
 class State(str, enum.Enum):
     """Instance states (contract §3). Values are what `status --json` prints."""
 
+    WAITING = "waiting"  # not started yet: its depends_on is not met (the reason names what)
     STARTING = "starting"  # alive, not yet ready per `ready`
     RUNNING = "running"
     STOPPING = "stopping"  # kill_signal sent, waiting for the group to be gone
@@ -97,6 +107,14 @@ class AppSpec:
     ready: str = "started"
     ready_timeout: float = 30.0
     heartbeat_timeout: float | None = None
+    #: (app, condition) pairs in the order written; validated against the other apps
+    depends_on: tuple[tuple[str, Condition], ...] = ()
+    #: liveness check: "tcp://host:port", "http://host:port/path", or an argv (exit 0 = healthy)
+    health: str | tuple[str, ...] | None = None
+    health_interval: float = 10.0
+    health_timeout: float = 2.0
+    health_failures: int = 3
+    reload_signal: int | None = None  # `reload` sends this in place instead of replacing
     listen: tuple[str, ...] = ()
     balance: str = "shared"
     source: str | None = dataclasses.field(default=None, compare=False)
@@ -174,6 +192,8 @@ class InstanceView:
     reason: str | None
     status: str | None = None
     next_cron_restart: str | None = None
+    health: str | None = None  # None (no check), "unknown", "healthy", "unhealthy"
+    disabled: bool = False  # its app is disabled (`procsup disable`)
     #: its log files that refused writes: path, error (None once writing resumed), since,
     #: dropped_lines, dropped_bytes
     log_errors: tuple[dict[str, object], ...] = ()

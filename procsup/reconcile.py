@@ -85,6 +85,10 @@ LIVE_FIELDS = frozenset({
     "autorestart", "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay",
     "kill_signal", "kill_timeout",
     "max_memory_restart", "watch", "ignore_watch", "cron_restart",
+    # The order of starts and stops (contract: "a change of depends_on alone restarts
+    # nothing"), how running instances are checked, and what `reload` does.
+    "depends_on", "health", "health_interval", "health_timeout", "health_failures",
+    "reload_signal",
 })
 
 # Never part of the "definition changed" comparison: `instances` is handled as a scale, and

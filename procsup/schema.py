@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from procsup import cron, units
-from procsup.model import ExecMode, RestartPolicy
+from procsup.model import Condition, ExecMode, RestartPolicy
 
 #: App names: `[apps.NAME]`. "all" is reserved for `procsup start all`. The name is part of
 #: file names (the default logs `<app>-error-<i>.log` and their rotated `.N`), and will be of
@@ -183,6 +183,13 @@ def _non_negative_int(value: object) -> int:
     return value
 
 
+def _positive_int(value: object) -> int:
+    assert isinstance(value, int)
+    if value < 1:
+        raise ValueProblem(f"must be >= 1, got {value}")
+    return value
+
+
 def _mode(value: object) -> int:
     return units.parse_mode(value)
 
@@ -340,22 +347,87 @@ def _balance(value: object) -> str:
     return value
 
 
-def _ready(value: object) -> str:
-    assert isinstance(value, str)
-    if value in ("started", "notify"):
-        return value
+def _probe(value: str, what: str) -> str | None:
+    """`value` checked as a "tcp://HOST:PORT" or "http://HOST:PORT/PATH" probe; None when it
+    is neither kind."""
     if value.startswith("tcp://"):
-        check_host_port(value[len("tcp://") :], "ready probe")
+        check_host_port(value[len("tcp://") :], what)
         return value
     if value.startswith("http://"):
         rest = value[len("http://") :]
         hostport, _slash, _path = rest.partition("/")
-        check_host_port(hostport, "ready probe")
+        check_host_port(hostport, what)
         return value
+    return None
+
+
+def _ready(value: object) -> str:
+    assert isinstance(value, str)
+    if value in ("started", "notify"):
+        return value
+    if value.startswith("log:"):
+        pattern = value[len("log:") :]
+        if not pattern:
+            raise ValueProblem('invalid ready "log:": give a regular expression after "log:"')
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueProblem(f"invalid ready {value!r}: bad regular expression: {exc}") from None
+        return value
+    probe = _probe(value, "ready probe")
+    if probe is not None:
+        return probe
     raise ValueProblem(
-        f'invalid ready {value!r}: expected "started", "notify", "tcp://HOST:PORT" '
-        'or "http://HOST:PORT/PATH"'
+        f'invalid ready {value!r}: expected "started", "notify", "tcp://HOST:PORT", '
+        '"http://HOST:PORT/PATH" or "log:REGEX"'
     )
+
+
+def _health(value: object) -> str | tuple[str, ...]:
+    """A probe URL, or a command as an argv array (a string that is not a URL is an error: a
+    command must be an array, so that a typo in a URL is not run as a program)."""
+    if isinstance(value, list):
+        command = _command(value)
+        assert isinstance(command, tuple)
+        return command
+    assert isinstance(value, str)
+    probe = _probe(value, "health check")
+    if probe is None:
+        raise ValueProblem(
+            f'invalid health {value!r}: expected "tcp://HOST:PORT", "http://HOST:PORT/PATH" '
+            'or a command as an array (["/usr/bin/check", "--quick"])'
+        )
+    return probe
+
+
+def _depends_on(value: object) -> tuple[tuple[str, Condition], ...]:
+    """A list of app names (each "ready") or a table app -> condition."""
+    conditions = ", ".join(f'"{c.value}"' for c in Condition)
+    if isinstance(value, list):
+        names = _strings(value)
+        pairs = [(n, Condition.READY) for n in names]
+    else:
+        assert isinstance(value, dict)
+        pairs = []
+        for name, cond in value.items():
+            if not isinstance(cond, str):
+                raise ValueProblem(f"expected one of {conditions}, got {type_name(cond)}",
+                                   subkey=name)
+            try:
+                pairs.append((name, Condition(cond)))
+            except ValueError:
+                raise ValueProblem(f"expected one of {conditions}, got {cond!r}",
+                                   subkey=name) from None
+    seen: set[str] = set()
+    for name, _cond in pairs:
+        problem = app_name_problem(name) if name not in RESERVED_APP_NAMES else (
+            f"{name!r} is not an app")
+        if problem is not None:
+            raise ValueProblem(problem, subkey=name)
+        if name in seen:
+            raise ValueProblem(f"{name!r} is listed twice", subkey=name)
+        seen.add(name)
+    return tuple(pairs)
 
 
 def parse_env_line(line: str) -> tuple[str, str] | None:
@@ -506,13 +578,30 @@ APP_KEYS: Mapping[str, Key] = _rows(
         "path relative to the watched directory"),
     Key("cron_restart", _S, 'string (cron: "min hour dom month dow")', None, _cron,
         "restart at these times"),
-    Key("ready", _S, '"started", "notify", "tcp://HOST:PORT" or "http://HOST:PORT/PATH"',
+    Key("ready", _S,
+        '"started", "notify", "tcp://HOST:PORT", "http://HOST:PORT/PATH" or "log:REGEX"',
         "started", _ready,
-        "when an instance counts as ready (for reload and the starting state)"),
+        "when an instance counts as ready (for reload, depends_on and the starting state); "
+        "log:REGEX = a line of its stdout or stderr matches"),
     Key("ready_timeout", _DUR, _DUR_DOC, "30s", _positive_duration,
         "a replacement not ready within this fails the reload"),
     Key("heartbeat_timeout", _DUR, _DUR_DOC, None, _positive_duration,
         'with ready = "notify": restart an instance silent (no WATCHDOG=1) for this long'),
+    Key("depends_on", (list, dict), "array of app names, or table of app = condition", (),
+        _depends_on,
+        'start after these apps: "started", "ready" (a list means ready), "healthy" or '
+        '"completed"; stop before them'),
+    Key("health", (str, list), '"tcp://HOST:PORT", "http://HOST:PORT/PATH" or an array (command)',
+        None, _health,
+        "liveness check of every running instance; failing health_failures times restarts it"),
+    Key("health_interval", _DUR, _DUR_DOC, "10s", _positive_duration,
+        "time between two health checks of an instance"),
+    Key("health_timeout", _DUR, _DUR_DOC, "2s", _positive_duration,
+        "a check that takes longer has failed"),
+    Key("health_failures", _I, "integer >= 1", 3, _positive_int,
+        "failed checks in a row that restart the instance"),
+    Key("reload_signal", (str, int), 'signal: "SIGHUP", "HUP" or a number', None, _signal,
+        "`reload` sends this signal to each instance (in place) instead of replacing it"),
     Key("listen", (str, list), "string or array of strings (addresses)", (), _listen,
         'cluster only: "tcp://HOST:PORT", "tcp://[::]:PORT", "unix:/path"'),
     Key("balance", _S, '"shared" or "reuseport"', "shared", _balance,

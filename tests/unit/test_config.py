@@ -15,7 +15,7 @@ import pytest
 
 from procsup import config, paths, schema
 from procsup.errors import ConfigError
-from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode, RestartPolicy
+from procsup.model import AppSpec, Condition, DaemonSpec, Desired, ExecMode, RestartPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "etc" / "procsup" / "apps.toml"
@@ -109,6 +109,13 @@ APP_VALID = [
     ('ready = "http://localhost:8000/health"', "ready", "http://localhost:8000/health"),
     ('ready_timeout = "45s"', "ready_timeout", 45.0),
     ('ready = "notify"\nheartbeat_timeout = "10s"', "heartbeat_timeout", 10.0),
+    ('ready = "log:Ready to accept"', "ready", "log:Ready to accept"),
+    ('health = "tcp://127.0.0.1:6379"', "health", "tcp://127.0.0.1:6379"),
+    ('health = ["redis-cli", "ping"]', "health", ("redis-cli", "ping")),
+    ('health = "http://[::1]:80/h"\nhealth_interval = "1s"', "health_interval", 1.0),
+    ('health = "tcp://h:1"\nhealth_failures = 1', "health_failures", 1),
+    ('reload_signal = "HUP"', "reload_signal", 1),
+    ('reload_signal = 10', "reload_signal", 10),
     (
         'exec_mode = "cluster"\nlisten = ["tcp://0.0.0.0:80", "tcp://[::]:80", "unix:/run/a.sock"]',
         "listen",
@@ -189,6 +196,20 @@ APP_INVALID = [
     ('ready = "http://:80/x"', "ready", "HOST:PORT"),
     ('ready_timeout = "0s"', "ready_timeout", "greater than zero"),
     ('heartbeat_timeout = "10s"', "heartbeat_timeout", 'only used with ready = "notify"'),
+    ('ready = "log:"', "ready", "regular expression after"),
+    ('ready = "log:(unclosed"', "ready", "bad regular expression"),
+    ('health = "redis-cli ping"', "health", "a command as an array"),
+    ('health = "tcp://h"', "health", "HOST:PORT"),
+    ("health = []", "health", "must not be empty"),
+    ('health_interval = "1s"', "health_interval", "only used with health"),
+    ('health = "tcp://h:1"\nhealth_failures = 0', "health_failures", ">= 1"),
+    ('health = "tcp://h:1"\nhealth_timeout = 0', "health_timeout", "greater than zero"),
+    ('reload_signal = "SIGNOPE"', "reload_signal", "signal"),
+    ('depends_on = "db"', "depends_on", "expected array"),
+    ('depends_on = { db = "up" }', "depends_on", 'expected one of "started"'),
+    ('depends_on = { db = 1 }', "depends_on", "got integer"),
+    ('depends_on = ["db", "db"]', "depends_on", "listed twice"),
+    ('depends_on = ["all"]', "depends_on", "not an app"),
     ('ready = "notify"\nheartbeat_timeout = 0', "heartbeat_timeout", "greater than zero"),
     ('listen = "tcp://0.0.0.0:80"', "listen", 'only used with exec_mode = "cluster"'),
     ('balance = "shared"', "balance", 'only used with exec_mode = "cluster"'),
@@ -1139,6 +1160,12 @@ APP_DEFAULTS: dict[str, tuple[str | None, object]] = {
     "ready": ('"started"', "started"),
     "ready_timeout": ('"30s"', 30.0),
     "heartbeat_timeout": (None, None),
+    "depends_on": ("[]", ()),
+    "health": (None, None),
+    "health_interval": ('"10s"', 10.0),  # with health only: checked below
+    "health_timeout": ('"2s"', 2.0),
+    "health_failures": ("3", 3),
+    "reload_signal": (None, None),
     "listen": ("[]", ()),  # required in cluster mode, refused in fork mode: checked below
     "balance": ('"shared"', "shared"),  # cluster only: checked below
 }
@@ -1155,6 +1182,7 @@ DAEMON_PATH_KEYS = {"socket", "pidfile", "log_dir", "state_dir"}
 #: Required, or resolved against log_dir (test_default_log_files_and_per_instance_names).
 APP_CONTEXT_KEYS = {"command", "out_file", "error_file"}
 CLUSTER_ONLY = {"listen", "balance"}
+HEALTH_ONLY = {"health_interval", "health_timeout", "health_failures"}
 CLUSTER_APP = '[apps.c]\ncommand = "x"\nexec_mode = "cluster"\nlisten = ["tcp://127.0.0.1:8000"]\n'
 
 
@@ -1187,7 +1215,7 @@ def test_the_documented_defaults_written_out_change_nothing(tmp_path: Path) -> N
     explicit = load_text(
         tmp_path,
         "[procsup]\n" + written(DAEMON_DEFAULTS, set())
-        + '[apps.a]\ncommand = "x"\n' + written(APP_DEFAULTS, CLUSTER_ONLY)
+        + '[apps.a]\ncommand = "x"\n' + written(APP_DEFAULTS, CLUSTER_ONLY | HEALTH_ONLY)
         + CLUSTER_APP + 'balance = "shared"\n',
     )
     assert explicit.apps == absent.apps
@@ -1469,3 +1497,26 @@ def test_a_small_integer_duration_is_warned_about(tmp_path: Path) -> None:
 def test_no_warnings_for_plain_configs(tmp_path: Path) -> None:
     desired = load_text(tmp_path, '[apps.a]\ncommand = "x"\nkill_timeout = "5s"\ninstances = 2\n')
     assert desired.warnings == ()
+
+
+def test_depends_on_is_checked_against_the_other_apps_with_file_and_line(
+        tmp_path: Path) -> None:
+    (tmp_path / "more.toml").write_text(
+        '[apps.web]\ncommand = "x"\n\ndepends_on = { dbb = "ready", job = "completed" }\n')
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, '[procsup]\ninclude = ["more.toml"]\n[apps.db]\ncommand = "x"\n'
+                  '[apps.job]\ncommand = "x"\n[apps.a]\ncommand = "x"\ndepends_on = ["b"]\n'
+                  '[apps.b]\ncommand = "x"\ndepends_on = ["a"]\n')
+    text = str(caught.value)
+    more = tmp_path / "more.toml"
+    assert f"{more}:4: app 'web', key 'depends_on': unknown app 'dbb' (did you mean 'db'?)" in text
+    assert (f"{more}:4: app 'web', key 'depends_on': 'job' is restarted whenever it ends "
+            "(autorestart = true)") in text
+    assert "apps.toml:9: app 'a', key 'depends_on': depends_on cycle: a -> b -> a" in text
+
+
+def test_depends_on_forms() -> None:
+    assert schema.check(schema.APP_KEYS["depends_on"], ["db", "cache"]) == (
+        ("db", Condition.READY), ("cache", Condition.READY))
+    assert schema.check(schema.APP_KEYS["depends_on"], {"db": "healthy", "m": "completed"}) == (
+        ("db", Condition.HEALTHY), ("m", Condition.COMPLETED))

@@ -128,6 +128,12 @@ max_memory_restart = "1G"
 cron_restart = "0 4 * * *"
 ready = "notify"
 heartbeat_timeout = "10s"
+depends_on = { once = "completed" }
+health = ["/bin/true"]
+reload_signal = "HUP"
+[apps.once]
+command = "true"
+autorestart = false
 """
     original, _ = round_trip(tmp_path, text, profile="p")
     data = tomllib.loads(dump(original))
