@@ -19,7 +19,7 @@ from typing import Any
 from procsup import __version__, deps, dump, lifecycle, logs, metrics, units
 from procsup.apply import Applier
 from procsup.errors import ConfigError, RemoteError, WireError
-from procsup.model import InstanceView, State
+from procsup.model import InstanceView, RestartPolicy, State
 from procsup.protocol import VERSION
 from procsup.supervisor import Ref, Supervisor, View
 
@@ -33,6 +33,13 @@ _WHILE_SHUTTING_DOWN = frozenset({"ping", "version", "status", "logs", "reread",
 LogFile = tuple[str, "int | None", str, str]  # app, instance (None: shared file), stream, path
 #: follow(path, callback): every chunk written to a log file, until the returned unsubscriber.
 Follow = Callable[[str, logs.Follower], Callable[[], None]]
+
+
+def _completed(v: View) -> bool:
+    """A one-shot task (not restarted when it ends) whose last run exited with code 0, and
+    that runs no more: what `depends_on = { x = "completed" }` waits for."""
+    return (v.spec.autorestart is not RestartPolicy.ALWAYS and v.inst.exit_code == 0
+            and v.state in (State.EXITED, State.STOPPED))
 
 
 class Commands:
@@ -111,9 +118,10 @@ class Commands:
     @staticmethod
     def _ok_started(wait: bool) -> Callable[[View], bool]:
         """After waiting, a start succeeded when the instance runs (a crash loop that is
-        `starting` again did not); without waiting, only an immediate spawn failure fails."""
+        `starting` again did not), or, a one-shot task, completed; without waiting, only an
+        immediate spawn failure fails."""
         if wait:
-            return lambda v: v.state is State.RUNNING
+            return lambda v: v.state is State.RUNNING or _completed(v)
         return lambda v: v.state is not State.ERRORED
 
     # ------------------------------------------------------------------ simple commands
@@ -136,7 +144,7 @@ class Commands:
             if app in chosen or app in self.engine.disabled:
                 continue
             for v in (self.engine.current(app) or {}).values():
-                done = v.state is State.EXITED and v.inst.exit_code == 0
+                done = _completed(v)
                 if not v.retiring and not done and v.state in (
                         State.STOPPED, State.ERRORED, State.EXITED):
                     found.append(v.ref)

@@ -551,7 +551,7 @@ class Supervisor:
         if new.state is not State.WAITING and slot.wait is not None:
             slot.wait = None  # started, or stopped: the gate lets go of it
             self._gated.pop(slot.ref, None)
-        if self._touched is not None and new != old:
+        if self._touched is not None and new is not old:
             self._touched.add(slot.id.app)
         if new.state != old.state:
             self._log_transition(slot, old, new)
