@@ -55,6 +55,9 @@ BUILTINS = frozenset({
 })  # fmt: skip
 
 _OPERATOR_CHARS = frozenset("|;<>&")
+#: A command without any of these, whose first word is no builtin and holds no "=", has no
+#: shell syntax: most commands, which `find` then answers without splitting them.
+_MAYBE_RE = re.compile(r"[|;<>&$`~]")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WHITESPACE = frozenset(" \t\r\n")
 
@@ -118,6 +121,14 @@ def words(command: str) -> list[tuple[str, str]]:
 
 def find(command: str) -> list[Finding]:
     """The shell syntax in `command`, in the order written (see the module docstring)."""
+    head = command.split(None, 1)[0] if command and not command.isspace() else ""
+    if "=" not in head and head not in BUILTINS and _MAYBE_RE.search(command) is None:
+        return []  # (a quick answer: config asks for every app at every load)
+    return find_all(command)
+
+
+def find_all(command: str) -> list[Finding]:
+    """`find` without its quick answer for the commands that cannot hold shell syntax."""
     found: list[Finding] = []
     for index, (text, how) in enumerate(words(command)):
         if index == 0:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from procsup import shellsyntax
 from procsup.shellsyntax import Kind
@@ -123,3 +125,14 @@ WARNINGS = [
 @pytest.mark.parametrize(("command", "expected"), WARNINGS, ids=[c for c, _ in WARNINGS])
 def test_warning_says_what_runs_and_the_fix(command: str, expected: str) -> None:
     assert shellsyntax.warning(command) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=" \t'\"\\|&;<>$`~=({}ab1.-/*#cdexportFO", max_size=24))
+def test_any_command_splits_as_shlex_and_the_quick_answer_is_right(command: str) -> None:
+    try:
+        expected = shlex.split(command)
+    except ValueError:  # unbalanced quotes: config refuses the command before asking
+        return
+    assert [text for text, _ in shellsyntax.words(command)] == expected
+    assert shellsyntax.find(command) == shellsyntax.find_all(command)
