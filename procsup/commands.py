@@ -101,12 +101,16 @@ class Commands:
         return list(chosen.values())
 
     @staticmethod
-    def outcome(views: Iterable[View], ok: Callable[[View], bool]) -> dict[str, object]:
-        """Per instance: state, pid, reason (for a failure without one, the last exit)."""
+    def outcome(views: Iterable[View], ok: Callable[[View], bool],
+                why: Callable[[View], str | None] = lambda v: None) -> dict[str, object]:
+        """Per instance: state, pid, reason (for a failure without one, what `why` says of
+        it, else the last exit)."""
         views = list(views)
         rows = []
         for v in views:
             reason = v.inst.reason
+            if reason is None and not ok(v):
+                reason = why(v)
             if reason is None and not ok(v) and v.inst.exit_code is not None:
                 reason = f"last run {units.exit_code_text(v.inst.exit_code)}"
             rows.append({
@@ -203,9 +207,17 @@ class Commands:
         failure = await asyncio.shield(run)  # a client that goes away does not stop the rollout
         current = [c for v in views
                    if (c := (self.engine.current(v.id.app) or {}).get(v.id.index)) is not None]
-        result = self.outcome(current, lambda v: failure is None and v.state is State.RUNNING)
+        # After a failure, an instance still on its old process was not reloaded: say that,
+        # not its last run's exit (an old one's, not the replacement's that failed: `error`).
+        before = {v.id: v.pid for v in views}
+        kept = {c.ref for c in current
+                if failure and c.pid is not None and c.pid == before.get(c.id)}
+        result = self.outcome(
+            current, lambda v: v.state is State.RUNNING and v.ref not in kept,
+            lambda v: "not reloaded: the old process keeps running" if v.ref in kept else None)
         if failure:
             result["error"] = failure
+            result["failed"] = True
         return result
 
     async def cmd_signal(self, args: dict[str, Any], send: Send) -> object:
