@@ -160,6 +160,7 @@ class Supervisor:
         self.log = logger
         self.processes = processes(self._report)
         self.shutting_down = False
+        self.disabled: frozenset[str] = frozenset()  # told by the applier (`set_disabled`)
         self._specs: dict[str, AppSpec] = {}
         self._table: dict[str, dict[int, Slot]] = {}
         self._replacements: list[Slot] = []
@@ -235,6 +236,11 @@ class Supervisor:
             slot.spec, slot.policy = spec, policy
             if slot.run is not None:
                 self.processes.retarget(slot.run, spec)
+
+    def set_disabled(self, names: Iterable[str]) -> None:
+        """The apps `procsup disable` holds back (the applier owns that set and tells the
+        engine each change), for the dependency gate: a disabled app is never started."""
+        self.disabled = frozenset(names)
 
     def add(self, app: str, index: int) -> Ref:
         """The slot of instance `index` of `app`, a new one if there is none or it is

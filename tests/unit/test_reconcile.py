@@ -645,12 +645,9 @@ STOPPED_AND_DISABLED: list[tuple[str, dict[str, Running], dict[str, AppSpec], fr
 ]
 
 
-@pytest.mark.parametrize(
-    ("running_", "apps", "off", "expected", "held", "live"),
-    [c[1:] for c in STOPPED_AND_DISABLED], ids=[c[0] for c in STOPPED_AND_DISABLED])
-def test_stopped_and_disabled(running_: dict[str, Running], apps: dict[str, AppSpec],
-                              off: frozenset[str], expected: list[Any], held: tuple[str, ...],
-                              live: Any) -> None:
+@pytest.mark.parametrize("case", STOPPED_AND_DISABLED, ids=[c[0] for c in STOPPED_AND_DISABLED])
+def test_stopped_and_disabled(case: Any) -> None:
+    _, running_, apps, off, expected, held, live = case
     p = plan(running_, apps, disabled=off)
     assert [(a.action, a.app, a.instances) for a in p.actions] == expected
     assert p.disabled == held
