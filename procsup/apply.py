@@ -487,8 +487,8 @@ class Applier:
         fail the same way. (A reload's replacement that is not yet the instance is recycled as
         usual instead: the reload is under way.)"""
         specs = self.engine.specs()
-        if self.shutting_down or app not in specs:
-            return
+        if self.shutting_down or app not in specs or app in self.disabled:
+            return  # (a disabled app runs nothing a monitor could recycle or revive)
         current = self.engine.current(app) or {}
         if unstable is not None and not (
                 index is not None and index in current and current[index].pid == pid):

@@ -197,6 +197,17 @@ def test_a_disable_stops_a_rolling_reload_of_that_app(tmp_path: Path) -> None:
     play(tmp_path, scenario)
 
 
+def test_a_monitor_neither_recycles_nor_revives_a_disabled_app(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        await apply(w, WEB)
+        w.applier.recycle("web", None, "cron_restart", revive=True)
+        await w.until(lambda: True)
+        assert spawned(w) == []
+        assert set(w.states("web").values()) == {"stopped"}
+
+    play(tmp_path, scenario, disabled=("web",))
+
+
 def test_a_record_that_cannot_be_written_changes_nothing(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         await apply(w, WEB)
