@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from procsup import config, monitors, reconcile, units, watch
+from procsup import config, monitors, reconcile, statefile, units, watch
 from procsup.errors import ConfigError
 from procsup.model import LIVE_STATES, Desired, ExecMode, State
 from procsup.reconcile import Kind
@@ -38,6 +38,8 @@ _DEBOUNCE = 0.2
 _RECHECK = 0.5
 #: A config load (on its worker thread) that takes longer fails: nothing changes.
 LOAD_DEADLINE = 10.0
+#: The kinds of action that only take instances away (run before anything starts).
+_RETIRES = (Kind.STOP, Kind.SCALE_DOWN)
 
 
 class ConfigLoader:
@@ -154,9 +156,13 @@ class Applier:
     wait for a daemon restart."""
 
     def __init__(self, engine: Supervisor, desired: Desired, *,
-                 profile_override: str | None) -> None:
+                 profile_override: str | None, disabled: Iterable[str] = ()) -> None:
         self.engine = engine
         self.desired = desired
+        # The apps `procsup disable` recorded in state_dir (names not in the config too: a
+        # re-added app stays disabled). Part of the desired state: no plan starts them.
+        self.disabled: frozenset[str] = frozenset(disabled)
+        engine.set_disabled(self.disabled)
         self.loop = engine.loop
         self.log = engine.log
         self.profile_override = profile_override
@@ -258,7 +264,8 @@ class Applier:
             raise ConfigError(f"cannot read: {exc.strerror or exc}", file=path) from None
 
     def plan(self, new: Desired) -> reconcile.Plan:
-        return reconcile.plan(self.running(), new.apps, self.desired.daemon, new.daemon)
+        return reconcile.plan(self.running(), new.apps, self.desired.daemon, new.daemon,
+                              self.disabled)
 
     def _refs(self, app: str, indexes: Iterable[int]) -> list[Ref]:
         current = self.engine.current(app) or {}
@@ -289,7 +296,7 @@ class Applier:
             )
             retired: list[View] = []
             for action in plan.actions:
-                if action.kind in (Kind.STOP, Kind.SCALE_DOWN):
+                if action.kind in _RETIRES:
                     retired += engine.retire(self._refs(action.app, action.instances))
             await engine.stopped([v.ref for v in retired if v.live])
             previous = engine.specs()
@@ -297,7 +304,12 @@ class Applier:
             failed_before = len(failures)
             for action in plan.actions:
                 refs = self._refs(action.app, action.instances)
-                if action.kind is Kind.RELOAD:
+                if action.kind is Kind.ADD or (
+                        action.app in self.disabled and action.kind not in _RETIRES):
+                    # (Also what a `disable` that came while this apply ran holds back.)
+                    for i in action.instances:
+                        engine.add(action.app, i)
+                elif action.kind is Kind.RELOAD:
                     failure = await self.rolling(action.app, action.instances)
                     if failure:
                         self.log.error("apply: %s", failure)
@@ -313,7 +325,10 @@ class Applier:
                     for i in action.instances:
                         if self.shutting_down:
                             break  # SIGTERM meanwhile: start nothing more
-                        starting.update(engine.start([engine.add(action.app, i)]))
+                        ref = engine.add(action.app, i)
+                        if action.app in self.disabled:  # disabled meanwhile: slots only
+                            continue
+                        starting.update(engine.start([ref]))
                         if len(starting) % _YIELD_EVERY == 0:
                             await asyncio.sleep(0)  # record what runs so far; answer clients
             self.config_error = "; ".join(failures[failed_before:]) or None
@@ -341,13 +356,42 @@ class Applier:
             # PROCSUP_INSTANCES of the next runs; per-instance log names when crossing 1
             engine.set_spec(app, dataclasses.replace(engine.specs()[app], instances=count))
             added = [engine.add(app, i) for i in range(len(current), count)]
-            marks = engine.start(added)
+            marks = {} if app in self.disabled else engine.start(added)  # disabled: stopped
             self.monitors.configure(engine.specs(), self.desired.daemon)
         gone = {v.ref: v for v in retired}
         if wait:
             gone.update((v.ref, v) for v in await engine.stopped(list(gone)))
-            return [*gone.values(), *await engine.started(marks)]
+            return [*gone.values(), *await engine.started(marks), *engine.views(
+                [r for r in added if r not in marks])]
         return [*gone.values(), *engine.views(added)]
+
+    # ------------------------------------------------------------------ disable and enable
+
+    async def disable(self, names: Iterable[str], *, wait: bool) -> list[View]:
+        """`procsup disable`: record `names` as disabled in state_dir, durably and before
+        anything stops (OSError when it cannot be written: then nothing changed), keep every
+        plan from starting them from now on, and stop their instances; how those ended up."""
+        names = list(dict.fromkeys(names))
+        self._set_disabled(self.disabled | set(names))
+        refs = [v.ref for n in names for v in (self.engine.current(n) or {}).values()]
+        self.engine.stop(refs)
+        return await self.engine.stopped(refs) if wait else self.engine.views(refs)
+
+    def enable(self, names: Iterable[str]) -> Marks:
+        """`procsup enable`: remove `names` from the record (a name the config does not have
+        too: that is how its record goes), then start the instances of those that were
+        disabled (an app that was not is left as it is); the marks for `started`. OSError when
+        the record cannot be written (then nothing changed)."""
+        lifted = [n for n in dict.fromkeys(names) if n in self.disabled]
+        self._set_disabled(self.disabled - set(lifted))
+        return self.engine.start(
+            [v.ref for n in lifted for v in (self.engine.current(n) or {}).values()])
+
+    def _set_disabled(self, names: frozenset[str]) -> None:
+        if names != self.disabled:
+            statefile.write_disabled(self.desired.daemon.state_dir, names)
+        self.disabled = names
+        self.engine.set_disabled(names)
 
     async def reload_apps(self, targets: Mapping[str, list[int]]) -> str | None:
         """`procsup reload`: a rolling replacement of these instances, one at a time."""
@@ -373,6 +417,8 @@ class Applier:
             for index in indexes:
                 if self.shutting_down:
                     return f"reload of {app} stopped: procsupd is shutting down"
+                if app in self.disabled:
+                    return f"reload of {app} stopped: {app} was disabled"
                 old = (self.engine.current(app) or {}).get(index)
                 if old is None or old.retiring:
                     continue
@@ -441,8 +487,8 @@ class Applier:
         fail the same way. (A reload's replacement that is not yet the instance is recycled as
         usual instead: the reload is under way.)"""
         specs = self.engine.specs()
-        if self.shutting_down or app not in specs:
-            return
+        if self.shutting_down or app not in specs or app in self.disabled:
+            return  # (a disabled app runs nothing a monitor could recycle or revive)
         current = self.engine.current(app) or {}
         if unstable is not None and not (
                 index is not None and index in current and current[index].pid == pid):

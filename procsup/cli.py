@@ -28,6 +28,7 @@ from procsup.output import (
     format_plan,
     format_signalled,
     format_status,
+    format_toggled,
 )
 
 TYPE_CHECKING = False  # mypy treats this name as true; `typing` is not imported at run time
@@ -108,6 +109,15 @@ def cmd_outcome(ctx: _Context) -> int:
     _out(format_outcome(res))
     if res.get("error"):
         print(f"procsup: {res['error']}", file=sys.stderr)
+    return ExitCode.FAILED if res.get("failed") else ExitCode.OK
+
+
+def cmd_toggle(ctx: _Context) -> int:
+    """disable, enable: a line per app, then the instances; exit 1 when one did not stop or
+    start as asked."""
+    wait = not ctx.ns.no_wait
+    res = ctx.call(ctx.ns.cmd, None if wait else QUICK_TIMEOUT, apps=ctx.ns.apps, wait=wait)
+    _out(format_toggled(res))
     return ExitCode.FAILED if res.get("failed") else ExitCode.OK
 
 
@@ -314,12 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the daemon's JSON object")
     for name, text in (
         ("start", "start stopped or errored instances"),
-        ("stop", "stop instances (they stay stopped)"),
+        ("stop", "stop instances (they stay stopped until started, or until an applied "
+                 "config changes their app)"),
         ("restart", "stop then start; resets the restart counter"),
         ("reload", "graceful rolling restart"),
     ):
         sp = add(name, cmd_outcome, text)
         sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
+        no_wait(sp)
+    for name, text in (
+        ("disable", "stop APP and keep it stopped across applies and daemon restarts, until "
+                    "`procsup enable APP`"),
+        ("enable", "undo `disable` and start APP"),
+    ):
+        sp = add(name, cmd_toggle, text)
+        sp.add_argument("apps", nargs="+", metavar="APP", help="app name")
         no_wait(sp)
     sp = add("scale", cmd_scale, "run N instances of APP now (until the next config apply)")
     sp.add_argument("app", metavar="APP")

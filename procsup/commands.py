@@ -154,8 +154,69 @@ class Commands:
                     found.append(v.ref)
         return found
 
+    def _not_disabled(self, names: Iterable[str], views: list[View]) -> list[View]:
+        """What start, restart and reload may reach: a disabled app named is an error (exit
+        1, before anything is done); `all` leaves its instances out."""
+        off = self.applier.disabled
+        for app in (n.partition(":")[0] for n in names if n != "all"):
+            if app in off:
+                raise RemoteError(WireError.FAILED.value,
+                                  f"{app} is disabled: `procsup enable {app}` starts it")
+        return [v for v in views if v.id.app not in off]
+
+    def _whole_apps(self, cmd: str, names: list[str], *, configured: bool) -> list[str]:
+        """The names for disable and enable: whole apps only; with `configured`, each must be
+        an app of the applied config (enable also takes a disabled name the config lost)."""
+        specs, off = self.engine.specs(), self.applier.disabled
+        for name in names:
+            if name == "all" or ":" in name:
+                raise RemoteError(WireError.BAD_REQUEST.value,
+                                  f"{cmd} takes app names, not {name!r}")
+            if name not in specs and (configured or name not in off):
+                self.select([name])  # raises unknown_app with the list of apps
+        return list(dict.fromkeys(names))
+
+    def _toggled(self, names: list[str], before: frozenset[str]) -> list[dict[str, object]]:
+        """Per app: whether it is disabled now, whether this command changed that, and
+        whether the applied config has it."""
+        specs, now = self.engine.specs(), self.applier.disabled
+        return [{"app": n, "disabled": n in now, "changed": (n in now) != (n in before),
+                 "configured": n in specs} for n in names]
+
+    def _record_failed(self, exc: OSError) -> RemoteError:
+        where = self.applier.desired.daemon.state_dir
+        return RemoteError(WireError.FAILED.value,
+                           f"cannot record the disabled apps in {where}: "
+                           f"{exc.strerror or exc}; nothing was changed")
+
+    async def cmd_disable(self, args: dict[str, Any], send: Send) -> object:
+        """Record the apps as disabled (state_dir), then stop them; they stay stopped across
+        applies and daemon restarts until `enable`."""
+        names = self._whole_apps("disable", args["apps"], configured=True)
+        before, wait = self.applier.disabled, bool(args.get("wait", True))
+        try:
+            views = await self.applier.disable(names, wait=wait)
+        except OSError as exc:
+            raise self._record_failed(exc) from None
+        result = self.outcome(views, lambda v: not wait or not v.live)
+        result["apps"] = self._toggled(names, before)
+        return result
+
+    async def cmd_enable(self, args: dict[str, Any], send: Send) -> object:
+        """Remove the apps from the disabled record and start them."""
+        names = self._whole_apps("enable", args["apps"], configured=False)
+        before, wait = self.applier.disabled, bool(args.get("wait", True))
+        try:
+            marks = self.applier.enable(names)
+        except OSError as exc:
+            raise self._record_failed(exc) from None
+        views = await self.engine.started(marks) if wait else self.engine.views(marks)
+        result = self.outcome(views, self._ok_started(wait))
+        result["apps"] = self._toggled(names, before)
+        return result
+
     async def _start(self, args: dict[str, Any], restart: bool) -> object:
-        views = self.select(args["apps"])
+        views = self._not_disabled(args["apps"], self.select(args["apps"]))
         refs = [v.ref for v in views]
         # Only instances of the table start: one retiring, a reload's replacement or an
         # outgoing old instance is on its way out already (and not reported).
@@ -195,7 +256,7 @@ class Commands:
 
     async def cmd_reload(self, args: dict[str, Any], send: Send) -> object:
         """Rolling restart: each instance's replacement is ready before the old one stops."""
-        views = self.select(args["apps"])
+        views = self._not_disabled(args["apps"], self.select(args["apps"]))
         targets: dict[str, list[int]] = {}
         for v in views:
             targets.setdefault(v.id.app, []).append(v.id.index)
@@ -252,7 +313,7 @@ class Commands:
                     cpu=round(cpu, 1) if cpu is not None else None, memory=mem,
                     exit_code=v.inst.exit_code, reason=v.inst.reason or v.note, status=v.status,
                     next_cron_restart=monitors.next_cron_restart(v.id.app),
-                    health=v.inst.health, disabled=v.id.app in self.engine.disabled,
+                    health=v.inst.health, disabled=v.id.app in self.applier.disabled,
                     log_errors=tuple(h.to_json() for h in v.log_health),
                 ).to_json()
             )
@@ -319,7 +380,8 @@ class Commands:
         if self.engine.shutting_down and not views:
             raise RemoteError(WireError.SHUTTING_DOWN.value, "procsupd is shutting down")
         ok = self._ok_started(wait)
-        return self.outcome(views, lambda v: v.retiring or ok(v))
+        held = app in self.applier.disabled  # its new instances are made stopped, by design
+        return self.outcome(views, lambda v: v.retiring or ok(v) or held)
 
     async def cmd_dump(self, args: dict[str, Any], send: Send) -> object:
         return {"toml": dump.dump(self.applier.desired)}

@@ -136,6 +136,17 @@ def setup_logging(desired: Desired, foreground: bool) -> logging.Logger:
     return logging.getLogger("procsupd")
 
 
+def read_disabled(state_dir: str) -> frozenset[str]:
+    """The apps `procsup disable` recorded in state_dir. A record that cannot be read is a
+    start-up failure, with the reason: guessing would start apps someone disabled."""
+    try:
+        return statefile.read_disabled(state_dir)
+    except (OSError, ValueError) as exc:
+        raise ProcsupError(
+            f"cannot read the disabled apps: {exc}; fix or remove the file "
+            f"(removing it enables every app)") from None
+
+
 async def serve(
     desired: Desired, logger: logging.Logger, on_ready: ReadyCallback, profile: str | None
 ) -> int:
@@ -147,9 +158,12 @@ async def serve(
         )
     )
     state_dir = desired.daemon.state_dir
+    disabled = read_disabled(state_dir)  # before the first apply: no disabled app starts
     processes = _Layer(loop, logger, state_dir)
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
-    applier = Applier(engine, desired, profile_override=profile)
+    applier = Applier(engine, desired, profile_override=profile, disabled=disabled)
+    if disabled:
+        logger.info("disabled (procsup enable starts them): %s", ", ".join(sorted(disabled)))
     layer = processes.layer
 
     async def prepare() -> None:

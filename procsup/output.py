@@ -149,6 +149,28 @@ def format_outcome(result: object) -> str:
     return text
 
 
+def format_toggled(result: object) -> str:
+    """`disable`/`enable`: a line per app (`web disabled: stays stopped until procsup enable
+    web`), then the instances as `format_outcome` prints them."""
+    res = as_dict(result)
+    out = []
+    for entry in (as_dict(a) for a in as_list(res.get("apps"))):
+        app, changed = entry.get("app", "?"), entry.get("changed") is True
+        if entry.get("disabled") is True:
+            out.append(f"{app} disabled: stays stopped until `procsup enable {app}`\n"
+                       if changed else f"{app} was disabled already\n")
+        elif not changed:
+            out.append(f"{app} is not disabled: nothing changed\n")
+        elif entry.get("configured") is False:
+            out.append(f"{app} enabled (the config has no app {app}: only its record "
+                       "went)\n")
+        else:
+            out.append(f"{app} enabled\n")
+    if as_list(res.get("instances")):
+        out.append(format_outcome(res))
+    return "".join(out)
+
+
 def format_signalled(result: object, signame: str) -> str:
     """`sent SIGUSR2 to web:0 (pid 4242)` per instance, or a line saying nothing was sent."""
     done = [as_dict(i) for i in as_list(as_dict(result).get("signalled"))]
@@ -169,9 +191,14 @@ def format_plan(result: object) -> str:
         if action.get("reason"):
             line += f": {action['reason']}"
         out.append(line + "\n")
+    held = [str(a) for a in as_list(res.get("disabled"))]
     for live in (as_dict(x) for x in as_list(res.get("live"))):
         changed = ", ".join(str(k) for k in as_list(live.get("keys")))
-        out.append(f"{'update':<8} {live.get('app', '?')}: {changed} changed (live, no restart)\n")
+        how = "disabled: nothing starts" if live.get("app") in held else "live, no restart"
+        out.append(f"{'update':<8} {live.get('app', '?')}: {changed} changed ({how})\n")
+    updated = {as_dict(x).get("app") for x in as_list(res.get("live"))}
+    out += [f"{'disabled':<8} {app}: nothing starts (`procsup enable {app}` starts it)\n"
+            for app in held if app not in updated]
     if not out:
         out.append("no changes\n")
     keys = [str(k) for k in as_list(res.get("restart_daemon"))]
@@ -238,9 +265,14 @@ STATUS_WIDTH = 60
 
 
 def _last_column(inst: dict[str, Any]) -> str:
-    """The reason, else the last exit; then the `STATUS=` text the run sent, quoted (the
-    app's own words): `"serving 12 clients"`, `exit 1; "warming cache"`."""
+    """The reason (first that the app is disabled, if it is), else the last exit; then the
+    `STATUS=` text the run sent, quoted (the app's own words): `"serving 12 clients"`,
+    `exit 1; "warming cache"`."""
     reason = inst.get("reason")
+    if inst.get("disabled") is True:
+        app = inst.get("app", "?")
+        hint = f"disabled: `procsup enable {app}` starts it"
+        reason = f"{hint}; {reason}" if reason else hint
     cell = str(reason) if reason else _last_exit(inst)
     status = inst.get("status")
     if not isinstance(status, str) or not status:

@@ -322,7 +322,8 @@ COMMANDS: Mapping[str, Command] = types.MappingProxyType(
             ),
             Command(
                 "stop",
-                "stop instances; they stay stopped until started or the config is applied anew",
+                "stop instances; they stay stopped until started or an applied config changes "
+                "their app",
                 (_apps(_APPS_DOC), _wait("reply once the processes are gone")),
             ),
             Command(
@@ -379,6 +380,18 @@ COMMANDS: Mapping[str, Command] = types.MappingProxyType(
                 ),
             ),
             Command("dump", "the effective config as TOML"),
+            Command(
+                "disable",
+                "stop apps and keep them stopped across applies and daemon restarts (recorded "
+                "in state_dir) until enable",
+                (_apps("app names"), _wait("reply once the processes are gone")),
+            ),
+            Command(
+                "enable",
+                "remove apps from the disabled record and start them",
+                (_apps("app names (also a disabled name the config no longer has)"),
+                 _wait("reply once the instances run or errored")),
+            ),
         )
     }
 )

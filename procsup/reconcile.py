@@ -1,10 +1,10 @@
 """The reconcile planner (layer 1: pure, no I/O, no clock).
 
-`plan(running, apps, old_daemon, new_daemon)` compares what runs with what the config asks for and
-returns a `Plan`: an ordered tuple of `Action`s plus the `[procsup]` keys that only a daemon
-restart applies. `reread` prints it (`Plan.describe()`, `Plan.to_json()`); `update` hands the same
-plan to the applier (`apply`), which executes the actions in order and decides nothing itself:
-each `Kind` of action is executed one way.
+`plan(running, apps, old_daemon, new_daemon, disabled)` compares what runs with what the config
+asks for and returns a `Plan`: an ordered tuple of `Action`s plus the `[procsup]` keys that only
+a daemon restart applies. `reread` prints it (`Plan.describe()`, `Plan.to_json()`); `update`
+hands the same plan to the applier (`apply`), which executes the actions in order and decides
+nothing itself: each `Kind` of action is executed one way.
 
 Contract (CONTRACT.md §3 "Reconcile"):
 - An app whose effective definition is unchanged (`AppSpec` equality, ignoring `instances`;
@@ -24,17 +24,29 @@ Contract (CONTRACT.md §3 "Reconcile"):
   when no instance remains (the new instances start from the new spec anyway).
 - A count change only starts or stops the difference: `scale` with the ids that are added
   (`SCALE_UP`, going up) or the ids that go (`SCALE_DOWN`; always the highest ones), reason
-  "instances 4 -> 2". Instances stopped by a command are started again (`RESUME`).
-  The current count is `Running.instances`, so a runtime `procsup scale` lasts only until the
-  next apply, as the contract says.
+  "instances 4 -> 2". The current count is `Running.instances`, so a runtime `procsup scale`
+  lasts only until the next apply, as the contract says.
+- Instances stopped by `procsup stop` (`Running.stopped`) stay stopped unless the apply changes
+  that app's own definition. "Its definition changes" means exactly: the plan has something
+  for the app, i.e. any field of its effective `AppSpec` differs (live keys included) or its
+  instance count differs from the slots it has (which includes the apply that ends a runtime
+  `procsup scale`). Then a restart, reload or rebind starts them with the others, and a change
+  of only live keys or of the count starts them with `RESUME` (ids that remain). An apply that
+  changes other apps only leaves them stopped: no action at all for the app.
+- A disabled app (`disabled`, the names `procsup disable` recorded) is never started: a new
+  (or re-added) one gets its slots, stopped (`ADD`); more instances for it are `ADD`ed too;
+  a changed definition restarts nothing (every key applies at once, reported in `live`, since
+  nothing runs), and it never gets `RESUME`. Fewer instances still retire the extra slots
+  (`SCALE_DOWN`). `Plan.disabled` names the disabled apps the plan holds back this way.
 
 Order of the whole plan, chosen so resources are freed before anything new needs them and no
 process is started only to be restarted or stopped by a later action:
 1. `stop` of removed apps, in the order of `running`;
 2. every `scale` down, then every `restart`/`reload`, then every `scale` up, then every `start`
-   of a new app, each group in the order of `apps` (the new file order), except that the
-   `scale` ups and the starts go dependencies first (`deps.layers`: an app after every app it
-   `depends_on`), so a dependent is never started before what it waits for exists.
+   of a new app (and `RESUME`, and `ADD`), each group in the order of `apps` (the new file
+   order), except that the `scale` ups and the starts go dependencies first (`deps.layers`:
+   an app after every app it `depends_on`), so a dependent is never started before what it
+   waits for exists.
 So for one app whose definition and count both change: going down, the extra instances stop
 first and then fewer restart; going up, the existing instances restart and then the new ones
 start (from the new spec, so they never need a restart).
@@ -44,7 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from procsup import deps
@@ -64,14 +76,15 @@ class Kind(str, enum.Enum):
     RELOAD = "reload"  # rolling: each replacement ready before its old instance stops
     SCALE_UP = "scale-up"  # new instances from the new definition
     START = "start"  # a new app
-    RESUME = "resume"  # instances stopped by a command, started again by an apply
+    RESUME = "resume"  # instances stopped by a command, started again: their app changed
+    ADD = "add"  # slots of a disabled app, created stopped: nothing starts
 
 
 #: The contract's names (`reread --json`, `reread`) of the kinds.
 WIRE = {
     Kind.STOP: "stop", Kind.SCALE_DOWN: "scale", Kind.RESTART: "restart",
     Kind.REBIND: "restart", Kind.RELOAD: "reload", Kind.SCALE_UP: "scale",
-    Kind.START: "start", Kind.RESUME: "start",
+    Kind.START: "start", Kind.RESUME: "start", Kind.ADD: "add",
 }
 
 #: `[procsup]` keys that a running daemon cannot apply: it already bound the control socket,
@@ -106,8 +119,8 @@ class Running:
     `spec` is the definition its instances were started from (the one last applied);
     `instances` is how many instance slots exist now, ids `0..instances-1`, which may differ from
     `spec.instances` after `procsup scale`. `stopped` are the ids stopped by a `stop` command:
-    they stay stopped until started or the config is applied anew (contract §1), so a plan
-    starts them again.
+    they stay stopped until started, or until an apply changes this app's own definition
+    (contract §1; the module docstring says what counts as a change).
     """
 
     spec: AppSpec
@@ -120,7 +133,8 @@ class Action:
     """One step of a plan: do `kind` to the instances `instances` (ascending) of `app`.
 
     For `STOP` and `SCALE_DOWN` the ids are the ones that go; for `START`, `SCALE_UP` and
-    `RESUME` the ids that start; for `RESTART`/`REBIND`/`RELOAD` the ids that are replaced.
+    `RESUME` the ids that start; for `RESTART`/`REBIND`/`RELOAD` the ids that are replaced; for
+    `ADD` the ids whose slots are made, stopped (a disabled app).
     """
 
     kind: Kind
@@ -158,27 +172,35 @@ class Action:
 class Plan:
     """What applying a config does: `actions` in execution order, and `restart_daemon`, the
     `[procsup]` keys (in `DaemonSpec` field order) that changed but take effect only when the
-    daemon restarts. A plan is truthy when it has any action."""
+    daemon restarts. `disabled` names the disabled apps (in file order) that the plan would
+    have started or restarted and holds back: nothing starts for them. A plan is truthy when it
+    has any action."""
 
     actions: tuple[Action, ...] = ()
     restart_daemon: tuple[str, ...] = ()
     live: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (app, LIVE_FIELDS changed) w/o restart
+    disabled: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        """`{"actions": [...], "restart_daemon": [...], "live": [{"app", "keys"}]}`
-        (CONTRACT.md §1, `reread --json`; `live` is procsup's addition: apps whose changed keys
-        apply without a restart)."""
+        """`{"actions": [...], "restart_daemon": [...], "live": [{"app", "keys"}],
+        "disabled": [...]}` (CONTRACT.md §1, `reread --json`; `live` and `disabled` are
+        procsup's additions: apps whose changed keys apply without a restart, and disabled
+        apps the plan starts nothing for). `ADD` actions start no process and are not among
+        the contract's `actions`: their apps are in `disabled`, and their slots show in
+        `status` as stopped."""
         return {
-            "actions": [a.to_json() for a in self.actions],
+            "actions": [a.to_json() for a in self.actions if a.kind is not Kind.ADD],
             "restart_daemon": list(self.restart_daemon),
             "live": [{"app": app, "keys": list(keys)} for app, keys in self.live],
+            "disabled": list(self.disabled),
         }
 
     def describe(self) -> list[str]:
         """One human line per action, then one for `restart_daemon` if any; `["no changes"]`
         when there is neither."""
         lines = [a.describe() for a in self.actions]
-        lines += [f"update {app} live, no restart ({', '.join(keys)} changed)"
+        lines += [f"update {app} live, no restart ({', '.join(keys)} changed"
+                  + ("; disabled: nothing starts)" if app in self.disabled else ")")
                   for app, keys in self.live]
         if self.restart_daemon:
             keys = ", ".join(self.restart_daemon)
@@ -230,8 +252,10 @@ def plan(
     apps: Mapping[str, AppSpec],
     old_daemon: DaemonSpec | None = None,
     new_daemon: DaemonSpec | None = None,
+    disabled: Collection[str] = frozenset(),
 ) -> Plan:
-    """The plan that takes `running` to `apps` (name -> spec, in file order); see the module
+    """The plan that takes `running` to `apps` (name -> spec, in file order), starting nothing
+    of the apps in `disabled` (names that are not in `apps` do not matter); see the module
     docstring for the rules and the order. Pure: same inputs, same plan."""
     stops = [
         Action(Kind.STOP, name, tuple(range(run.instances)), "removed from config")
@@ -243,23 +267,43 @@ def plan(
     ups: list[Action] = []
     starts: list[Action] = []
     live: list[tuple[str, tuple[str, ...]]] = []
+    held: list[str] = []
     for name, spec in apps.items():
         run = running.get(name)
+        off = name in disabled
         if run is None:
             if spec.instances > 0:
-                starts.append(Action(Kind.START, name, tuple(range(spec.instances)), "new app"))
+                ids = tuple(range(spec.instances))
+                starts.append(Action(Kind.ADD, name, ids, "new app; disabled, stays stopped")
+                              if off else Action(Kind.START, name, ids, "new app"))
+                if off:
+                    held.append(name)
             continue
         current, wanted = run.instances, spec.instances
         changed = changed_fields(run.spec, spec)
-        keys = tuple(k for k in changed if k not in LIVE_FIELDS)
         remaining = min(current, wanted)
+        if off:
+            # Nothing runs (disable stopped it): every key applies at once, nothing starts.
+            if changed:
+                live.append((name, changed))
+            if wanted < current:
+                downs.append(Action(Kind.SCALE_DOWN, name, tuple(range(wanted, current)),
+                                    f"instances {current} -> {wanted}"))
+            elif wanted > current:
+                starts.append(Action(Kind.ADD, name, tuple(range(current, wanted)),
+                                     f"instances {current} -> {wanted}; disabled, stays stopped"))
+            if changed or wanted > current:
+                held.append(name)
+            continue
+        keys = tuple(k for k in changed if k not in LIVE_FIELDS)
         if not keys and changed:
             live.append((name, changed))
-        if not keys:
+        if not keys and (changed or wanted != current):
+            # Its own definition changed (live keys or the count): what `stop` stopped starts.
             stopped = tuple(i for i in run.stopped if i < remaining)
             if stopped:
                 starts.append(Action(Kind.RESUME, name, stopped,
-                                      "stopped by command; config applied"))
+                                      "stopped by command; its definition changed"))
         if keys and remaining > 0:
             # Rolling only between cluster definitions with the same kind of sockets: a
             # balance change cannot keep the old sockets while the new ones are bound.
@@ -293,4 +337,5 @@ def plan(
         actions=(*stops, *downs, *replaces, *ups, *starts),
         restart_daemon=daemon_restart_keys(old_daemon, new_daemon),
         live=tuple(live),
+        disabled=tuple(held),
     )

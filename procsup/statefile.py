@@ -19,8 +19,12 @@ touch an unrelated process. Two independent means, both exact:
   overwrote the memory `/proc/<pid>/environ` shows (some `setproctitle` implementations), and
   processes of other users when the daemon is not root (their environ is unreadable).
 
-Linux only. This module reads and writes one file, `<state_dir>/instances.json`, and reads
-`/proc` (through `procfs`); it never signals a process.
+**The disabled apps** (`write_disabled`, `read_disabled`): the names `procsup disable` recorded,
+in `<state_dir>/disabled.json`. Unlike the instance record this one must outlive the machine
+(a disabled app stays disabled after a reboot), so it is fsync'd, and it names no boot.
+
+Linux only. This module reads and writes two files, `<state_dir>/instances.json` and
+`<state_dir>/disabled.json`, and reads `/proc` (through `procfs`); it never signals a process.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 from procsup import procfs
 
 __all__ = [
+    "DISABLED_FILENAME",
     "FILENAME",
     "MARKER_VAR",
     "Marked",
@@ -49,10 +54,14 @@ __all__ = [
     "marked_processes",
     "read",
     "read_checked",
+    "read_disabled",
     "write",
+    "write_disabled",
 ]
 
 FILENAME = "instances.json"
+DISABLED_FILENAME = "disabled.json"
+_DISABLED_VERSION = 1
 #: Environment variable naming the daemon (by `daemon_marker`) an instance was started from.
 MARKER_VAR = "PROCSUP_DAEMON_ID"
 # 1: epoch `create_time` floats, no boot id. 2: `start_ticks` and `boot_id`.
@@ -95,24 +104,73 @@ def write(state_dir: str, records: Iterable[Record], daemon_pid: int) -> None:
     on every spawn and exit.
     Raises OSError when the directory or file cannot be written or the boot id cannot be read.
     """
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
     payload = {
         "version": _VERSION,
         "boot_id": _boot_id(),
         "daemon_pid": daemon_pid,
         "instances": [dataclasses.asdict(r) for r in records],
     }
+    _replace(state_dir, FILENAME, payload, durable=False)
+
+
+def _replace(state_dir: str, name: str, payload: object, *, durable: bool) -> None:
+    """Write `payload` as JSON to `<state_dir>/<name>` by temp file and rename (mode 0600),
+    creating `state_dir` (0700) when missing. `durable`: fsync the file before the rename and
+    the directory after it, so the new content survives a power cut as well."""
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
     data = json.dumps(payload, indent=1, sort_keys=True).encode() + b"\n"
     # mkstemp creates the file with mode 0600 and O_EXCL, so no other reader sees it half done.
-    fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=state_dir)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=state_dir)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, os.path.join(state_dir, FILENAME))
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(state_dir, name))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if durable:
+        dirfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+
+def write_disabled(state_dir: str, names: Iterable[str]) -> None:
+    """Record `names` (sorted, without duplicates) as the disabled apps in
+    `<state_dir>/disabled.json`, replacing the previous record atomically and durably (temp
+    file, fsync, rename, fsync of the directory): after a crash or a power cut the next daemon
+    reads the old set or the new one, whole. Raises OSError when it cannot be written."""
+    _replace(state_dir, DISABLED_FILENAME,
+             {"version": _DISABLED_VERSION, "apps": sorted(set(names))}, durable=True)
+
+
+def read_disabled(state_dir: str) -> frozenset[str]:
+    """The apps recorded as disabled in `<state_dir>/disabled.json`; empty when there is no
+    such file. The record names no boot: it holds across reboots. Raises ValueError when the
+    file is not a valid record (bad JSON, unknown version, `apps` not a list of non-empty
+    strings), OSError when it exists but cannot be read: the caller must not guess, since
+    guessing wrong starts an app someone disabled."""
+    path = os.path.join(state_dir, DISABLED_FILENAME)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return frozenset()
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("version") != _DISABLED_VERSION:
+        raise ValueError(f"{path}: not a version {_DISABLED_VERSION} record of disabled apps")
+    apps = payload.get("apps")
+    if not isinstance(apps, list) or not all(isinstance(a, str) and a for a in apps):
+        raise ValueError(f"{path}: 'apps' is not a list of app names")
+    return frozenset(apps)
 
 
 def read_checked(state_dir: str) -> list[Record]:

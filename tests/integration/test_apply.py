@@ -210,20 +210,33 @@ def test_live_keys_apply_without_restart(daemon: Daemon) -> None:
     assert daemon.instances("tick")[0]["pid"] == row["pid"]
 
 
-def test_stopped_instances_start_when_the_config_is_applied(daemon: Daemon) -> None:
+def test_stopped_instances_stay_stopped_on_update_unless_their_app_changes(
+        daemon: Daemon) -> None:
     daemon.write("""
         [apps.s]
         command = ["sleep", "1000"]
         instances = 2
         min_uptime = "100ms"
+        [apps.t]
+        command = ["sleep", "1003"]
+        min_uptime = "100ms"
         """, "watch_config = false")
     daemon.start()
     daemon.wait_states("s", "running", 2)
     assert daemon.cli("stop", "s:1").returncode == 0
+    daemon.config.write_text(daemon.config.read_text().replace('"1003"', '"1004"'))
+    r = daemon.cli("reread", "--json")
+    assert [(a["action"], a["app"]) for a in json.loads(r.stdout)["actions"]] == [
+        ("restart", "t")]
+    assert daemon.cli("update").returncode == 0
+    assert {r["instance"]: r["state"] for r in daemon.instances("s")} == {
+        0: "running", 1: "stopped"}
+    daemon.config.write_text(daemon.config.read_text().replace(
+        "instances = 2", 'instances = 2\nmax_restarts = 3'))
     r = daemon.cli("reread", "--json")
     assert json.loads(r.stdout)["actions"] == [
         {"action": "start", "app": "s", "instances": [1],
-         "reason": "stopped by command; config applied"}]
+         "reason": "stopped by command; its definition changed"}]
     assert daemon.cli("update").returncode == 0
     daemon.wait_states("s", "running", 2)
 

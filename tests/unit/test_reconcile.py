@@ -331,16 +331,18 @@ def test_to_json_shape_is_the_contract() -> None:
         ],
         "restart_daemon": ["socket"],
         "live": [],
+        "disabled": [],
     }
     assert json.loads(json.dumps(doc)) == doc  # plain JSON types only (lists, not tuples)
-    assert list(doc) == ["actions", "restart_daemon", "live"]
+    assert list(doc) == ["actions", "restart_daemon", "live", "disabled"]
     actions = doc["actions"]
     assert isinstance(actions, list)
     assert all(list(a) == ["action", "app", "instances", "reason"] for a in actions)
 
 
 def test_to_json_of_empty_plan() -> None:
-    assert plan({}, {}).to_json() == {"actions": [], "restart_daemon": [], "live": []}
+    assert plan({}, {}).to_json() == {"actions": [], "restart_daemon": [], "live": [],
+                                      "disabled": []}
 
 
 def test_describe() -> None:
@@ -388,7 +390,7 @@ def test_action_rejects_bad_data() -> None:
 @pytest.mark.parametrize(("kind", "wire"), [
     (Kind.STOP, "stop"), (Kind.SCALE_DOWN, "scale"), (Kind.RESTART, "restart"),
     (Kind.REBIND, "restart"), (Kind.RELOAD, "reload"), (Kind.SCALE_UP, "scale"),
-    (Kind.START, "start"), (Kind.RESUME, "start"),
+    (Kind.START, "start"), (Kind.RESUME, "start"), (Kind.ADD, "add"),
 ])
 def test_every_kind_has_its_contract_name(kind: Kind, wire: str) -> None:
     a = Action(kind, "web", (0,), "x")
@@ -471,6 +473,9 @@ def execute(run: Mapping[str, Running], p: Plan, apps: Mapping[str, AppSpec]) ->
         elif a.action == "start":
             assert current == 0 and a.app not in run
             state.update({s: (apps[a.app], "started") for s in slots})
+        elif a.action == "add":  # a disabled app's slots: made, stopped
+            assert a.instances[0] == current, "new ids follow the existing ones"
+            state.update({s: (apps[a.app], "added") for s in slots})
         elif a.action in ("restart", "reload"):
             assert all(s in state for s in slots)
             if a.action == "reload":
@@ -521,6 +526,23 @@ def test_executing_the_plan_reaches_the_desired_state(
     assert p == plan(run, apps)  # deterministic
 
 
+@settings(max_examples=300, deadline=None)
+@given(worlds(), st.sets(st.sampled_from(NAMES)))
+def test_a_disabled_app_gets_its_slots_and_never_a_process(
+    world: tuple[dict[str, Running], dict[str, AppSpec]], off: set[str],
+) -> None:
+    run, apps = world
+    p = plan(run, apps, disabled=off)
+    state = execute(run, p, apps)
+    assert set(state) == {(n, i) for n, s in apps.items() for i in range(s.instances)}
+    for (name, _), (_spec, how) in state.items():
+        if name in off:
+            assert how in ("kept", "added")
+    # the other apps get exactly the plan they would get anyway
+    others = [a for a in plan(run, apps).actions if a.app not in off]
+    assert [a for a in p.actions if a.app not in off] == others
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -557,11 +579,95 @@ def test_a_live_key_beside_a_restart_key_restarts() -> None:
     assert p.live == ()
 
 
-def test_instances_stopped_by_command_start_on_apply() -> None:
+def test_instances_stopped_by_command_start_when_their_app_changes() -> None:
     run = {"web": Running(app("web", 3), 3, stopped=(1, 2)), "db": Running(app("db", 2), 2, (0,))}
     apps = desired(app("web", 2), app("db", 2, command=("v2",)))
     assert rows(plan(run, apps)) == [
         ("scale", "web", (2,), "instances 3 -> 2"),
         ("restart", "db", (0, 1), "command changed"),  # a restart starts the stopped one too
-        ("start", "web", (1,), "stopped by command; config applied"),
+        ("start", "web", (1,), "stopped by command; its definition changed"),
+    ]
+
+
+WEB, DB = app("web", 2), app("db", 1)
+
+# (case, running, desired apps, disabled, expected rows (action, app, ids), held, live)
+STOPPED_AND_DISABLED: list[tuple[str, dict[str, Running], dict[str, AppSpec], frozenset[str],
+                                 list[tuple[str, str, tuple[int, ...]]], tuple[str, ...],
+                                 tuple[tuple[str, tuple[str, ...]], ...]]] = [
+    ("stopped, unchanged, another app added: stays stopped",
+     {"web": Running(WEB, 2, (0, 1))}, desired(WEB, DB), frozenset(),
+     [("start", "db", (0,))], (), ()),
+    ("stopped, unchanged, another app changed: stays stopped",
+     {"web": Running(WEB, 2, (1,)), "db": Running(DB, 1)},
+     desired(WEB, app("db", 1, cwd="/srv")), frozenset(),
+     [("restart", "db", (0,))], (), ()),
+    ("stopped, another app removed: stays stopped",
+     {"web": Running(WEB, 2, (0,)), "db": Running(DB, 1)}, desired(WEB), frozenset(),
+     [("stop", "db", (0,))], (), ()),
+    ("stopped, only a live key of its own changed: starts",
+     {"web": Running(WEB, 2, (0, 1))}, desired(app("web", 2, kill_timeout=9.0)), frozenset(),
+     [("start", "web", (0, 1))], (), (("web", ("kill_timeout",)),)),
+    ("stopped, its count went up: the new one and the stopped one start",
+     {"web": Running(WEB, 2, (0,))}, desired(app("web", 3)), frozenset(),
+     [("scale", "web", (2,)), ("start", "web", (0,))], (), ()),
+    ("stopped, a runtime scale ends: counts as a change",
+     {"web": Running(app("web", 4), 4, (1,))}, desired(WEB), frozenset(),
+     [("scale", "web", (2, 3)), ("start", "web", (1,))], (), ()),
+    ("stopped, a restart key changed: the restart starts it",
+     {"web": Running(WEB, 2, (1,))}, desired(app("web", 2, cwd="/srv")), frozenset(),
+     [("restart", "web", (0, 1))], (), ()),
+    ("disabled, new app: slots, stopped",
+     {}, desired(WEB, DB), frozenset({"web"}),
+     [("add", "web", (0, 1)), ("start", "db", (0,))], ("web",), ()),
+    ("disabled, new app without instances: nothing",
+     {}, desired(app("web", 0)), frozenset({"web"}), [], (), ()),
+    ("disabled, unchanged: nothing",
+     {"web": Running(WEB, 2, (0, 1))}, desired(WEB, DB), frozenset({"web"}),
+     [("start", "db", (0,))], (), ()),
+    ("disabled, a restart key changed: applies at once, nothing starts",
+     {"web": Running(WEB, 2, (0, 1))}, desired(app("web", 2, command=("v2",))),
+     frozenset({"web"}), [], ("web",), (("web", ("command",)),)),
+    ("disabled cluster app changed: no reload",
+     {"web": Running(cluster(), 2, (0, 1))}, desired(cluster(cwd="/srv")),
+     frozenset({"web"}), [], ("web",), (("web", ("cwd",)),)),
+    ("disabled, more instances: their slots, stopped",
+     {"web": Running(WEB, 2, (0, 1))}, desired(app("web", 4)), frozenset({"web"}),
+     [("add", "web", (2, 3))], ("web",), ()),
+    ("disabled, fewer instances: the extra slots go",
+     {"web": Running(WEB, 2, (0, 1))}, desired(app("web", 1)), frozenset({"web"}),
+     [("scale", "web", (1,))], (), ()),
+    ("disabled and removed: stopped like any removed app",
+     {"web": Running(WEB, 2, (0, 1))}, desired(DB), frozenset({"web"}),
+     [("stop", "web", (0, 1)), ("start", "db", (0,))], (), ()),
+    ("a disabled name the config lacks changes nothing",
+     {}, desired(DB), frozenset({"gone"}), [("start", "db", (0,))], (), ()),
+]
+
+
+@pytest.mark.parametrize("case", STOPPED_AND_DISABLED, ids=[c[0] for c in STOPPED_AND_DISABLED])
+def test_stopped_and_disabled(case: Any) -> None:
+    _, running_, apps, off, expected, held, live = case
+    p = plan(running_, apps, disabled=off)
+    assert [(a.action, a.app, a.instances) for a in p.actions] == expected
+    assert p.disabled == held
+    assert p.live == live
+    # A disabled app never starts: no start, resume, scale-up, restart or reload for it.
+    assert not [a for a in p.actions if a.app in off
+                and a.kind not in (Kind.ADD, Kind.STOP, Kind.SCALE_DOWN)]
+
+
+def test_a_disabled_app_in_the_plan_json_and_text() -> None:
+    p = plan({"web": Running(WEB, 2, (0, 1))}, desired(app("web", 3, command=("v2",)), DB),
+             disabled={"web"})
+    assert p.to_json() == {
+        "actions": [{"action": "start", "app": "db", "instances": [0], "reason": "new app"}],
+        "restart_daemon": [],
+        "live": [{"app": "web", "keys": ["command"]}],
+        "disabled": ["web"],
+    }  # the slot added stopped is no process action of the contract's
+    assert p.describe() == [
+        "add web:2 (instances 2 -> 3; disabled, stays stopped)",
+        "start db:0 (new app)",
+        "update web live, no restart (command changed; disabled: nothing starts)",
     ]

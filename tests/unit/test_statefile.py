@@ -189,6 +189,51 @@ def test_write_to_an_impossible_dir_raises(tmp_path: Path) -> None:
         write(str(tmp_path / "file"), [], 1)
 
 
+# --- the disabled apps ----------------------------------------------------------------------
+
+
+def test_disabled_round_trips_sorted_and_durable(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert statefile.read_disabled(str(state)) == frozenset()  # no file, no directory: none
+    statefile.write_disabled(str(state), ["web", "db", "web"])
+    assert statefile.read_disabled(str(state)) == {"web", "db"}
+    path = state / statefile.DISABLED_FILENAME
+    assert json.loads(path.read_text()) == {"version": 1, "apps": ["db", "web"]}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    statefile.write_disabled(str(state), [])
+    assert statefile.read_disabled(str(state)) == frozenset()
+    assert os.listdir(state) == [statefile.DISABLED_FILENAME]  # no temporary file left behind
+
+
+def test_disabled_is_beside_the_instance_record_and_holds_across_boots(tmp_path: Path) -> None:
+    statefile.write_disabled(str(tmp_path), ["web"])
+    write(str(tmp_path), [Record("db", 0, 10, 10, 1)], 1)
+    assert statefile.read_disabled(str(tmp_path)) == {"web"}
+    assert read(str(tmp_path)) == [Record("db", 0, 10, 10, 1)]
+    doc = json.loads((tmp_path / statefile.DISABLED_FILENAME).read_text())
+    assert "boot_id" not in doc  # a reboot does not enable an app
+
+
+@pytest.mark.parametrize("text", [
+    "{", "[]", '{"version": 2, "apps": []}', '{"version": 1}', '{"version": 1, "apps": "web"}',
+    '{"version": 1, "apps": [""]}', '{"version": 1, "apps": [1]}', "\xff",
+])
+def test_a_bad_disabled_record_raises_rather_than_enabling_everything(
+        tmp_path: Path, text: str) -> None:
+    (tmp_path / statefile.DISABLED_FILENAME).write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=statefile.DISABLED_FILENAME):
+        statefile.read_disabled(str(tmp_path))
+
+
+def test_an_unreadable_disabled_record_raises(tmp_path: Path) -> None:
+    (tmp_path / statefile.DISABLED_FILENAME).mkdir()
+    with pytest.raises(OSError):
+        statefile.read_disabled(str(tmp_path))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        statefile.write_disabled(str(tmp_path / "file" / "state"), ["web"])
+
+
 def test_missing_file_reads_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="procsup.statefile")
     assert read(str(tmp_path / "nope")) == []
