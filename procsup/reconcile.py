@@ -235,6 +235,15 @@ def changed_fields(old: AppSpec, new: AppSpec) -> tuple[str, ...]:
     )
 
 
+def _after(action: Action, spec: AppSpec) -> Action:
+    """A start of an app with `depends_on` says what it waits for: "new app; after db
+    (ready), migrate (completed)". (An ADD starts nothing.)"""
+    if not spec.depends_on or action.kind is Kind.ADD:
+        return action
+    after = ", ".join(f"{d} ({c.value})" for d, c in spec.depends_on)
+    return dataclasses.replace(action, reason=f"{action.reason}; after {after}")
+
+
 def daemon_restart_keys(old: DaemonSpec | None, new: DaemonSpec | None) -> tuple[str, ...]:
     """The `RESTART_DAEMON_KEYS` whose value differs, in `DaemonSpec` field order; empty when
     either side is unknown."""
@@ -333,6 +342,7 @@ def plan(
     rank = {n: i for i, group in enumerate(deps.layers(apps)) for n in group}
     ups.sort(key=lambda a: rank[a.app])
     starts.sort(key=lambda a: rank[a.app])
+    ups, starts = ([_after(a, apps[a.app]) for a in group] for group in (ups, starts))
     return Plan(
         actions=(*stops, *downs, *replaces, *ups, *starts),
         restart_daemon=daemon_restart_keys(old_daemon, new_daemon),

@@ -671,3 +671,20 @@ def test_a_disabled_app_in_the_plan_json_and_text() -> None:
         "start db:0 (new app)",
         "update web live, no restart (command changed; disabled: nothing starts)",
     ]
+
+
+def test_starts_go_dependencies_first_and_say_what_they_wait_for() -> None:
+    from procsup.model import Condition
+
+    apps = {
+        "web": AppSpec(name="web", command=("x",), depends_on=(("db", Condition.READY),
+                                                               ("m", Condition.COMPLETED))),
+        "m": AppSpec(name="m", command=("x",), depends_on=(("db", Condition.READY),)),
+        "db": AppSpec(name="db", command=("x",)),
+    }
+    p = plan({}, apps)
+    assert [a.describe() for a in p.actions] == [
+        "start db:0 (new app)",
+        "start m:0 (new app; after db (ready))",
+        "start web:0 (new app; after db (ready), m (completed))",
+    ]
