@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from procsup import config, monitors, reconcile, units, watch
+from procsup import config, health, monitors, reconcile, units, watch
 from procsup.errors import ConfigError
 from procsup.model import LIVE_STATES, Desired, ExecMode, State
 from procsup.reconcile import Kind
@@ -154,7 +154,8 @@ class Applier:
     wait for a daemon restart."""
 
     def __init__(self, engine: Supervisor, desired: Desired, *,
-                 profile_override: str | None) -> None:
+                 profile_override: str | None, check_command: health.Command | None = None,
+                 ) -> None:
         self.engine = engine
         self.desired = desired
         self.loop = engine.loop
@@ -172,6 +173,7 @@ class Applier:
         self.loader = ConfigLoader(self.loop, self._read, path=desired.daemon.config_path,
                                    log=self.log)
         self.monitors = monitors.Monitors(self.loop, self.log, self.recycle, self.leaders)
+        self.health = health.HealthChecks(engine, self.recycle, command=check_command)
 
     @property
     def shutting_down(self) -> bool:
@@ -180,6 +182,7 @@ class Applier:
     def close(self) -> None:
         """Stop watching the config files and the apps."""
         self.monitors.close()
+        self.health.close()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -208,6 +211,7 @@ class Applier:
         if not self.shutting_down:
             self.engine.begin_shutdown()
             self.monitors.close()  # no restart may begin while everything stops
+            self.health.close()
             self.log.info("shutting down: stopping every app")
             self.spawn_task(self._shutdown())
 
@@ -322,6 +326,7 @@ class Applier:
             for warning in new.warnings:
                 self.log.warning("config: %s", warning)
             self.monitors.configure(engine.specs(), self.desired.daemon)
+            self.health.configure(engine.specs())
         if wait and starting:
             # What this apply started and did not get running (a crash loop, a command that
             # cannot run) is a failure of the update, though the config is applied.
@@ -343,6 +348,7 @@ class Applier:
             added = [engine.add(app, i) for i in range(len(current), count)]
             marks = engine.start(added)
             self.monitors.configure(engine.specs(), self.desired.daemon)
+            self.health.configure(engine.specs())
         gone = {v.ref: v for v in retired}
         if wait:
             gone.update((v.ref, v) for v in await engine.stopped(list(gone)))
@@ -459,7 +465,7 @@ class Applier:
         if not indexes:
             return
         if specs[app].exec_mode is ExecMode.CLUSTER and unstable is None:
-            self.spawn_task(self._replace(app, indexes, reason))
+            self.spawn_task(self._replace(app, indexes, reason, pid if index is not None else None))
             return
         self.log.info("%s: restarting %s: %s", app,
                       "every instance" if index is None else f"instance {index}", reason)
@@ -467,15 +473,17 @@ class Applier:
             self.engine.recycle(current[i].ref, reason, unstable=unstable,
                                 note=f"restarted: {reason}")
 
-    async def _replace(self, app: str, indexes: list[int], reason: str) -> None:
+    async def _replace(self, app: str, indexes: list[int], reason: str, pid: int | None) -> None:
         self.log.info("%s: replacing %s one at a time: %s", app,
                       ", ".join(f"{app}:{i}" for i in indexes), reason)
         async with self.lock:
             # What changed while this waited for an apply, a scale or a reload: only the
-            # instances still running are replaced (a stopped one stays stopped).
+            # instances still running are replaced (a stopped one stays stopped), and only
+            # the process `pid` that was asked about (not one that replaced it meanwhile).
             current = self.engine.current(app) or {}
             indexes = [i for i in indexes if i in current and not current[i].retiring
-                       and current[i].state in (State.RUNNING, State.STARTING)]
+                       and current[i].state in (State.RUNNING, State.STARTING)
+                       and pid in (None, current[i].pid)]
             if self.shutting_down or not indexes:
                 return
             failure = await self.rolling(app, indexes, only_running=True)

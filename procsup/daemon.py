@@ -149,8 +149,8 @@ async def serve(
     state_dir = desired.daemon.state_dir
     processes = _Layer(loop, logger, state_dir)
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
-    applier = Applier(engine, desired, profile_override=profile)
     layer = processes.layer
+    applier = Applier(engine, desired, profile_override=profile, check_command=layer.run_check)
 
     async def prepare() -> None:
         await layer.recover(desired.apps)

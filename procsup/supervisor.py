@@ -310,6 +310,14 @@ class Supervisor:
             slot.note = note
             self._mark_dirty()
 
+    def checked(self, ref: Ref, pid: int, ok: bool, error: str | None = None) -> View | None:
+        """A health check of process `pid` passed (`ok`) or failed with `error`: news for the
+        instance while `pid` is its process (`lifecycle.Health`), else stale. How it is now."""
+        slot = self._by_ref.get(ref)
+        if slot is not None and slot.inst.pid == pid:
+            self._feed(slot, lifecycle.Health(ok, error))
+        return None if slot is None else self._view(slot)
+
     def retire(self, refs: Iterable[Ref]) -> list[View]:
         """Stop these instances and forget them once they are stopped (a plan removed them, or
         `scale` went down); how each is right after (the live ones are to wait for with
