@@ -6,9 +6,11 @@
   checked once it has taken over. One check at a time per instance, never overlapping.
 - When: at once when its run is first seen running, then every `health_interval`, start to
   start (a check that outlasts the interval is followed by the next one when it ends). A sweep
-  of the app's instances, every `health_interval` and every SWEEP_STARTING while one of them
-  is starting (so that a run's first check follows its readiness closely), finds the new runs
-  and drops the ended ones, cancelling a check in flight (a command's whole group is killed).
+  of the app's instances finds the new runs and drops the ended ones, cancelling a check in
+  flight (a command's whole group is killed): every `health_interval`; every SWEEP_STARTING
+  while one of them is starting or waiting to start, and at the end of a backoff, so that a
+  run's first check follows its readiness closely; and as soon as a checked run ends
+  (`Supervisor.stopped`), so that its check stops with it and its successor is seen.
 - How: `probes.check` for `tcp://` and `http://` (2xx or 3xx), the `command` seam for a
   command (`running.Processes.run_check`: as the app's user, in its cwd, with its env); each
   is bounded by `health_timeout` and runs on the loop without blocking it.
@@ -38,6 +40,8 @@ __all__ = ["Check", "Command", "HealthChecks", "reason", "restart_reason", "stat
 
 #: How often the app's instances are looked at while one of them is starting.
 SWEEP_STARTING = 0.1
+#: The states from which an instance becomes running soon, unseen by a slower sweep.
+_SOON = frozenset({State.STARTING, State.WAITING})
 
 #: check(instance, its app's definition): None when healthy, else what went wrong.
 Check = Callable[[View, AppSpec], Awaitable[str | None]]
@@ -87,6 +91,12 @@ class _Run:
     pid: int
     due: float  # when its next check may start
     task: asyncio.Task[None] | None = None  # the check in flight
+    end: asyncio.Task[None] | None = None  # waits for the run's end
+
+    def cancel(self) -> None:
+        for task in (self.task, self.end):
+            if task is not None:
+                task.cancel()
 
 
 @dataclasses.dataclass(eq=False)
@@ -151,8 +161,7 @@ class HealthChecks:
         if app.timer is not None:
             app.timer.cancel()
         for run in app.runs.values():
-            if run.task is not None:
-                run.task.cancel()
+            run.cancel()
 
     def _sweep(self, name: str) -> None:
         """Start the checks that are due, drop the runs that ended, and arm the next sweep."""
@@ -166,21 +175,24 @@ class HealthChecks:
         for ref, run in list(app.runs.items()):
             view = running.get(ref)
             if view is None or view.pid != run.pid:  # the run ended (or is on its way out)
-                if run.task is not None:
-                    run.task.cancel()
+                run.cancel()
                 del app.runs[ref]
         for ref, view in running.items():
             assert view.pid is not None
-            run = app.runs.setdefault(ref, _Run(view.pid, now))  # new: checked at once
-            if run.task is None and run.due <= now:
-                run.task = self.loop.create_task(self._check_one(name, app, view, run))
-        after = now + app.spec.health_interval
-        pending = [run.due for run in app.runs.values() if run.task is None]
-        if pending:
-            after = min(after, *pending)
-        if any(v.state is State.STARTING for v in views):
-            after = min(after, now + SWEEP_STARTING)
-        self._arm(name, app, after)
+            known = app.runs.get(ref)
+            if known is None:  # a new run: checked at once, and looked at again when it ends
+                known = app.runs[ref] = _Run(view.pid, now)
+                known.end = self.loop.create_task(self._until_ended(name, app, ref))
+            if known.task is None and known.due <= now:
+                known.task = self.loop.create_task(self._check_one(name, app, view, known))
+        after = [now + app.spec.health_interval]
+        after += [run.due for run in app.runs.values() if run.task is None]
+        for v in views:
+            if v.state in _SOON:
+                after.append(now + SWEEP_STARTING)
+            elif v.state is State.BACKOFF and v.inst.deadline is not None:
+                after.append(max(v.inst.deadline, now) + SWEEP_STARTING / 10)  # then starting
+        self._arm(name, app, min(after))
 
     def _arm(self, name: str, app: _App, when: float) -> None:
         if app.timer_at is not None and app.timer_at <= when:
@@ -192,6 +204,11 @@ class HealthChecks:
 
     def _on_timer(self, name: str, app: _App) -> None:
         app.timer = app.timer_at = None
+        if self._apps.get(name) is app:
+            self._sweep(name)
+
+    async def _until_ended(self, name: str, app: _App, ref: Ref) -> None:
+        await self.engine.stopped([ref])
         if self._apps.get(name) is app:
             self._sweep(name)
 

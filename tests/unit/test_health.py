@@ -147,6 +147,16 @@ def view_of(w: World, app: str = "web", index: int = 0) -> View:
     return (w.engine.current(app) or {})[index]
 
 
+async def held(w: World, s: Script) -> int:
+    """Run one checked instance whose checks hang (held); its pid, once its first began."""
+    await up(w, checked())
+    pid = pid_of(w)
+    assert pid is not None
+    s.hold.add(pid)
+    await w.until(lambda: len(s.calls) == 1)
+    return pid
+
+
 def test_a_running_instance_is_checked_at_once_then_every_interval() -> None:
     async def scenario(w: World, s: Script) -> None:
         began = w.clock.now
@@ -211,11 +221,7 @@ def test_no_check_while_starting_and_failures_do_not_count_before_running() -> N
 
 def test_checks_never_overlap_and_the_next_follows_a_slow_one() -> None:
     async def scenario(w: World, s: Script) -> None:
-        await up(w, checked())
-        pid = pid_of(w)
-        assert pid is not None
-        s.hold.add(pid)
-        await w.until(lambda: len(s.calls) == 1)
+        pid = await held(w, s)
         started = w.clock.now
         await w.until(lambda: w.clock.now >= started + 5.5)  # five intervals, held
         assert len(s.calls) == 1
@@ -232,15 +238,12 @@ def test_checks_never_overlap_and_the_next_follows_a_slow_one() -> None:
 
 def test_a_check_in_flight_is_cancelled_when_its_instance_stops() -> None:
     async def scenario(w: World, s: Script) -> None:
-        await up(w, checked())
-        pid = pid_of(w)
-        assert pid is not None
-        s.hold.add(pid)
-        await w.until(lambda: len(s.calls) == 1)
+        pid = await held(w, s)
         stopped_at = w.clock.now
         w.engine.stop([view_of(w).ref])
         await w.until(lambda: s.cancelled == [pid])
-        assert w.clock.now - stopped_at <= 1.0  # the next sweep, within one interval
+        # no later than its process is gone (the fake one takes 0.1 s to go)
+        assert w.clock.now - stopped_at <= 0.1 + 1e-9
         await w.until(lambda: w.clock.now >= stopped_at + 10)
         assert len(s.calls) == 1  # nothing checked since
 
@@ -343,16 +346,33 @@ def test_configure_stops_and_restarts_the_schedule() -> None:
 
 def test_close_cancels_everything() -> None:
     async def scenario(w: World, s: Script) -> None:
-        await up(w, checked())
-        pid = pid_of(w)
-        assert pid is not None
-        s.hold.add(pid)
-        await w.until(lambda: len(s.calls) == 1)
+        pid = await held(w, s)
         w.applier.request_shutdown()  # no check may go on, nor a restart begin, meanwhile
         await w.until(lambda: s.cancelled == [pid])
         at = w.clock.now
         w.clock.call_at(at + 10, lambda: None)
         await w.until(lambda: w.clock.now >= at + 10)
         assert len(s.calls) == 1
+
+    play(scenario)
+
+
+@pytest.mark.parametrize("restart_delay", [0.0, 5.0])
+def test_a_restarted_run_is_checked_as_soon_as_it_runs_even_with_a_long_interval(
+    restart_delay: float,
+) -> None:
+    async def scenario(w: World, s: Script) -> None:
+        await up(w, checked(health_interval=30.0, restart_delay=restart_delay))
+        first = pid_of(w)
+        await w.until(lambda: len(s.calls) == 1)
+        [run] = w.procs.live()
+        at = w.clock.now + 7.0
+        w.clock.call_at(at, lambda: w.procs.exit(run, 1))  # a crash, between two checks
+        await w.until(lambda: view_of(w).state is State.RUNNING and pid_of(w) != first)
+        running_at = w.clock.now
+        await w.until(lambda: len(s.calls) == 2)
+        assert s.calls[1][2] == pid_of(w)
+        assert s.calls[1][0] - running_at <= health.SWEEP_STARTING + 1e-9
+        assert running_at - at == pytest.approx(restart_delay + 1.0)  # delay, min_uptime
 
     play(scenario)
