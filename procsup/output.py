@@ -108,7 +108,7 @@ def format_status(result: object, *, filtered: bool = False) -> str:
             format_size(_int(inst.get("memory"))),
             str(reason) if reason else _last_exit(inst),
         ))
-    headers = STATUS_HEADERS
+    headers: tuple[str, ...] = STATUS_HEADERS
     if checked:
         headers = (*STATUS_HEADERS[:4], HEALTH_HEADER, *STATUS_HEADERS[4:])
     out.append(format_table(headers, rows))
