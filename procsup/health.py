@@ -89,14 +89,14 @@ class _Run:
     """One run of one instance under check."""
 
     pid: int
-    due: float  # when its next check may start
     task: asyncio.Task[None] | None = None  # the check in flight
+    timer: Cancellable | None = None  # the next check, when none is in flight
     end: asyncio.Task[None] | None = None  # waits for the run's end
 
     def cancel(self) -> None:
-        for task in (self.task, self.end):
-            if task is not None:
-                task.cancel()
+        for handle in (self.task, self.timer, self.end):
+            if handle is not None:
+                handle.cancel()
 
 
 @dataclasses.dataclass(eq=False)
@@ -164,7 +164,8 @@ class HealthChecks:
             run.cancel()
 
     def _sweep(self, name: str) -> None:
-        """Start the checks that are due, drop the runs that ended, and arm the next sweep."""
+        """Check the new runs at once, drop the ones that ended, and arm the next sweep. (The
+        next check of a known run has a timer of its own: a sweep is O(instances).)"""
         app = self._apps.get(name)
         if app is None:
             return
@@ -178,15 +179,12 @@ class HealthChecks:
                 run.cancel()
                 del app.runs[ref]
         for ref, view in running.items():
-            assert view.pid is not None
-            known = app.runs.get(ref)
-            if known is None:  # a new run: checked at once, and looked at again when it ends
-                known = app.runs[ref] = _Run(view.pid, now)
-                known.end = self.loop.create_task(self._until_ended(name, app, ref))
-            if known.task is None and known.due <= now:
-                known.task = self.loop.create_task(self._check_one(name, app, view, known))
+            if ref not in app.runs and view.pid is not None:
+                # A new run: checked at once, and looked at again when it ends.
+                run = app.runs[ref] = _Run(view.pid)
+                run.end = self.loop.create_task(self._until_ended(name, app, ref))
+                run.task = self.loop.create_task(self._check_one(name, app, view, run))
         after = [now + app.spec.health_interval]
-        after += [run.due for run in app.runs.values() if run.task is None]
         for v in views:
             if v.state in _SOON:
                 after.append(now + SWEEP_STARTING)
@@ -207,6 +205,19 @@ class HealthChecks:
         if self._apps.get(name) is app:
             self._sweep(name)
 
+    def _due(self, name: str, app: _App, ref: Ref, run: _Run) -> None:
+        """The next check of a run is due: begin it, unless the run is over."""
+        run.timer = None
+        if self._apps.get(name) is not app or app.runs.get(ref) is not run:
+            return
+        view = self.engine.view(ref)
+        if (view is None or view.pid != run.pid or view.state is not State.RUNNING
+                or view.retiring):
+            run.cancel()
+            del app.runs[ref]
+            return
+        run.task = self.loop.create_task(self._check_one(name, app, view, run))
+
     async def _until_ended(self, name: str, app: _App, ref: Ref) -> None:
         await self.engine.stopped([ref])
         if self._apps.get(name) is app:
@@ -224,10 +235,10 @@ class HealthChecks:
         run.task = None
         if self._apps.get(name) is not app or app.runs.get(view.ref) is not run:
             return  # no longer checked (a stale result: the sweep cancels in time, mostly)
-        run.due = began + app.spec.health_interval
+        due = max(began + app.spec.health_interval, self.clock.time())
+        run.timer = self.clock.call_at(due, lambda: self._due(name, app, view.ref, run))
         self._judge(app.spec, view, run.pid, error, self.engine.checked(
             view.ref, run.pid, error is None, error))
-        self._arm(name, app, run.due)
 
     def _judge(self, spec: AppSpec, before: View, pid: int, error: str | None,
                after: View | None) -> None:

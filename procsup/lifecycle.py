@@ -469,6 +469,8 @@ def _on_health(inst: Instance, ok: bool, error: str | None) -> Step:
     if inst.state is not State.RUNNING or inst.pid is None:
         # Starting (not yet to be judged), stopping, or no process: the result is moot.
         return _nothing(inst)
+    if ok and inst.health == "healthy":
+        return _nothing(inst)  # healthy still: no news (the engine records nothing)
     if ok:
         # Passed: healthy, and a failed streak is over.
         return replace(inst, health="healthy", health_failures=0, health_error=None), ()

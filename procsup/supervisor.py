@@ -312,10 +312,13 @@ class Supervisor:
 
     def checked(self, ref: Ref, pid: int, ok: bool, error: str | None = None) -> View | None:
         """A health check of process `pid` passed (`ok`) or failed with `error`: news for the
-        instance while `pid` is its process (`lifecycle.Health`), else stale. How it is now."""
+        instance while `pid` is its process (`lifecycle.Health`), else stale. How it is now.
+        A result that changes nothing (healthy again) is not fed: no record, no wake-ups."""
         slot = self._by_ref.get(ref)
-        if slot is not None and slot.inst.pid == pid:
-            self._feed(slot, lifecycle.Health(ok, error))
+        event = lifecycle.Health(ok, error)
+        if slot is not None and slot.inst.pid == pid and lifecycle.step(
+                slot.inst, slot.policy, event, self.clock.time())[0] is not slot.inst:
+            self._feed(slot, event)
         return None if slot is None else self._view(slot)
 
     def retire(self, refs: Iterable[Ref]) -> list[View]:

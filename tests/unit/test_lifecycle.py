@@ -1238,3 +1238,8 @@ def test_health_history_a_new_run_starts_unchecked_and_a_stale_result_is_moot() 
     assert (final.state, final.pid, final.restarts) == (State.RUNNING, 11, 1)
     assert (final.health, final.health_failures, final.health_error) == (
         "unhealthy", 1, "timed out")
+
+
+def test_a_passing_check_of_a_healthy_instance_is_no_news() -> None:
+    healthy = dataclasses.replace(RUNNING, health="healthy")
+    assert step(healthy, policy(), Health(True), AT_100)[0] is healthy  # the same object
