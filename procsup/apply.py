@@ -436,7 +436,9 @@ class Applier:
 
     def recycle(self, app: str, index: int | None, reason: str, *, revive: bool = False,
                 unstable: str | None = None, pid: int | None = None) -> None:
-        """A monitor wants fresh processes for `app` (every instance when `index` is None).
+        """A monitor (or a health check) wants fresh processes for `app` (every instance when
+        `index` is None; for one instance, `pid` is its process that was found wanting: a
+        replacement queued behind another change leaves alone an instance it no longer runs).
         A cluster app runs side by side with its replacements (the daemon holds its sockets):
         replace them one at a time, as `reload` does, so no request is lost. Any other app is
         restarted in place: a fork app may bind its own port, which a replacement could not.
