@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from procsup import config, monitors, reconcile, statefile, units, watch
+from procsup import config, health, monitors, reconcile, statefile, units, watch
 from procsup.errors import ConfigError
 from procsup.model import LIVE_STATES, Desired, ExecMode, State
 from procsup.reconcile import Kind
@@ -156,7 +156,8 @@ class Applier:
     wait for a daemon restart."""
 
     def __init__(self, engine: Supervisor, desired: Desired, *,
-                 profile_override: str | None, disabled: Iterable[str] = ()) -> None:
+                 profile_override: str | None, disabled: Iterable[str] = (),
+                 check_command: health.Command | None = None) -> None:
         self.engine = engine
         self.desired = desired
         # The apps `procsup disable` recorded in state_dir (names not in the config too: a
@@ -178,6 +179,7 @@ class Applier:
         self.loader = ConfigLoader(self.loop, self._read, path=desired.daemon.config_path,
                                    log=self.log)
         self.monitors = monitors.Monitors(self.loop, self.log, self.recycle, self.leaders)
+        self.health = health.HealthChecks(engine, self.recycle, command=check_command)
 
     @property
     def shutting_down(self) -> bool:
@@ -186,6 +188,7 @@ class Applier:
     def close(self) -> None:
         """Stop watching the config files and the apps."""
         self.monitors.close()
+        self.health.close()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -214,6 +217,7 @@ class Applier:
         if not self.shutting_down:
             self.engine.begin_shutdown()
             self.monitors.close()  # no restart may begin while everything stops
+            self.health.close()
             self.log.info("shutting down: stopping every app")
             self.spawn_task(self._shutdown())
 
@@ -337,6 +341,7 @@ class Applier:
             for warning in new.warnings:
                 self.log.warning("config: %s", warning)
             self.monitors.configure(engine.specs(), self.desired.daemon)
+            self.health.configure(engine.specs())
         if wait and starting:
             # What this apply started and did not get running (a crash loop, a command that
             # cannot run) is a failure of the update, though the config is applied.
@@ -358,6 +363,7 @@ class Applier:
             added = [engine.add(app, i) for i in range(len(current), count)]
             marks = {} if app in self.disabled else engine.start(added)  # disabled: stopped
             self.monitors.configure(engine.specs(), self.desired.daemon)
+            self.health.configure(engine.specs())
         gone = {v.ref: v for v in retired}
         if wait:
             gone.update((v.ref, v) for v in await engine.stopped(list(gone)))
@@ -476,7 +482,9 @@ class Applier:
 
     def recycle(self, app: str, index: int | None, reason: str, *, revive: bool = False,
                 unstable: str | None = None, pid: int | None = None) -> None:
-        """A monitor wants fresh processes for `app` (every instance when `index` is None).
+        """A monitor (or a health check) wants fresh processes for `app` (every instance when
+        `index` is None; for one instance, `pid` is its process that was found wanting: a
+        replacement queued behind another change leaves alone an instance it no longer runs).
         A cluster app runs side by side with its replacements (the daemon holds its sockets):
         replace them one at a time, as `reload` does, so no request is lost. Any other app is
         restarted in place: a fork app may bind its own port, which a replacement could not.
@@ -505,7 +513,7 @@ class Applier:
         if not indexes:
             return
         if specs[app].exec_mode is ExecMode.CLUSTER and unstable is None:
-            self.spawn_task(self._replace(app, indexes, reason))
+            self.spawn_task(self._replace(app, indexes, reason, pid if index is not None else None))
             return
         self.log.info("%s: restarting %s: %s", app,
                       "every instance" if index is None else f"instance {index}", reason)
@@ -513,15 +521,17 @@ class Applier:
             self.engine.recycle(current[i].ref, reason, unstable=unstable,
                                 note=f"restarted: {reason}")
 
-    async def _replace(self, app: str, indexes: list[int], reason: str) -> None:
+    async def _replace(self, app: str, indexes: list[int], reason: str, pid: int | None) -> None:
         self.log.info("%s: replacing %s one at a time: %s", app,
                       ", ".join(f"{app}:{i}" for i in indexes), reason)
         async with self.lock:
             # What changed while this waited for an apply, a scale or a reload: only the
-            # instances still running are replaced (a stopped one stays stopped).
+            # instances still running are replaced (a stopped one stays stopped), and only
+            # the process `pid` that was asked about (not one that replaced it meanwhile).
             current = self.engine.current(app) or {}
             indexes = [i for i in indexes if i in current and not current[i].retiring
-                       and current[i].state in (State.RUNNING, State.STARTING)]
+                       and current[i].state in (State.RUNNING, State.STARTING)
+                       and pid in (None, current[i].pid)]
             if self.shutting_down or not indexes:
                 return
             failure = await self.rolling(app, indexes, only_running=True)

@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from procsup import __version__, deps, dump, lifecycle, logs, metrics, units
+from procsup import __version__, deps, dump, health, lifecycle, logs, metrics, units
 from procsup.apply import Applier
 from procsup.errors import ConfigError, RemoteError, WireError
 from procsup.model import InstanceView, RestartPolicy, State
@@ -306,14 +306,17 @@ class Commands:
         for v in views:
             cpu, mem = usage.get(v.pid, (None, None)) if v.pid is not None else (None, None)
             up = lifecycle.uptime(v.inst, now)
+            # While unhealthy, what its checks say comes before why it was last restarted.
+            unhealthy = health.reason(v.inst, v.spec.health_failures)
             rows.append(
                 InstanceView(
                     app=v.id.app, instance=v.id.index, pid=v.pid, state=v.state,
                     uptime=round(up, 3) if up is not None else None, restarts=v.inst.restarts,
                     cpu=round(cpu, 1) if cpu is not None else None, memory=mem,
-                    exit_code=v.inst.exit_code, reason=v.inst.reason or v.note, status=v.status,
-                    next_cron_restart=monitors.next_cron_restart(v.id.app),
-                    health=v.inst.health, disabled=v.id.app in self.applier.disabled,
+                    exit_code=v.inst.exit_code, reason=v.inst.reason or unhealthy or v.note,
+                    status=v.status, next_cron_restart=monitors.next_cron_restart(v.id.app),
+                    health=health.status_of(v.inst, v.spec.health is not None),
+                    disabled=v.id.app in self.applier.disabled,
                     log_errors=tuple(h.to_json() for h in v.log_health),
                 ).to_json()
             )

@@ -161,10 +161,11 @@ async def serve(
     disabled = read_disabled(state_dir)  # before the first apply: no disabled app starts
     processes = _Layer(loop, logger, state_dir)
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
-    applier = Applier(engine, desired, profile_override=profile, disabled=disabled)
+    layer = processes.layer
+    applier = Applier(engine, desired, profile_override=profile, disabled=disabled,
+                      check_command=layer.run_check)
     if disabled:
         logger.info("disabled (procsup enable starts them): %s", ", ".join(sorted(disabled)))
-    layer = processes.layer
 
     async def prepare() -> None:
         await layer.recover(desired.apps)

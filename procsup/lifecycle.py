@@ -2,8 +2,8 @@
 
 `step(inst, policy, event, now)` returns the next `Instance` and the effects the supervisor must
 execute, and does nothing else. The supervisor feeds it every event that concerns one instance
-(commands, the spawner's answers, the exit of the process group, readiness, monitors, and a `Tick`
-when `inst.deadline` has passed) and executes the effects in order:
+(commands, the spawner's answers, the exit of the process group, readiness, monitors, health
+checks, and a `Tick` when `inst.deadline` has passed) and executes the effects in order:
 
 - `Spawn()`: start the process now, then answer with `Spawned(pid)` or `SpawnFailed(reason)`.
 - `Kill(sig)`: send `sig` to the instance's whole process group.
@@ -106,7 +106,11 @@ class Instance:
     failed_how: str | None = None  # with failed_run: how each failed run failed, if not by time
     spawn_failures: int = 0  # transient spawn failures in a row (fork: EAGAIN, EMFILE, ...)
     spawn_error: str | None = None  # with spawn_failures: the last one's own words
-    health: str | None = None  # None (no check), "unknown", "healthy", "unhealthy"
+    # The current process's health checks (contract §3 Health checks); all cleared when its
+    # run ends or a new one begins, so they never speak of another process:
+    health: str | None = None  # None: no result yet; "healthy" | "unhealthy": the latest one
+    health_failures: int = 0  # failed checks in a row
+    health_error: str | None = None  # while unhealthy: what the latest check said
 
 
 # --- events -------------------------------------------------------------------------------
@@ -188,7 +192,17 @@ class Tick:
     """Time passed: act on `inst.deadline` if `now >= deadline`."""
 
 
-Event = Start | Wait | Stop | Restart | Spawned | SpawnFailed | Exited | Ready | Recycle | Tick
+@dataclass(frozen=True)
+class Health:
+    """A health check of the current process passed (`ok`) or failed with `error`; counted
+    only while running (what a failed streak calls for is `health.restart_reason`'s)."""
+
+    ok: bool
+    error: str | None = None
+
+
+Event = (Start | Wait | Stop | Restart | Spawned | SpawnFailed | Exited | Ready | Recycle | Tick
+         | Health)
 
 
 # --- effects ------------------------------------------------------------------------------
@@ -244,6 +258,8 @@ def step(inst: Instance, policy: Policy, event: Event, now: float) -> Step:
             return _on_recycle(inst, policy, reason, how, now)
         case Tick():
             return _on_tick(inst, policy, now)
+        case Health(ok=ok, error=error):
+            return _on_health(inst, ok, error)
     return inst, ()  # not an event of ours: nothing to do (total, never raises)
 
 
@@ -258,10 +274,17 @@ def _nothing(inst: Instance) -> Step:
     return inst, ()
 
 
+def _unchecked(inst: Instance) -> Instance:
+    """Forget the health checks of the process that was (a run ended, or one begins)."""
+    if inst.health is None and not inst.health_failures:
+        return inst  # the common case, without a copy (restart latency)
+    return replace(inst, health=None, health_failures=0, health_error=None)
+
+
 def _spawn(inst: Instance, *, restarts: int, unstable: int) -> Step:
     """Ask the supervisor for a new process: STARTING without pid until Spawned/SpawnFailed."""
     return replace(
-        inst,
+        _unchecked(inst),
         state=State.STARTING,
         pid=None,
         ready=False,
@@ -406,7 +429,7 @@ def _on_recycle(
 def _on_spawned(inst: Instance, policy: Policy, pid: int, now: float) -> Step:
     if inst.pid is not None or inst.state not in (State.STARTING, State.STOPPING):
         return _nothing(inst)  # no spawn was asked for: a stray answer
-    spawned = replace(inst, pid=pid, started_at=now, ready=False, spawn_failures=0)
+    spawned = replace(_unchecked(inst), pid=pid, started_at=now, ready=False, spawn_failures=0)
     if inst.state is State.STOPPING:
         # A stop arrived while the spawn was in flight: kill the new process right away.
         return replace(spawned, deadline=now + policy.kill_timeout), (Kill(policy.kill_signal),)
@@ -467,6 +490,20 @@ def _on_ready(inst: Instance) -> Step:
     return _nothing(inst)  # already running, stopping, or no process: late news
 
 
+def _on_health(inst: Instance, ok: bool, error: str | None) -> Step:
+    if inst.state is not State.RUNNING or inst.pid is None:
+        # Starting (not yet to be judged), stopping, or no process: the result is moot.
+        return _nothing(inst)
+    if ok and inst.health == "healthy":
+        return _nothing(inst)  # healthy still: no news (the engine records nothing)
+    if ok:
+        # Passed: healthy, and a failed streak is over.
+        return replace(inst, health="healthy", health_failures=0, health_error=None), ()
+    # Failed: one more in a row; the error stays visible while it is unhealthy.
+    return replace(inst, health="unhealthy", health_failures=inst.health_failures + 1,
+                   health_error=error or "failed"), ()
+
+
 def _on_tick(inst: Instance, policy: Policy, now: float) -> Step:
     if inst.deadline is None or now < inst.deadline:
         return _nothing(inst)  # nothing due yet
@@ -514,7 +551,7 @@ def _on_exited(
             return _ended(inst, policy, exit_code, inst.reason or "failed", now, failed=True)
         # A requested stop completed: stopped, no reason needed.
         return replace(
-            inst,
+            _unchecked(inst),
             state=State.STOPPED,
             pid=None,
             ready=False,
@@ -538,7 +575,7 @@ def _ended(
     stable = not failed and reached and run >= policy.min_uptime
     unstable = 0 if stable else inst.unstable + 1
     ended = replace(
-        inst,
+        _unchecked(inst),
         pid=None,
         ready=False,
         exit_code=exit_code,

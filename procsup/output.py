@@ -70,6 +70,8 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 STATUS_HEADERS = ("APP", "ID", "PID", "STATE", "UPTIME", "RESTARTS", "CPU", "MEM",
                   "LAST EXIT/REASON")
+#: The health column, after STATE, when some instance shown has a health check.
+HEALTH_HEADER = "HEALTH"
 
 
 def format_status(result: object, *, filtered: bool = False) -> str:
@@ -90,19 +92,25 @@ def format_status(result: object, *, filtered: bool = False) -> str:
         out.append("no matching instances\n" if filtered else "no apps configured\n")
         return "".join(out)
     rows = []
+    checked = any(isinstance(inst.get("health"), str) for inst in instances)
     for inst in instances:
+        health = (_text(inst.get("health")),) if checked else ()
         rows.append((
             str(inst.get("app", "?")),
             _text(inst.get("instance")),
             _text(inst.get("pid")),
             str(inst.get("state", "?")),
+            *health,
             format_duration(_num(inst.get("uptime"))),
             _text(inst.get("restarts")),
             format_cpu(_num(inst.get("cpu"))),
             format_size(_int(inst.get("memory"))),
             _last_column(inst),
         ))
-    out.append(format_table(STATUS_HEADERS, rows))
+    headers: tuple[str, ...] = STATUS_HEADERS
+    if checked:
+        headers = (*STATUS_HEADERS[:4], HEALTH_HEADER, *STATUS_HEADERS[4:])
+    out.append(format_table(headers, rows))
     out.extend(_log_errors(instances))
     return "".join(out)
 

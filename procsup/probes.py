@@ -1,9 +1,12 @@
-"""Readiness probes for `ready = "tcp://HOST:PORT"` and `"http://HOST:PORT/PATH"` (layer 2 leaf).
+"""Probes of `ready = "tcp://HOST:PORT"` / `"http://HOST:PORT/PATH"` and of `health` (layer 2 leaf).
 
-One attempt is `tcp_ready` or `http_ready`: it answers True or False and never raises for
-anything the network or the server does. `wait_ready` repeats attempts until one succeeds or a
-deadline passes; the supervisor cancels it when the instance exits first, and every attempt
-closes its connection on cancellation.
+One attempt is `tcp_check` or `http_check`: None when it passed, else what went wrong, in words
+for `status` ("cannot connect to 127.0.0.1:8000: connection refused", "GET /healthz answered
+500 Internal Server Error"); it never raises for anything the network or the server does.
+`tcp_ready` and `http_ready` say the same as a bool (readiness wants a 2xx), and `check` is one
+health check (an HTTP answer passes with 2xx or 3xx). `wait_ready` repeats attempts until one
+succeeds or a deadline passes; the supervisor cancels it when the instance exits first, and
+every attempt closes its connection on cancellation.
 
 A caveat the caller must know: in cluster mode procsupd itself holds the listening socket, so
 the kernel completes TCP handshakes (into the backlog) before any instance accepts. A tcp probe
@@ -15,11 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Callable
 
-__all__ = ["http_ready", "tcp_ready", "wait_ready"]
+from procsup import units
+
+__all__ = ["check", "http_check", "http_ready", "tcp_check", "tcp_ready", "wait_ready"]
 
 # The most we read of an HTTP answer: the status line is all a probe needs, and a server that
 # sends megabytes (or no newline at all) must not make the probe buffer them.
@@ -30,6 +37,8 @@ _ATTEMPT_TIMEOUT = 5.0
 
 _HOST_PORT_RE = re.compile(r"(?:\[(?P<v6>[^\[\]/]+)\]|(?P<host>[^\[\]/:@\s]+)):(?P<port>\d{1,5})\Z")
 _STATUS_RE = re.compile(rb"HTTP/\d\.\d (\d{3})(?:[ \r]|\Z)")
+# Of a status line's reason phrase, this much is quoted in an error (printable ASCII only).
+_MAX_REASON = 60
 # Characters allowed unescaped in the request target; anything else (spaces, control and
 # non-ASCII characters) is percent-encoded, so no configured path can break the request line.
 _PATH_SAFE = "/:@!$&'()*+,;=?%~-._"
@@ -67,29 +76,40 @@ def _parse(target: str) -> _Target:
     return _Target(scheme, host, port, authority, request_path)
 
 
-async def tcp_ready(host: str, port: int, *, timeout: float) -> bool:
-    """One attempt: True when a TCP connection to host:port is established within `timeout`
-    seconds (it is closed at once, nothing is sent); False when refused, unreachable, not
-    resolvable or too slow."""
+async def tcp_check(host: str, port: int, *, timeout: float) -> str | None:
+    """One attempt: None when a TCP connection to host:port is established within `timeout`
+    seconds (it is closed at once, nothing is sent); else why not (refused, unreachable, not
+    resolvable, too slow)."""
     writer: asyncio.StreamWriter | None = None
+    where = _authority(host, port)
     try:
         async with asyncio.timeout(timeout):
             _reader, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError):
-        return False
+    except TimeoutError:
+        return f"no connection to {where} within {_secs(timeout)}"
+    except OSError as exc:
+        return f"cannot connect to {where}: {_os_error(exc)}"
     finally:
         if writer is not None:
             writer.close()
-    return True
+    return None
 
 
-async def http_ready(url: str, *, timeout: float) -> bool:
-    """One attempt: GET `url` ("http://HOST:PORT/PATH") and answer True for a 2xx status.
+async def tcp_ready(host: str, port: int, *, timeout: float) -> bool:
+    """`tcp_check` as a bool: True when the connection was established in time."""
+    return await tcp_check(host, port, timeout=timeout) is None
+
+
+async def http_check(url: str, *, timeout: float, accept: str = "2") -> str | None:
+    """One attempt: GET `url` ("http://HOST:PORT/PATH"); None when the status's first digit
+    is in `accept` ("2": a 2xx, what readiness wants; "23": 2xx or 3xx, a health check), else
+    why not, in words.
 
     The request is HTTP/1.1 with `Host` and `Connection: close`; only the status line is read
     (at most 1024 bytes), then the connection is closed. Refused, timed out (the whole
-    exchange must finish within `timeout` seconds), closed early, or a malformed or non-2xx
-    answer: False. Raises ValueError only when `url` itself is malformed (the config checks it).
+    exchange must finish within `timeout` seconds), closed early, or a malformed or unwanted
+    answer: an error. Raises ValueError only when `url` itself is malformed (the config
+    checks it).
     """
     target = _parse(url)
     if target.scheme != "http":
@@ -109,13 +129,63 @@ async def http_ready(url: str, *, timeout: float) -> bool:
             writer.write(request)
             await writer.drain()
             line = await _read_status_line(reader)
-    except (OSError, TimeoutError):
-        return False
+    except TimeoutError:
+        return f"no answer from {target.authority} within {_secs(timeout)}"
+    except OSError as exc:
+        connected = writer is not None
+        return (f"{'connection to' if connected else 'cannot connect to'} {target.authority}"
+                f"{' failed' if connected else ''}: {_os_error(exc)}")
     finally:
         if writer is not None:
             writer.close()
     m = _STATUS_RE.match(line)
-    return m is not None and m.group(1).startswith(b"2")
+    if not line:
+        return f"{target.authority} closed the connection without an answer"
+    if m is None:
+        return f"{target.authority} answered no HTTP status line"
+    if m.group(1)[:1].decode() in accept:
+        return None
+    reason = line[m.end():].strip().decode("ascii", "replace")[:_MAX_REASON]
+    reason = "".join(c if c.isprintable() and c.isascii() else "?" for c in reason)
+    return f"GET {target.path} answered {m.group(1).decode()}{' ' + reason if reason else ''}"
+
+
+async def http_ready(url: str, *, timeout: float) -> bool:
+    """`http_check` for readiness, as a bool: True for a 2xx answer in time. Raises ValueError
+    only when `url` itself is malformed."""
+    return await http_check(url, timeout=timeout) is None
+
+
+async def check(target: str, *, timeout: float) -> str | None:
+    """One health check (`health = "tcp://HOST:PORT"` or `"http://HOST:PORT/PATH"`) within
+    `timeout` seconds: a tcp target passes when it accepts a connection, an http one when it
+    answers 2xx or 3xx. None when it passed, else what went wrong. Raises ValueError for a
+    malformed target (the config has validated it)."""
+    parsed = _parse(target)
+    if parsed.scheme == "tcp":
+        return await tcp_check(parsed.host, parsed.port, timeout=timeout)
+    return await http_check(target, timeout=timeout, accept="23")
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _os_error(exc: OSError) -> str:
+    """The system's words for a failed connect, without asyncio's "Connect call failed"."""
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return exc.strerror  # "Name or service not known"
+    if exc.errno is not None and exc.errno > 0:
+        text = os.strerror(exc.errno)
+        return text[:1].lower() + text[1:]  # "connection refused"
+    return str(exc) or type(exc).__name__
+
+
+def _secs(seconds: float) -> str:
+    try:
+        return units.format_duration(seconds)
+    except ValueError:
+        return f"{seconds}s"
 
 
 async def _read_status_line(reader: asyncio.StreamReader) -> bytes:

@@ -4,7 +4,8 @@
 daemon-held listening sockets; pipes into its log files; $NOTIFY_SOCKET in its environment),
 watches its leader exit (a pidfd, or polling where there is none), drains the rest of its process
 group, checks readiness (tcp/http probe, READY=1) and heartbeats (WATCHDOG=1), moves live output
-to new log files, records the live runs in `state_dir`, and stops what a previous daemon left.
+to new log files, records the live runs in `state_dir`, runs health check commands as their
+instance runs (`run_check`), and stops what a previous daemon left.
 
 It decides nothing and owns no instance bookkeeping: `spawn` returns the new `Run` (or why it
 could not start), and what a run does later (its exit, readiness, a missed heartbeat) is reported
@@ -132,6 +133,7 @@ class Processes:
         self.sinks = logs.LogSinks(report=self.log.log)
         self.notify: notify.NotifyServer | None = None
         self._runs: dict[int, Run] = {}  # live runs (not yet released) by pid = pgid
+        self._checks: set[int] = set()  # health check commands not yet reaped
         self._readers: set[Capture] = set()  # every stream still being read
         # Listening sockets of cluster apps, held for the app's life: per app ("shared") or
         # per instance slot ("reuseport", so a replacement gets the same socket). The key
@@ -171,6 +173,15 @@ class Processes:
         self.sinks.close_all()
 
     # ------------------------------------------------------------------ one run
+
+    def _env(self, iid: InstanceId, spec: AppSpec, ident: spawn.Identity,
+             extra: Mapping[str, str]) -> dict[str, str]:
+        """The environment of instance `iid`'s processes: procsup's variables over its own."""
+        return spawn.build_env(
+            self.environ, inherit=spec.inherit_env, app_env=spec.env, identity=ident,
+            extra={"PROCSUP_APP": spec.name, "PROCSUP_INSTANCE": str(iid.index),
+                   "PROCSUP_INSTANCES": str(spec.instances), statefile.MARKER_VAR: self.marker,
+                   **extra})
 
     def spawn(self, iid: InstanceId, spec: AppSpec) -> Run | lifecycle.SpawnFailed:
         """Start a run of instance `iid` from `spec`: the new `Run`, or why it cannot start
@@ -212,19 +223,7 @@ class Processes:
                 cap.reader = pipes.PipeReader(
                     self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap)
                 )
-            env = spawn.build_env(
-                self.environ,
-                inherit=spec.inherit_env,
-                app_env=spec.env,
-                identity=ident,
-                extra={
-                    "PROCSUP_APP": spec.name,
-                    "PROCSUP_INSTANCE": str(iid.index),
-                    "PROCSUP_INSTANCES": str(spec.instances),
-                    statefile.MARKER_VAR: self.marker,
-                    **extra,
-                },
-            )
+            env = self._env(iid, spec, ident, extra)
             proc = spawn.start(
                 spawn.Launch(
                     argv=argv, env=env, cwd=spec.cwd, identity=ident, umask=spec.umask,
@@ -254,6 +253,29 @@ class Processes:
         if spec.ready.startswith(("tcp://", "http://")):
             run.probe = self.loop.create_task(self._probe(run))
         return run
+
+    async def run_check(self, iid: InstanceId, spec: AppSpec, pid: int) -> str | None:
+        """Run the health check command of `spec` (`health` as an argv) for instance `iid`,
+        whose process is `pid`, as the instance runs: its user and groups, cwd, umask and
+        environment (with PROCSUP_PID = `pid`; without its notify or listening sockets), in a
+        session of its own, killed with its group after health_timeout. None when it exited 0
+        in time, else what went wrong ("exited with code 1: <its last line of output>")."""
+        argv = spec.health
+        assert isinstance(argv, tuple), argv
+        try:
+            ident = spawn.Identity.resolve(spec.user, spec.group)
+            launch = spawn.Launch(argv=argv, env=self._env(iid, spec, ident, {
+                "PROCSUP_PID": str(pid)}), cwd=spec.cwd, identity=ident, umask=spec.umask)
+            done = await spawn.run_bounded(launch, spec.health_timeout, running=self._checks)
+        except spawn.SpawnError as exc:
+            return f"cannot run the check: {exc.reason}"
+        if done.timed_out:
+            return (f"{argv[0]} did not finish within health_timeout "
+                    f"{units.format_duration(spec.health_timeout)} (killed)")
+        if done.code == 0:
+            return None
+        last = done.last_line
+        return f"{argv[0]} {units.exit_text(done.code, done.signal)}{': ' + last if last else ''}"
 
     def kill(self, handle: RunHandle, sig: int) -> None:
         """The engine's `Kill` effect: `sig` to the run's whole process group, which is now
@@ -510,7 +532,7 @@ class Processes:
     def reap_orphans(self) -> None:
         """SIGCHLD when procsupd is PID 1: reap re-parented orphans (never an instance leader,
         whose status is read through its pidfd and which is reaped once its group is gone)."""
-        spawn.reap_orphans(set(self._runs))
+        spawn.reap_orphans(set(self._runs) | self._checks)
 
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen every log file (after logrotate moved them)."""

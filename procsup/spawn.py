@@ -3,11 +3,14 @@
 No Python runs between fork and exec: everything the child needs (new session, uid, gid,
 supplementary groups, umask, cwd, fds) is done by `subprocess.Popen`'s C code. Exit is observed
 through a pidfd (Linux >= 5.3) that the caller registers on its event loop, so there is no
-watcher thread per child and no SIGCHLD handler; an idle daemon makes no wakeups.
+watcher thread per child and no SIGCHLD handler; an idle daemon makes no wakeups. Short
+commands with a time limit (health checks) are run to their end by `run_bounded`, on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import errno
 import grp
@@ -35,6 +38,13 @@ PRIVATE_ENV = (
     "INVOCATION_ID",
 )
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Of a bounded command's output (stdout and stderr), this many last bytes are kept.
+OUTPUT_TAIL = 4096
+#: A bounded command killed at its time limit is waited for this long more; then it is left
+#: to be reaped in the background (a process in uninterruptible sleep dies when it wakes).
+_KILLED_WAIT = 1.0
+#: Poll interval of an exit where pidfds are unavailable, and of a background reap.
+_POLL = 0.05
 
 
 #: Errors of a resource that comes back by itself (a process or open-files limit, memory, a
@@ -345,3 +355,119 @@ def pid_alive(pid: int) -> bool:
     """Whether `pid` exists and has not exited (not a zombie: `procfs.is_dead`)."""
     st = procfs.stat(pid)
     return st is not None and not st.dead
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """How a bounded command ended: `code` or `signal` as `exit_status` says (both None when
+    it was killed at its time limit and had not ended yet), whether it was `timed_out`, and the
+    last OUTPUT_TAIL bytes of what it wrote to stdout and stderr."""
+
+    code: int | None
+    signal: int | None
+    timed_out: bool
+    output: bytes
+
+    @property
+    def last_line(self) -> str:
+        """Its last line of output that is not blank, printable, at most 200 characters."""
+        lines = self.output.decode("utf-8", "replace").strip().splitlines()
+        return "".join(c if c.isprintable() else "?" for c in lines[-1][:200]) if lines else ""
+
+
+async def run_bounded(launch: Launch, timeout: float, *,
+                      running: set[int] | None = None) -> Finished:
+    """Run a short command (a health check) to its end within `timeout` seconds.
+
+    It gets a session of its own, stdin from /dev/null and one pipe for stdout and stderr (the
+    last OUTPUT_TAIL bytes are kept; `launch.stdout`/`stderr` are ignored). When its time is
+    up, its whole process group gets SIGKILL; when its leader ends, whatever it left in its
+    group is killed too, so nothing of it outlives it. It never blocks the loop: the exit is
+    watched through a pidfd (polled where there is none), the output read as it comes.
+    Cancelled, it kills the group likewise (then re-raises). `running` holds its pid until it
+    is reaped (for a reaper of orphans that must leave it alone). Raises SpawnError when the
+    command cannot be started.
+    """
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()  # both non-inheritable: Popen dup2s the write end onto 1, 2
+    try:
+        proc = start(dataclasses.replace(launch, stdout=write_fd, stderr=write_fd))
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    if running is not None:
+        running.add(proc.pid)
+    tail = bytearray()
+    ended: asyncio.Future[None] = loop.create_future()
+    fd = pidfd(proc.pid)
+    poll: asyncio.TimerHandle | None = None
+
+    def read_output() -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while chunk := os.read(read_fd, 65536):
+                tail.extend(chunk)
+                del tail[:-OUTPUT_TAIL]
+            loop.remove_reader(read_fd)  # end of file: every writer is gone
+
+    def check_exit() -> None:
+        nonlocal poll
+        poll = None
+        if exit_status(proc.pid, fd) is not None:
+            if not ended.done():
+                ended.set_result(None)
+            if fd is not None:
+                loop.remove_reader(fd)
+        elif fd is None:
+            poll = loop.call_later(_POLL, check_exit)
+
+    os.set_blocking(read_fd, False)
+    loop.add_reader(read_fd, read_output)
+    if fd is not None:
+        loop.add_reader(fd, check_exit)
+    else:
+        check_exit()
+    status: ExitStatus | None = None
+    timed_out = False
+    try:
+        if not (await asyncio.wait({ended}, timeout=timeout))[0]:
+            timed_out = True
+            kill_group(proc.pid, signal.SIGKILL)
+            await asyncio.wait({ended}, timeout=_KILLED_WAIT)
+        if ended.done():
+            status = exit_status(proc.pid, fd)
+        # The leader's zombie keeps its pid from reuse, so this reaches its group only.
+        kill_group(proc.pid, signal.SIGKILL)
+        read_output()
+    except BaseException:  # cancelled: its time is up too
+        kill_group(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        loop.remove_reader(read_fd)
+        os.close(read_fd)
+        if poll is not None:
+            poll.cancel()
+        if fd is not None:
+            loop.remove_reader(fd)
+            os.close(fd)
+        if status is not None:
+            reap(proc, status)
+            if running is not None:
+                running.discard(proc.pid)
+        else:
+            _reap_later(loop, proc, running)
+    code, sig = status if status is not None else (None, None)
+    return Finished(code, sig, timed_out, bytes(tail))
+
+
+def _reap_later(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes],
+                running: set[int] | None) -> None:
+    """Reap a killed bounded command once it has ended, polling in the background."""
+    status = exit_status(proc.pid, None)
+    if status is None:
+        loop.call_later(_POLL, _reap_later, loop, proc, running)
+        return
+    reap(proc, status)
+    if running is not None:
+        running.discard(proc.pid)

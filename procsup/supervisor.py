@@ -29,6 +29,7 @@ from procsup.model import LIVE_STATES, AppSpec, ExecMode, InstanceId, State
 from procsup.running import Report, RunHandle
 from procsup.table import (
     SETTLED,
+    Cancellable,
     Clock,
     Marks,
     ProcessLayer,
@@ -40,8 +41,8 @@ from procsup.table import (
 )
 
 __all__ = [
-    "SETTLED", "Clock", "Marks", "ProcessLayer", "Ref", "Replacement", "Role", "RunHandle",
-    "Supervisor", "View",
+    "SETTLED", "Cancellable", "Clock", "Marks", "ProcessLayer", "Ref", "Replacement", "Role",
+    "RunHandle", "Supervisor", "View",
 ]
 
 @dataclasses.dataclass(eq=False)
@@ -290,6 +291,17 @@ class Supervisor:
         for slot in self._pick([ref]):
             slot.note = note
             self._mark_dirty()
+
+    def checked(self, ref: Ref, pid: int, ok: bool, error: str | None = None) -> View | None:
+        """A health check of process `pid` passed (`ok`) or failed with `error`: news for the
+        instance while `pid` is its process (`lifecycle.Health`), else stale. How it is now.
+        A result that changes nothing (healthy again) is not fed: no record, no wake-ups."""
+        slot = self._by_ref.get(ref)
+        event = lifecycle.Health(ok, error)
+        if slot is not None and slot.inst.pid == pid and lifecycle.step(
+                slot.inst, slot.policy, event, self.clock.time())[0] is not slot.inst:
+            self._feed(slot, event)
+        return None if slot is None else self._view(slot)
 
     def retire(self, refs: Iterable[Ref]) -> list[View]:
         """Stop these instances and forget them once they are stopped (a plan removed them, or

@@ -44,6 +44,7 @@ def test_instances_run_with_their_identity_and_status_json(daemon: Daemon) -> No
             "disabled",
             "log_errors",
         }
+        assert r["health"] is None  # no health check
         assert r["log_errors"] == []
         assert pid_alive(r["pid"])
         assert os.getpgid(r["pid"]) == r["pid"]  # its own process group

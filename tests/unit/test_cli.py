@@ -205,6 +205,29 @@ def test_format_status_shows_the_status_text_an_instance_sent() -> None:
     ]
 
 
+def test_format_status_health_column_only_with_health_checks() -> None:
+    rows = {"instances": [
+        instance(health="healthy"),
+        instance(instance=1, pid=4243, health="unhealthy",
+                 reason="health check failed (1 of 3): GET /healthz answered 500"),
+        instance(instance=2, pid=None, state="starting", uptime=None, cpu=None, memory=None,
+                 health="unknown"),
+        instance(app="worker", pid=77, health=None),  # no check: "-"
+    ]}
+    assert output.format_status(rows) == (
+        "APP     ID  PID   STATE     HEALTH     UPTIME  RESTARTS  CPU   MEM    LAST EXIT/REASON\n"
+        "web     0   4242  running   healthy    12s     0         0.3%  24.0M  -\n"
+        "web     1   4243  running   unhealthy  12s     0         0.3%  24.0M  "
+        "health check failed (1 of 3): GET /healthz answered 500\n"
+        "web     2   -     starting  unknown    -       0         -     -      -\n"
+        "worker  0   77    running   -          12s     0         0.3%  24.0M  -\n"
+    )
+    # no app shown has a check (health null, or a daemon that does not say): no column
+    assert "HEALTH" not in output.format_status({"instances": [instance(health=None)]})
+    assert output.format_status(STATUS) == output.format_status(
+        {**STATUS, "instances": [{**i, "health": None} for i in STATUS["instances"]]})
+
+
 def test_format_status_config_not_applied_and_empty() -> None:
     res = {
         "config": {"path": "/etc/apps.toml", "applied": False,

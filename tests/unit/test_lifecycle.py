@@ -16,6 +16,7 @@ from procsup.lifecycle import (
     Effect,
     Event,
     Exited,
+    Health,
     Instance,
     Kill,
     Policy,
@@ -65,6 +66,7 @@ PENDING = inst(State.STARTING, restarts=2)  # Spawn asked for, no pid yet
 STARTING = inst(State.STARTING, pid=42, started_at=99.5, deadline=100.5, restarts=2, unstable=1)
 RUNNING = inst(State.RUNNING, pid=42, started_at=50.0, ready=True, restarts=2, unstable=1)
 STOPPING = inst(State.STOPPING, pid=42, started_at=50.0, deadline=103.0, restarts=2)
+SICK = dataclasses.replace(RUNNING, health="unhealthy", health_failures=2, health_error="refused")
 
 
 # --- Policy, uptime -----------------------------------------------------------------------
@@ -363,6 +365,58 @@ TABLE: list[tuple[str, Instance, Event, Instance, tuple[Effect, ...]]] = [
         Exited(0, None),
         inst(State.STARTING, started_at=50.0, restarts=2, exit_code=0),
         (Spawn(),),
+    ),
+    # Health: counted while running only; a pass ends a failed streak
+    ("health ok running", RUNNING, Health(True), dataclasses.replace(RUNNING, health="healthy"),
+     NOTHING),
+    (
+        "health failed running: 1 in a row",
+        RUNNING,
+        Health(False, "refused"),
+        dataclasses.replace(RUNNING, health="unhealthy", health_failures=1,
+                            health_error="refused"),
+        NOTHING,
+    ),
+    (
+        "health failed again: one more in a row, the latest error",
+        SICK,
+        Health(False, "HTTP 500"),
+        dataclasses.replace(SICK, health_failures=3, health_error="HTTP 500"),
+        NOTHING,
+    ),
+    ("health ok ends the streak", SICK, Health(True),
+     dataclasses.replace(RUNNING, health="healthy"), NOTHING),
+    ("health failed without words", RUNNING, Health(False),
+     dataclasses.replace(RUNNING, health="unhealthy", health_failures=1, health_error="failed"),
+     NOTHING),
+    ("health starting: not yet judged", STARTING, Health(False, "x"), STARTING, NOTHING),
+    ("health pending: ignored", PENDING, Health(True), PENDING, NOTHING),
+    ("health stopping: ignored", STOPPING, Health(False, "x"), STOPPING, NOTHING),
+    ("health stopped: ignored", STOPPED, Health(True), STOPPED, NOTHING),
+    ("health backoff: ignored", BACKOFF, Health(False, "x"), BACKOFF, NOTHING),
+    # ... and forgotten with the process: the next run starts with no result
+    (
+        "exited while unhealthy: the health goes with the process",
+        SICK,
+        Exited(1, None),
+        inst(State.STARTING, started_at=50.0, restarts=3, unstable=0, exit_code=1),
+        (Spawn(),),
+    ),
+    (
+        "stopped while unhealthy: no health left",
+        dataclasses.replace(SICK, state=State.STOPPING, deadline=103.0),
+        Exited(None, TERM),
+        inst(State.STOPPED, started_at=50.0, restarts=2, unstable=1, exit_code=-TERM),
+        NOTHING,
+    ),
+    (
+        "recycled for its health: still unhealthy while it stops",
+        SICK,
+        Recycle("health check failed 3 times: refused"),
+        dataclasses.replace(SICK, state=State.STOPPING, deadline=105.0, then_start=True,
+                            reason="health check failed 3 times: refused", restarts=3,
+                            unstable=0),
+        (Kill(TERM),),
     ),
     # Tick
     ("tick before deadline: nothing", STARTING, Tick(), STARTING, NOTHING),
@@ -1064,6 +1118,7 @@ events = st.one_of(
     st.builds(Ready),
     st.builds(Recycle, st.text(max_size=5), st.none() | st.text(max_size=5)),
     st.builds(Tick),
+    st.builds(Health, st.booleans(), st.none() | st.text(max_size=5)),
 )
 policies = st.builds(
     Policy,
@@ -1101,6 +1156,11 @@ def check_invariants(before: Instance, event: Event, after: Step, now: float) ->
     if got.pid is not None and got.started_at is not None:
         assert got.started_at <= now
     assert got.restarts >= 0 and got.unstable >= 0
+    # health speaks of the current process only, and says what its streak is
+    if got.pid is None:
+        assert (got.health, got.health_failures, got.health_error) == (None, 0, None)
+    assert (got.health == "unhealthy") == (got.health_failures > 0)
+    assert (got.health_error is not None) == (got.health == "unhealthy")
     for effect in effects:
         if isinstance(effect, Spawn):
             assert (got.state, got.pid, effects) == (State.STARTING, None, (Spawn(),))
@@ -1126,6 +1186,8 @@ def makes_sense(event: Event, current: Instance, now: float) -> bool:
             return current.state is State.STARTING and current.pid is not None
         case Tick():
             return current.deadline is not None and now >= current.deadline
+        case Health():
+            return current.state is State.RUNNING and current.pid is not None
     return True
 
 
@@ -1226,3 +1288,29 @@ def test_gave_up_counts_the_restarts_the_column_shows(
     assert sim.inst.restarts == max_restarts
     assert sim.inst.reason is not None
     assert sim.inst.reason.startswith(f"gave up after {max_restarts} {noun}: ")
+
+
+def test_health_history_a_new_run_starts_unchecked_and_a_stale_result_is_moot() -> None:
+    """A failed streak, the restart it led to, a late result of the old run while the new one
+    starts, then the new run's own checks."""
+    pol = policy(min_uptime=0.5)
+    final, _ = replay(pol, [
+        (0.0, Start()), (0.0, Spawned(10)), (0.5, Tick()),
+        (1.0, Health(True)), (2.0, Health(False, "refused")), (3.0, Health(False, "refused")),
+        (3.0, Recycle("health check failed 2 times: refused")),
+        (3.1, Exited(None, TERM)),  # the restart's second half: a spawn
+    ])
+    assert (final.state, final.health, final.health_failures) == (State.STARTING, None, 0)
+    final, _ = replay(pol, [
+        (3.1, Spawned(11)),
+        (3.2, Health(False, "late news of pid 10")),  # starting: not counted
+        (3.6, Tick()), (4.0, Health(False, "timed out")),
+    ], start=final)
+    assert (final.state, final.pid, final.restarts) == (State.RUNNING, 11, 1)
+    assert (final.health, final.health_failures, final.health_error) == (
+        "unhealthy", 1, "timed out")
+
+
+def test_a_passing_check_of_a_healthy_instance_is_no_news() -> None:
+    healthy = dataclasses.replace(RUNNING, health="healthy")
+    assert step(healthy, policy(), Health(True), AT_100)[0] is healthy  # the same object

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from procsup.probes import http_ready, tcp_ready, wait_ready
+from procsup.probes import check, http_check, http_ready, tcp_check, tcp_ready, wait_ready
 
 T = TypeVar("T")
 DEADLINE = 10.0  # seconds; every wait in this file is bounded by it
@@ -208,6 +208,93 @@ def test_http_reads_a_bounded_amount() -> None:
             await wait_until(lambda: fake.closed_by_client == 1, "the probe to hang up")
 
     run(main())
+
+
+# -- health checks: what went wrong, in words -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (ok(), None),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", None),
+        (b"HTTP/1.1 302 Found\r\nLocation: /login\r\n\r\n", None),  # 3xx passes a health check
+        (b"HTTP/1.1 500 Internal Server Error\r\n\r\n",
+         "GET /healthz answered 500 Internal Server Error"),
+        (b"HTTP/1.1 503\r\n\r\n", "GET /healthz answered 503"),
+        (b"HTTP/1.1 404 Not \x1b[31mFound\r\n\r\n", "GET /healthz answered 404 Not ?[31mFound"),
+        (b"HTTP/1.1 418 " + b"x" * 500 + b"\r\n\r\n", "GET /healthz answered 418 " + "x" * 60),
+        (b"hello there\r\n", "{where} answered no HTTP status line"),
+        (b"", "{where} closed the connection without an answer"),
+    ],
+)
+def test_health_check_http(answer: bytes, error: str | None) -> None:
+    async def main() -> None:
+        async with serving(answer) as fake:
+            where = f"127.0.0.1:{fake.port}"
+            got = await check(f"http://{where}/healthz", timeout=2)
+            assert got == (error.format(where=where) if error else None)
+
+    run(main())
+
+
+def test_readiness_wants_a_2xx_where_a_health_check_takes_a_3xx() -> None:
+    async def main() -> None:
+        async with serving(b"HTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\n") as fake:
+            url = f"http://127.0.0.1:{fake.port}/"
+            assert await http_check(url, timeout=2) == "GET / answered 301 Moved"
+            assert await http_check(url, timeout=2, accept="23") is None
+
+    run(main())
+
+
+def test_health_check_refused_and_slow(unbound_port: tuple[socket.socket, int]) -> None:
+    _sock, port = unbound_port
+
+    async def main() -> None:
+        where = f"127.0.0.1:{port}"
+        assert await check(f"tcp://{where}", timeout=2) == (
+            f"cannot connect to {where}: connection refused")
+        assert await check(f"http://{where}/", timeout=2) == (
+            f"cannot connect to {where}: connection refused")
+        async with serving(None) as fake:  # accepts, reads the request, never answers
+            slow = f"127.0.0.1:{fake.port}"
+            assert await check(f"http://{slow}/", timeout=0.2) == (
+                f"no answer from {slow} within 200ms")
+            assert await check(f"tcp://{slow}", timeout=2) is None
+
+    run(main())
+
+
+def test_tcp_check_timeout_is_said_with_its_duration() -> None:
+    # A listener whose accept queue is full and that never accepts: a further SYN is dropped,
+    # so a connect is neither accepted nor refused.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(16):
+                c = socket.socket()
+                fillers.append(c)
+                c.settimeout(0.3)
+                try:
+                    c.connect(("127.0.0.1", port))
+                except TimeoutError:
+                    break
+            else:
+                pytest.skip("the accept queue never filled up")
+            assert run(tcp_check("127.0.0.1", port, timeout=0.2)) == (
+                f"no connection to 127.0.0.1:{port} within 200ms")
+        finally:
+            for c in fillers:
+                c.close()
+
+
+def test_health_check_rejects_a_bad_target() -> None:
+    with pytest.raises(ValueError, match="expected tcp://HOST:PORT"):
+        run(check("ftp://127.0.0.1:21", timeout=1))
 
 
 @pytest.mark.parametrize(
