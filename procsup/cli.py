@@ -106,6 +106,8 @@ def cmd_outcome(ctx: _Context) -> int:
     cmd = ctx.ns.cmd
     res = ctx.call(cmd, None if wait else QUICK_TIMEOUT, apps=ctx.ns.apps, wait=wait)
     _out(format_outcome(res))
+    for notice in as_list(res.get("notices")):  # reload: stop-then-start, or in place
+        print(f"procsup: {notice}", file=sys.stderr)
     if res.get("error"):
         print(f"procsup: {res['error']}", file=sys.stderr)
     return ExitCode.FAILED if res.get("failed") else ExitCode.OK

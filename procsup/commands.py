@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from procsup import __version__, dump, lifecycle, logs, metrics, units
+from procsup import __version__, dump, lifecycle, logs, metrics, rollout, units
 from procsup.apply import Applier
 from procsup.errors import ConfigError, RemoteError, WireError
 from procsup.model import InstanceView, State
@@ -94,8 +94,10 @@ class Commands:
         return list(chosen.values())
 
     @staticmethod
-    def outcome(views: Iterable[View], ok: Callable[[View], bool]) -> dict[str, object]:
-        """Per instance: state, pid, reason (for a failure without one, the last exit)."""
+    def outcome(views: Iterable[View], ok: Callable[[View], bool],
+                more: Callable[[View], dict[str, object]] | None = None) -> dict[str, object]:
+        """Per instance: state, pid, reason (for a failure without one, the last exit), and
+        the fields `more` gives."""
         views = list(views)
         rows = []
         for v in views:
@@ -105,6 +107,7 @@ class Commands:
             rows.append({
                 "app": v.id.app, "instance": v.id.index, "state": v.state.value,
                 "pid": v.pid, "reason": reason, "exit_code": v.inst.exit_code,
+                **(more(v) if more is not None else {}),
             })
         return {"instances": rows, "failed": not all(ok(v) for v in views)}
 
@@ -148,20 +151,25 @@ class Commands:
         return self.outcome(await self.engine.stopped(refs), lambda v: True)
 
     async def cmd_reload(self, args: dict[str, Any], send: Send) -> object:
-        """Rolling restart: each instance's replacement is ready before the old one stops."""
+        """Each instance the way `reloading.way` says: rolling (the replacement ready before
+        the old one stops), stop-then-start (announced in `notices`), or reload_signal in
+        place. Each row says its `way`."""
         views = self.select(args["apps"])
         targets: dict[str, list[int]] = {}
         for v in views:
             targets.setdefault(v.id.app, []).append(v.id.index)
         wait = bool(args.get("wait", True))
-        run = asyncio.ensure_future(self.applier.reload_apps(targets))
+        done = rollout.Reloaded()
+        run = asyncio.ensure_future(self.applier.reload_apps(targets, out=done))
         run.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not wait:
             return self.outcome(views, lambda v: True)
         failure = await asyncio.shield(run)  # a client that goes away does not stop the rollout
         current = [c for v in views
                    if (c := (self.engine.current(v.id.app) or {}).get(v.id.index)) is not None]
-        result = self.outcome(current, lambda v: failure is None and v.state is State.RUNNING)
+        result = self.outcome(current, lambda v: failure is None and v.state is State.RUNNING,
+                              lambda v: {"way": done.ways.get((v.id.app, v.id.index))})
+        result["notices"] = done.notices
         if failure:
             result["error"] = failure
         return result

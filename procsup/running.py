@@ -271,10 +271,13 @@ class Processes:
             run.stopping = True
             spawn.kill_group(run.pid, sig)
 
-    def signal(self, handle: RunHandle, sig: int) -> bool:
-        """`procsup signal`: `sig` to the run's process group; whether it was delivered."""
+    def signal(self, handle: RunHandle, sig: int, *, leader: bool = False) -> bool:
+        """`sig` to the run's process group, or its leader (before its exit is reaped, so the
+        pid is its own); whether it was delivered."""
         run = _own(handle)
-        return not run.released and spawn.kill_group(run.pid, sig)
+        if run.released or (leader and run.exit_status is not None):
+            return False
+        return spawn.signal_pid(run.pid, sig) if leader else spawn.kill_group(run.pid, sig)
 
     def kill_all(self) -> None:
         """shutdown_timeout passed: SIGKILL to every live process group."""

@@ -62,7 +62,7 @@ class ProcessLayer(Protocol):
 
     def spawn(self, iid: InstanceId, spec: AppSpec) -> RunHandle | lifecycle.SpawnFailed: ...
     def kill(self, run: RunHandle, sig: int) -> None: ...
-    def signal(self, run: RunHandle, sig: int) -> bool: ...
+    def signal(self, run: RunHandle, sig: int, *, leader: bool = False) -> bool: ...
     def watch_heartbeat(self, run: RunHandle, timeout: float | None) -> None: ...
     def retarget(self, run: RunHandle, spec: AppSpec) -> None: ...
     def close_listeners(
@@ -324,12 +324,13 @@ class Supervisor:
             retired.append(self._view(slot))
         return retired
 
-    def signal(self, refs: Iterable[Ref], sig: int) -> list[View]:
-        """`sig` to the process group of each live instance; the instances it reached."""
+    def signal(self, refs: Iterable[Ref], sig: int, *, leader: bool = False) -> list[View]:
+        """`sig` to the process group of each live instance (with `leader`, to its main
+        process only: reload_signal); the instances it reached."""
         done = []
         for slot in self._pick(refs):
             if (slot.run is not None and slot.inst.state in LIVE_STATES
-                    and self.processes.signal(slot.run, sig)):
+                    and self.processes.signal(slot.run, sig, leader=leader)):
                 done.append(self._view(slot))
         return done
 
