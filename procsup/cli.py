@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("start", "start stopped or errored instances"),
         ("stop", "stop instances (they stay stopped)"),
         ("restart", "stop then start; resets the restart counter"),
-        ("reload", "graceful rolling restart"),
+        ("reload", "rolling restart; in place with reload_signal; stop-then-start, said so"),
     ):
         sp = add(name, cmd_outcome, text)
         sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
