@@ -61,8 +61,7 @@ async def reload(engine: Supervisor, targets: Mapping[str, list[int]], *, held: 
 async def _fork(engine: Supervisor, app: str, indexes: Iterable[int], *, held: Held,
                 out: Reloaded) -> str | None:
     """A fork app, one instance at a time, each the way what its old process holds allows."""
-    stopped_first: list[int] = []
-    reason = None
+    stopped_first: dict[reloading.Way, list[int]] = {}  # one notice per reason
     try:
         for index in indexes:
             old = (engine.current(app) or {}).get(index)
@@ -77,15 +76,14 @@ async def _fork(engine: Supervisor, app: str, indexes: Iterable[int], *, held: H
             if chosen.how is How.ROLLING:
                 failure = await rolling(engine, app, [index])
             else:
-                stopped_first.append(index)
-                reason = reason or chosen
+                stopped_first.setdefault(chosen, []).append(index)
                 failure = await _stop_start(engine, old)
             if failure:
                 return failure
         return None
     finally:
-        if stopped_first and reason is not None:
-            line = reloading.notice(app, stopped_first, engine.specs()[app], reason)
+        for chosen, stopped in stopped_first.items():
+            line = reloading.notice(app, stopped, engine.specs()[app], chosen)
             if line:
                 out.notices.append(line)
 

@@ -74,16 +74,21 @@ def test_a_fork_worker_holding_nothing_still_rolls_replacement_first() -> None:
 
 def test_each_fork_instance_goes_its_own_way_one_at_a_time() -> None:
     async def scenario(w: World) -> None:
-        pids = await up(w, spec("web", 3))
+        pids = await up(w, spec("web", 4))
         w.holds[pids[1]] = ("0.0.0.0:8001",)
+        w.holds[pids[3]] = ("0.0.0.0:8003",)
         mark = len(w.procs.history)
-        failure, out = await reload(w, {"web": [0, 1, 2]})
+        failure, out = await reload(w, {"web": [0, 1, 2, 3]})
         assert failure is None
         assert steps(w, mark) == ["spawn web:0", "kill web:0", "kill web:1", "spawn web:1",
-                                  "spawn web:2", "kill web:2"]
-        assert out.ways[("web", 1)] == "stop-start"
-        assert [n.split(" (")[0] for n in out.notices] == [
-            "web:1: restarted stop-then-start, not served meanwhile"]
+                                  "spawn web:2", "kill web:2", "kill web:3", "spawn web:3"]
+        assert out.ways == {("web", 0): "rolling", ("web", 1): "stop-start",
+                            ("web", 2): "rolling", ("web", 3): "stop-start"}
+        assert [n.split(", which")[0] for n in out.notices] == [  # each with its own reason
+            "web:1: restarted stop-then-start, not served meanwhile (its instance holds "
+            "0.0.0.0:8001",
+            "web:3: restarted stop-then-start, not served meanwhile (its instance holds "
+            "0.0.0.0:8003"]
 
     play(scenario)
 
