@@ -16,10 +16,10 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from procsup import __version__, dump, lifecycle, logs, metrics, rollout, units
+from procsup import __version__, deps, dump, lifecycle, logs, metrics, rollout, units
 from procsup.apply import Applier
 from procsup.errors import ConfigError, RemoteError, WireError
-from procsup.model import InstanceView, State
+from procsup.model import InstanceView, RestartPolicy, State
 from procsup.protocol import VERSION
 from procsup.supervisor import Ref, Supervisor, View
 
@@ -33,6 +33,13 @@ _WHILE_SHUTTING_DOWN = frozenset({"ping", "version", "status", "logs", "reread",
 LogFile = tuple[str, "int | None", str, str]  # app, instance (None: shared file), stream, path
 #: follow(path, callback): every chunk written to a log file, until the returned unsubscriber.
 Follow = Callable[[str, logs.Follower], Callable[[], None]]
+
+
+def _completed(v: View) -> bool:
+    """A one-shot task (not restarted when it ends) whose last run exited with code 0, and
+    that runs no more: what `depends_on = { x = "completed" }` waits for."""
+    return (v.spec.autorestart is not RestartPolicy.ALWAYS and v.inst.exit_code == 0
+            and v.state in (State.EXITED, State.STOPPED))
 
 
 class Commands:
@@ -114,9 +121,10 @@ class Commands:
     @staticmethod
     def _ok_started(wait: bool) -> Callable[[View], bool]:
         """After waiting, a start succeeded when the instance runs (a crash loop that is
-        `starting` again did not); without waiting, only an immediate spawn failure fails."""
+        `starting` again did not), or, a one-shot task, completed; without waiting, only an
+        immediate spawn failure fails."""
         if wait:
-            return lambda v: v.state is State.RUNNING
+            return lambda v: v.state is State.RUNNING or _completed(v)
         return lambda v: v.state is not State.ERRORED
 
     # ------------------------------------------------------------------ simple commands
@@ -127,11 +135,31 @@ class Commands:
     async def cmd_version(self, args: dict[str, Any], send: Send) -> object:
         return {"version": __version__, "protocol": VERSION}
 
+    def _dependencies(self, views: list[View]) -> list[Ref]:
+        """The instances a start of `views` brings up first (contract: "start APP also starts
+        APP's stopped or errored dependencies first"): of every app they depend on, directly
+        or not, the ones at rest that did not complete (a met `completed` is not run again;
+        a disabled app stays as it is, and its dependents say so)."""
+        specs = self.engine.specs()
+        chosen = {v.id.app for v in views}
+        found = []
+        for app in deps.closure(chosen, specs):
+            if app in chosen or app in self.engine.disabled:
+                continue
+            for v in (self.engine.current(app) or {}).values():
+                done = _completed(v)
+                if not v.retiring and not done and v.state in (
+                        State.STOPPED, State.ERRORED, State.EXITED):
+                    found.append(v.ref)
+        return found
+
     async def _start(self, args: dict[str, Any], restart: bool) -> object:
-        refs = [v.ref for v in self.select(args["apps"])]
+        views = self.select(args["apps"])
+        refs = [v.ref for v in views]
         # Only instances of the table start: one retiring, a reload's replacement or an
         # outgoing old instance is on its way out already (and not reported).
-        marks = self.engine.restart(refs) if restart else self.engine.start(refs)
+        marks = self.engine.start(self._dependencies(views))
+        marks.update(self.engine.restart(refs) if restart else self.engine.start(refs))
         wait = bool(args.get("wait", True))
         views = await self.engine.started(marks) if wait else self.engine.views(marks)
         return self.outcome(views, self._ok_started(wait))
@@ -143,12 +171,26 @@ class Commands:
         return await self._start(args, restart=True)
 
     async def cmd_stop(self, args: dict[str, Any], send: Send) -> object:
-        refs = [v.ref for v in self.select(args["apps"])]
-        self.engine.stop(refs)
+        views = self.select(args["apps"])
+        refs = [v.ref for v in views]
+        # Dependents before their dependencies; each group is done when the processes this
+        # stop was about are gone. Without waiting, the ordered stop goes on by itself.
+        stop = asyncio.ensure_future(self.engine.stop_in_order(refs))
+        stop.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not args.get("wait", True):
-            return self.outcome(self.engine.views(refs), lambda v: True)
-        # Each is done when the processes this stop was about are gone.
-        return self.outcome(await self.engine.stopped(refs), lambda v: True)
+            await asyncio.sleep(0)  # the first group is told at once
+            result = self.outcome(self.engine.views(refs), lambda v: True)
+        else:
+            result = self.outcome(await asyncio.shield(stop), lambda v: True)
+        # "stop APP stops APP only and names its running dependents"
+        stopped = {v.id.app for v in views}
+        specs = self.engine.specs()
+        running = [d for app in stopped for d in deps.dependents(app, specs)
+                   if d not in stopped and any(
+                       v.live for v in (self.engine.current(d) or {}).values())]
+        if running:
+            result["dependents"] = sorted(set(running))
+        return result
 
     async def cmd_reload(self, args: dict[str, Any], send: Send) -> object:
         """Each instance the way `reloading.way` says: rolling (the replacement ready before
@@ -206,6 +248,7 @@ class Commands:
                     cpu=round(cpu, 1) if cpu is not None else None, memory=mem,
                     exit_code=v.inst.exit_code, reason=v.inst.reason or v.note, status=v.status,
                     next_cron_restart=monitors.next_cron_restart(v.id.app),
+                    health=v.inst.health, disabled=v.id.app in self.engine.disabled,
                     log_errors=tuple(h.to_json() for h in v.log_health),
                 ).to_json()
             )

@@ -227,4 +227,6 @@ def _holds(cond: Condition, m: Member) -> bool:
         return m.state is State.RUNNING
     if cond is Condition.HEALTHY:
         return m.state is State.RUNNING and m.health == "healthy"
-    return m.state is State.EXITED and m.exit_code == 0  # COMPLETED
+    # COMPLETED: its last run exited with code 0, and nothing runs now (a later `stop` of the
+    # finished task, as `stop all` does, leaves it completed)
+    return m.state in (State.EXITED, State.STOPPED) and m.exit_code == 0

@@ -106,6 +106,7 @@ class Instance:
     failed_how: str | None = None  # with failed_run: how each failed run failed, if not by time
     spawn_failures: int = 0  # transient spawn failures in a row (fork: EAGAIN, EMFILE, ...)
     spawn_error: str | None = None  # with spawn_failures: the last one's own words
+    health: str | None = None  # None (no check), "unknown", "healthy", "unhealthy"
 
 
 # --- events -------------------------------------------------------------------------------
@@ -114,6 +115,16 @@ class Instance:
 @dataclass(frozen=True)
 class Start:
     """The user or the plan wants the instance running."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The user or the plan wants the instance running, but its `depends_on` is not met: it
+    waits, not started, with `reason` ("waiting for db (ready)"), until the supervisor sees
+    the dependencies met and feeds `Start` (deps.unmet decides). A new reason replaces the
+    old one."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,7 @@ class Tick:
     """Time passed: act on `inst.deadline` if `now >= deadline`."""
 
 
-Event = Start | Stop | Restart | Spawned | SpawnFailed | Exited | Ready | Recycle | Tick
+Event = Start | Wait | Stop | Restart | Spawned | SpawnFailed | Exited | Ready | Recycle | Tick
 
 
 # --- effects ------------------------------------------------------------------------------
@@ -200,7 +211,8 @@ Effect = Spawn | Kill
 Step = tuple[Instance, tuple[Effect, ...]]
 
 _LIVE_RUN = frozenset({State.STARTING, State.RUNNING})
-_AT_REST = frozenset({State.STOPPED, State.EXITED, State.ERRORED, State.BACKOFF})
+_AT_REST = frozenset(
+    {State.STOPPED, State.EXITED, State.ERRORED, State.BACKOFF, State.WAITING})
 
 
 # --- the machine --------------------------------------------------------------------------
@@ -214,6 +226,8 @@ def step(inst: Instance, policy: Policy, event: Event, now: float) -> Step:
     match event:
         case Start():
             return _on_start(inst)
+        case Wait(reason=reason):
+            return _on_wait(inst, reason)
         case Stop():
             return _on_stop(inst, policy, now)
         case Restart():
@@ -301,6 +315,16 @@ def _on_start(inst: Instance) -> Step:
     return _nothing(inst)  # STARTING/RUNNING: already what was asked
 
 
+def _on_wait(inst: Instance, reason: str) -> Step:
+    if inst.state in _AT_REST:
+        # Nothing runs: wait for the dependencies instead of starting (BACKOFF's pending
+        # restart is cancelled; the start, when it comes, renews the budget as `Start` does).
+        restarts = 0 if inst.state is State.ERRORED else inst.restarts
+        return replace(inst, state=State.WAITING, reason=reason, deadline=None, restarts=restarts,
+                       unstable=0, spawn_failures=0), ()
+    return _nothing(inst)  # a process is live or stopping: a start would not wait either
+
+
 def _on_stop(inst: Instance, policy: Policy, now: float) -> Step:
     if inst.state in _LIVE_RUN:
         # A live process: signal the group, SIGKILL at the deadline if it lingers.
@@ -321,8 +345,8 @@ def _on_stop(inst: Instance, policy: Policy, now: float) -> Step:
         # No process between runs: cancelling the pending restart (or retry) is the whole stop.
         return replace(inst, state=State.STOPPED, deadline=None, reason=None,
                        spawn_failures=0), ()
-    # STOPPED/EXITED/ERRORED: nothing runs; STOPPED records that the user wants it so, and the
-    # last exit code stays visible.
+    # STOPPED/EXITED/ERRORED/WAITING: nothing runs; STOPPED records that the user wants it so,
+    # and the last exit code stays visible.
     return replace(inst, state=State.STOPPED, deadline=None, reason=None), ()
 
 
@@ -340,7 +364,8 @@ def _on_restart(inst: Instance, policy: Policy, now: float) -> Step:
         # The stop is under way: turn it into a restart (also of a failed run, which the user
         # now restarts explicitly).
         return replace(inst, then_start=True, failed_run=False, restarts=0, unstable=0), ()
-    # STOPPED/EXITED/ERRORED/BACKOFF: nothing to stop, so a restart is a start with fresh counters.
+    # STOPPED/EXITED/ERRORED/BACKOFF/WAITING: nothing to stop, so a restart is a start with
+    # fresh counters (the supervisor gates it on depends_on as it gates a start).
     return _spawn(replace(inst, spawn_failures=0), restarts=0, unstable=0)
 
 

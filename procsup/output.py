@@ -140,9 +140,14 @@ def format_outcome(result: object) -> str:
     if not rows:
         return "no instances\n"
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
-    return "".join(
+    text = "".join(
         f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip() + "\n" for r in rows
     )
+    dependents = [str(d) for d in as_list(as_dict(result).get("dependents"))]
+    if dependents:  # a stop of an app that others depend on: they keep running
+        text += (f"still running, and depending on what was stopped: "
+                 f"{', '.join(dependents)}\n")
+    return text
 
 
 def format_signalled(result: object, signame: str) -> str:

@@ -32,7 +32,9 @@ Order of the whole plan, chosen so resources are freed before anything new needs
 process is started only to be restarted or stopped by a later action:
 1. `stop` of removed apps, in the order of `running`;
 2. every `scale` down, then every `restart`/`reload`, then every `scale` up, then every `start`
-   of a new app, each group in the order of `apps` (the new file order).
+   of a new app, each group in the order of `apps` (the new file order), except that the
+   `scale` ups and the starts go dependencies first (`deps.layers`: an app after every app it
+   `depends_on`), so a dependent is never started before what it waits for exists.
 So for one app whose definition and count both change: going down, the extra instances stop
 first and then fewer restart; going up, the existing instances restart and then the new ones
 start (from the new spec, so they never need a restart).
@@ -45,6 +47,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from procsup import deps
 from procsup.model import AppSpec, DaemonSpec, ExecMode
 
 
@@ -281,6 +284,11 @@ def plan(
                 downs.append(Action(Kind.SCALE_DOWN, name, tuple(range(wanted, current)), reason))
             else:
                 ups.append(Action(Kind.SCALE_UP, name, tuple(range(current, wanted)), reason))
+    # Dependencies first (the executor starts in plan order, and the engine holds back a
+    # dependent until its dependencies are met): each group in deps.layers order, stably.
+    rank = {n: i for i, group in enumerate(deps.layers(apps)) for n in group}
+    ups.sort(key=lambda a: rank[a.app])
+    starts.sort(key=lambda a: rank[a.app])
     return Plan(
         actions=(*stops, *downs, *replaces, *ups, *starts),
         restart_daemon=daemon_restart_keys(old_daemon, new_daemon),

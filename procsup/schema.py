@@ -400,30 +400,30 @@ def _health(value: object) -> str | tuple[str, ...]:
     return probe
 
 
+def _conditions() -> str:
+    return ", ".join(f'"{c.value}"' for c in Condition)
+
+
 def _depends_on(value: object) -> tuple[tuple[str, Condition], ...]:
     """A list of app names (each "ready") or a table app -> condition."""
-    conditions = ", ".join(f'"{c.value}"' for c in Condition)
     if isinstance(value, list):
-        names = _strings(value)
-        pairs = [(n, Condition.READY) for n in names]
+        pairs = [(n, Condition.READY) for n in _strings(value)]
     else:
         assert isinstance(value, dict)
         pairs = []
         for name, cond in value.items():
-            if not isinstance(cond, str):
-                raise ValueProblem(f"expected one of {conditions}, got {type_name(cond)}",
-                                   subkey=name)
             try:
                 pairs.append((name, Condition(cond)))
             except ValueError:
-                raise ValueProblem(f"expected one of {conditions}, got {cond!r}",
+                got = repr(cond) if isinstance(cond, str) else type_name(cond)
+                raise ValueProblem(f"expected one of {_conditions()}, got {got}",
                                    subkey=name) from None
     seen: set[str] = set()
     for name, _cond in pairs:
-        problem = app_name_problem(name) if name not in RESERVED_APP_NAMES else (
-            f"{name!r} is not an app")
-        if problem is not None:
-            raise ValueProblem(problem, subkey=name)
+        if not APP_NAME_RE.fullmatch(name) or name in RESERVED_APP_NAMES:  # (the rare case)
+            problem = (f"{name!r} is not an app" if name in RESERVED_APP_NAMES
+                       else app_name_problem(name))
+            raise ValueProblem(problem or f"invalid app name {name!r}", subkey=name)
         if name in seen:
             raise ValueProblem(f"{name!r} is listed twice", subkey=name)
         seen.add(name)

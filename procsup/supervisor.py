@@ -19,123 +19,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import enum
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
 
-from procsup import lifecycle, logs, units
+from procsup import deps, lifecycle, units
 from procsup.lifecycle import Instance, Policy
 from procsup.model import LIVE_STATES, AppSpec, ExecMode, InstanceId, State
 from procsup.running import Report, RunHandle
+from procsup.table import (
+    SETTLED,
+    Clock,
+    Marks,
+    ProcessLayer,
+    Ref,
+    Replacement,
+    Role,
+    Slot,
+    View,
+)
 
 __all__ = [
-    "SETTLED", "Clock", "ProcessLayer", "Ref", "Replacement", "Role", "RunHandle", "Supervisor",
-    "View",
+    "SETTLED", "Clock", "Marks", "ProcessLayer", "Ref", "Replacement", "Role", "RunHandle",
+    "Supervisor", "View",
 ]
-
-#: States in which a `start`/`restart` considers its work done (contract: running or errored;
-#: exited and stopped too, as nothing more will happen without another command).
-SETTLED = frozenset({State.RUNNING, State.ERRORED, State.EXITED, State.STOPPED})
-
-#: A slot's handle for the layers above: stable for the slot's life, never reused.
-Ref = int
-#: What a start or restart returns for `started`: per instance, the generation its run ends.
-Marks = dict[Ref, int]
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """What the engine needs of time: the asyncio loop is one; tests give a fake."""
-
-    def time(self) -> float: ...
-    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable: ...
-
-
-class ProcessLayer(Protocol):
-    """The OS side of runs (`running.Processes`). It reports what runs do later through the
-    `report` callback given to its factory."""
-
-    def spawn(self, iid: InstanceId, spec: AppSpec) -> RunHandle | lifecycle.SpawnFailed: ...
-    def kill(self, run: RunHandle, sig: int) -> None: ...
-    def signal(self, run: RunHandle, sig: int, *, leader: bool = False) -> bool: ...
-    def watch_heartbeat(self, run: RunHandle, timeout: float | None) -> None: ...
-    def retarget(self, run: RunHandle, spec: AppSpec) -> None: ...
-    def close_listeners(
-        self, users: Iterable[tuple[AppSpec, int]], specs: Mapping[str, AppSpec]) -> None: ...
-    def record(self) -> None: ...
-
-
-class Role(str, enum.Enum):
-    CURRENT = "current"  # the instance of its id in the table
-    REPLACEMENT = "replacement"  # a reload's new process, until it takes over
-    OUTGOING = "outgoing"  # replaced (or scaled away and started anew), still stopping
-
-
-@dataclasses.dataclass(eq=False)
-class Slot:
-    """One instance: the lifecycle's view of it, and the run it has now. Written here only."""
-
-    ref: Ref
-    id: InstanceId
-    spec: AppSpec
-    policy: Policy
-    inst: Instance
-    role: Role = Role.CURRENT
-    run: RunHandle | None = None
-    timer: Cancellable | None = None
-    timer_at: float | None = None
-    generation: int = 0  # runs spawned so far
-    run_spec: AppSpec | None = None  # the definition the current run was started with
-    retiring: bool = False  # removed by a plan or `scale`: forgotten once stopped
-    note: str | None = None  # why a monitor last replaced or restarted it (shown in status)
-    gone: bool = False  # forgotten: no longer in the table
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-    """One instance at one moment, for status, metrics, events and the plan executor."""
-
-    ref: Ref
-    id: InstanceId
-    spec: AppSpec
-    inst: Instance
-    role: Role
-    generation: int
-    retiring: bool
-    note: str | None
-    status: str | None  # the last STATUS= of its current run
-    log_health: tuple[logs.LogHealth, ...] = ()  # its current run's log files that refused writes
-
-    @property
-    def state(self) -> State:
-        return self.inst.state
-
-    @property
-    def pid(self) -> int | None:
-        return self.inst.pid
-
-    @property
-    def live(self) -> bool:
-        return self.inst.state in LIVE_STATES
-
-
-@dataclasses.dataclass(frozen=True)
-class Replacement:
-    """How a `replace` ended: `old` (now outgoing, stopping) when the replacement took over;
-    else `new` as it was when it was given up (`superseded`: it was live, but the old
-    instance stopped or the daemon began to shut down meanwhile) and how long it was waited
-    for."""
-
-    new: View
-    old: Ref | None
-    superseded: bool = False
-    waited: float = 0.0
-
 
 @dataclasses.dataclass(eq=False)
 class _Waiter:
@@ -173,6 +80,10 @@ class Supervisor:
         self._stepping = False
         self._waiters: list[_Waiter] = []
         self._dirty = False
+        self.disabled: frozenset[str] = frozenset()  # apps `procsup disable` keeps stopped
+        self._gated: dict[Ref, Slot] = {}  # WAITING for their depends_on
+        self._touched: set[str] | None = set()  # apps changed since the gate looked; None: all
+        self._rank: dict[str, int] | None = None  # app -> its group in deps.layers, cached
 
     # ------------------------------------------------------------------ reading the table
 
@@ -217,6 +128,8 @@ class Supervisor:
                 self._table.pop(name, None)
         for name, spec in apps.items():
             self._set_spec(name, spec)
+        self._touched = None  # depends_on may have changed: the gate looks at every wait
+        self._mark_dirty()
         self._close_listeners()
 
     def set_spec(self, name: str, spec: AppSpec) -> None:
@@ -224,10 +137,13 @@ class Supervisor:
         out take it at once (their live keys: logs, restart policy; what runs changes only
         with the next run)."""
         self._set_spec(name, spec)
+        self._touched = None
+        self._mark_dirty()
         self._close_listeners()
 
     def _set_spec(self, name: str, spec: AppSpec) -> None:
         self._specs[name] = spec
+        self._rank = None
         policy = Policy.of(spec)
         for slot in self._table.get(name, {}).values():
             if slot.retiring:
@@ -271,7 +187,9 @@ class Supervisor:
             # Its current run counts as this start's when it is already starting.
             starting = slot.inst.state is State.STARTING and slot.inst.pid is not None
             marks[slot.ref] = slot.generation - 1 if starting else slot.generation
-        self._command(slots, lifecycle.Start())
+        for slot in self._in_start_order(slots):
+            slot.note = None
+            self._gate(slot, lifecycle.Start())
         return marks
 
     def stop(self, refs: Iterable[Ref]) -> None:
@@ -283,10 +201,73 @@ class Supervisor:
         Only instances of the table, as for `start`. The marks are for `started`."""
         slots = self._startable(refs)
         marks = {slot.ref: slot.generation for slot in slots}
-        self._command(slots, lifecycle.Restart())
-        for slot in slots:
+        for slot in self._in_start_order(slots):
             slot.note = note
+            self._gate(slot, lifecycle.Restart())
         return marks
+
+    def _in_start_order(self, slots: list[Slot]) -> list[Slot]:
+        """Dependencies first, so that a dependent started with them sees them starting (or
+        waiting), not stopped."""
+        if not any(s.spec.depends_on for s in slots):
+            return slots
+        if self._rank is None:  # once per change of the definitions
+            self._rank = {n: i for i, group in enumerate(deps.layers(self._specs))
+                          for n in group}
+        rank = self._rank
+        return sorted(slots, key=lambda s: rank.get(s.id.app, 0))
+
+    def _gate(self, slot: Slot, event: lifecycle.Start | lifecycle.Restart) -> None:
+        """Start (or restart) an instance, unless nothing of it runs and its depends_on is not
+        met: then it waits (`_release` starts it once they are). A live instance restarts at
+        once: it was started already, and ordering is not coupling."""
+        wait = None
+        if slot.inst.state not in LIVE_STATES and slot.spec.depends_on:
+            wait = deps.unmet(slot.spec, self._members(slot.spec))
+        if wait is None:
+            self._feed(slot, event)
+            return
+        slot.wait = wait
+        self._gated[slot.ref] = slot
+        self._feed(slot, lifecycle.Wait(wait.reason))
+
+    def _members(self, spec: AppSpec) -> dict[str, list[deps.Member]]:
+        """The instances of `spec`'s dependencies, as the gate sees them (the table's own:
+        not a reload's replacement, nor one on its way out)."""
+        out = {}
+        for dep, _cond in spec.depends_on:
+            disabled = dep in self.disabled
+            out[dep] = [
+                deps.Member(s.inst.state, s.inst.exit_code, s.inst.health, s.inst.reason,
+                            disabled, s.wait.hopeless if s.wait is not None else False)
+                for s in self._table.get(dep, {}).values() if not s.retiring]
+        return out
+
+    def _release(self) -> None:
+        """The gate, level-triggered once per loop turn after changes: every waiting instance
+        whose dependencies changed starts if they are met now, else takes the new reason.
+        Nothing is released once the daemon shuts down."""
+        touched, self._touched = self._touched, set()
+        if self.shutting_down or not self._gated:
+            return
+        for slot in list(self._gated.values()):
+            if slot.inst.state is not State.WAITING:
+                continue
+            if touched is not None and not any(d in touched for d, _ in slot.spec.depends_on):
+                continue
+            wait = deps.unmet(slot.spec, self._members(slot.spec))
+            if wait is None:
+                self._feed(slot, lifecycle.Start())
+            elif wait != slot.wait:
+                slot.wait = wait
+                self._feed(slot, lifecycle.Wait(wait.reason))
+
+    def set_disabled(self, names: Iterable[str]) -> None:
+        """The apps `procsup disable` keeps stopped (the applier owns the set); a dependent
+        waiting for one of them says so."""
+        self.disabled = frozenset(names)
+        self._touched = None
+        self._mark_dirty()
 
     def _startable(self, refs: Iterable[Ref]) -> list[Slot]:
         return [s for s in self._pick(refs) if s.role is Role.CURRENT and not s.retiring]
@@ -390,13 +371,16 @@ class Supervisor:
 
     async def started(self, marks: Mapping[Ref, int]) -> list[View]:
         """What a `start`/`restart` waits for, given the marks it returned: each instance is
-        settled (running, errored, exited, stopped), waiting in backoff, gone, or has ended
+        settled (running, errored, exited, stopped), waiting in backoff, gone, has ended
         the run that start began and is starting the next (a crash loop with no restart
-        delay never rests in backoff). How they ended up."""
+        delay never rests in backoff), or waits for a dependency that will not come by
+        itself (`deps.Wait.hopeless`). How they ended up."""
         slots = [(s, marks[s.ref]) for s in self._pick(marks)]
         await self._wait(lambda: all(
             s.gone or s.inst.state in SETTLED or s.inst.state is State.BACKOFF
-            or s.generation >= g + 2 for s, g in slots))
+            or s.generation >= g + 2
+            or (s.inst.state is State.WAITING and s.wait is not None and s.wait.hopeless)
+            for s, g in slots))
         return [self._view(s) for s, _ in slots]
 
     async def stopped(self, refs: Iterable[Ref]) -> list[View]:
@@ -415,11 +399,25 @@ class Supervisor:
         self._mark_dirty()
 
     async def stop_all(self) -> None:
-        """Stop every instance in parallel, each within its own kill_timeout."""
-        slots = list(self._slots())
+        """Stop every instance, dependents before their dependencies (`stop_in_order`)."""
+        await self.stop_in_order([s.ref for s in self._slots()])
+
+    async def stop_in_order(self, refs: Iterable[Ref]) -> list[View]:
+        """Stop these instances group by group, dependents before their dependencies
+        (`deps.stop_layers`), the instances of one group in parallel, each within its own
+        kill_timeout; a group is done when the processes it had are gone (as `stopped`).
+        A waiting instance has nothing running and stops first, so that the gate cannot
+        start it while its dependencies are being stopped. How they ended up."""
+        slots = self._pick(refs)
         for slot in slots:
-            self._feed(slot, lifecycle.Stop())
-        await self._wait(lambda: all(s.inst.state not in LIVE_STATES for s in slots))
+            if slot.inst.state is State.WAITING:
+                self._feed(slot, lifecycle.Stop())
+        names = list(dict.fromkeys(s.id.app for s in slots))
+        for group in deps.stop_layers(names, self._specs):
+            batch = [s.ref for s in slots if s.id.app in group]
+            self.stop(batch)
+            await self.stopped(batch)
+        return [self._view(s) for s in slots]
 
     # ------------------------------------------------------------------ the event core
 
@@ -457,6 +455,11 @@ class Supervisor:
         old = slot.inst
         new, effects = lifecycle.step(old, slot.policy, event, self.clock.time())
         slot.inst = new
+        if new.state is not State.WAITING and slot.wait is not None:
+            slot.wait = None  # started, or stopped: the gate lets go of it
+            self._gated.pop(slot.ref, None)
+        if self._touched is not None and new is not old:
+            self._touched.add(slot.id.app)
         if new.state != old.state:
             self._log_transition(slot, old, new)
         for effect in effects:
@@ -519,6 +522,7 @@ class Supervisor:
             slot.timer = None
         slot.gone = True
         self._by_ref.pop(slot.ref, None)
+        self._gated.pop(slot.ref, None)
         if slot in self._outgoing:
             self._outgoing.remove(slot)
         if slot in self._replacements:
@@ -568,6 +572,7 @@ class Supervisor:
     def _flush(self) -> None:
         """Once per loop turn after changes: record instances on disk, wake waiters."""
         self._dirty = False
+        self._release()
         self.processes.record()
         still = []
         for w in self._waiters:

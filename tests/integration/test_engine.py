@@ -40,6 +40,8 @@ def test_instances_run_with_their_identity_and_status_json(daemon: Daemon) -> No
             "reason",
             "status",
             "next_cron_restart",
+            "health",
+            "disabled",
             "log_errors",
         }
         assert r["log_errors"] == []

@@ -81,6 +81,9 @@ RUN = Member(State.RUNNING)
     ((("db", S),), {"db": [Member(State.EXITED, exit_code=0)]}, None),
     ((("db", H),), {"db": [Member(State.RUNNING, health="healthy")]}, None),
     ((("m", C),), {"m": [Member(State.EXITED, exit_code=0)]}, None),
+    ((("m", C),), {"m": [Member(State.STOPPED, exit_code=0)]}, None),  # stopped once done
+    ((("m", C),), {"m": [Member(State.STOPPED, exit_code=-15)]},
+     Wait("waiting for m: stopped", hopeless=True)),
     # waiting, with hope
     ((("db", R),), {"db": [RUN, Member(State.STARTING)]}, Wait("waiting for db (ready)")),
     ((("db", R),), {"db": [Member(State.BACKOFF, reason="restarting in 1s")]},

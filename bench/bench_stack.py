@@ -1,0 +1,161 @@
+"""Stacks (issue 12): how long a stack with dependencies takes to start beyond the readiness
+times on its longest path, and what dependencies cost `reread`.
+
+Start: --width chains of --depth apps (100 apps in chains 10 deep by default); app `c<w>d<d>`
+is one instance of `sleep` with `ready = "started"` and `min_uptime` --ready-ms, and depends on
+`c<w>d<d-1>` ("ready"). procsupd -n starts them all; the kernel's exec timestamps (bench/_proc.py
+ExecWatch) give each app's exec, and `status` which pid is which app. The readiness time of an
+app is its min_uptime, so the sum on the longest path is depth x ready-ms; the stack has started
+when the last app of the deepest layer is ready (its exec + ready-ms). The figure is that time,
+from the first app's exec, minus the sum: what the dependency machinery adds (the gate noticing a
+dependency running, and the next spawn), over depth - 1 links. Target: at most 50 ms.
+
+Reread: --many apps (1000) of `sleep`, as --many / --depth chains of --depth, or with no
+`depends_on` at all (the same apps), one app's command changed; `procsup reread` from spawn to
+exit, --reps times each, alternating. Target: with dependencies within 10 % of without. (Run it
+with --commit of a revision before dependencies existed for the "before" figure of the same
+config without them: that revision refuses `depends_on`, and the column is skipped.)
+
+    .venv/bin/python bench/bench_stack.py [--width 10] [--depth 10] [--ready-ms 200]
+        [--runs 5] [--many 1000] [--reps 10]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import PROCSUP, Results, Session, begin, fmt, median, parser, pct
+from _proc import exec_watch, wait_quiet
+from _subjects import SLEEP, Procsup
+
+
+def chains(width: int, depth: int, ready_ms: int, deps: bool = True) -> dict[str, dict[str, Any]]:
+    apps: dict[str, dict[str, Any]] = {}
+    for w in range(width):
+        for d in range(depth):
+            app: dict[str, Any] = {"command": list(SLEEP), "min_uptime": f"{ready_ms}ms",
+                                   "out_file": False, "error_file": False}
+            if deps and d:
+                app["depends_on"] = [f"c{w}d{d - 1}"]
+            apps[f"c{w}d{d}"] = app
+    return apps
+
+
+def one_start(s: Session, run: int, width: int, depth: int, ready_ms: int) -> dict[str, float]:
+    n = width * depth
+    ps = Procsup(s, f"start{run}", chains(width, depth, ready_ms))
+    with exec_watch() as watch:
+        ps.launch()
+        watch.ppid = ps.pid
+        ps.wait_serving(timeout=60)
+        ps.wait_states("running", n, timeout=120)
+        pids = {r["pid"]: r["app"] for r in ps.call("status")["instances"]}
+        # (the daemon's other children, if any, are not apps: wait for the apps' own execs)
+        watch.wait(lambda w: set(pids) <= set(w.execs), 30, f"{n} instances exec'd")
+        execs = dict(watch.execs)
+    ps.stop(timeout=60)
+    at = {pids[pid]: ns / 1e6 for pid, ns in execs.items() if pid in pids}
+    first = min(at.values())
+    done = max(at[f"c{w}d{depth - 1}"] for w in range(width)) + ready_ms
+    links = [at[f"c{w}d{d + 1}"] - at[f"c{w}d{d}"] - ready_ms
+             for w in range(width) for d in range(depth - 1)]
+    order_ok = all(x > -1.0 for x in links)  # never before its dependency was ready
+    if not order_ok:
+        raise RuntimeError(f"an app exec'd before its dependency was ready: {min(links):.1f} ms")
+    return {"stack": done - first, "overhead": done - first - depth * ready_ms,
+            "link_median": median(links), "link_max": max(links)}
+
+
+def reread_setup(s: Session, tag: str, apps: dict[str, dict[str, Any]]) -> Procsup | None:
+    """A daemon running `apps`, its config file then saved with one app's command changed
+    (watch_config off, so only `reread` reads it); None if this revision refuses the config."""
+    ps = Procsup(s, tag, apps, daemon={"watch_config": False})
+    ps.launch()
+    try:
+        ps.wait_serving(timeout=60)
+    except Exception:
+        print(f"   {tag}: procsupd did not start (this revision refuses the config?); skipped")
+        ps.stop(timeout=30)
+        return None
+    ps.wait_states("running", len(apps), timeout=120)
+    changed = dict(apps)
+    first = next(iter(apps))
+    changed[first] = {**apps[first], "command": [*SLEEP[:-1], "100003"]}
+    ps.conf.write_text(ps.config_text(changed, {"watch_config": False}))
+    return ps
+
+
+def reread_once(s: Session, ps: Procsup) -> float:
+    t0 = time.monotonic()
+    r = subprocess.run([PROCSUP, "-s", ps.socket, "reread"], check=False, capture_output=True,
+                       text=True,
+                       env=s.env)
+    took = (time.monotonic() - t0) * 1000
+    if r.returncode != 0 or "restart" not in r.stdout:
+        raise RuntimeError(f"reread failed: {r.stdout}{r.stderr}")
+    return took
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--width", type=int, default=10)
+    p.add_argument("--depth", type=int, default=10)
+    p.add_argument("--ready-ms", type=int, default=200)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--many", type=int, default=1000)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--skip", choices=("start", "reread"), default=None)
+    args = begin(p, "stacks: {width} chains {depth} deep; reread of {many} apps",
+                 quick={"runs": 2, "reps": 4}, supervisord=False)
+    res = Results("stack")
+    with Session("stack", args.budget or 1200) as s:
+        if args.skip != "start":
+            runs = []
+            for run in range(args.runs):
+                wait_quiet()
+                runs.append(one_start(s, run, args.width, args.depth, args.ready_ms))
+                print(f"   run {run}: stack {runs[-1]['stack']:.1f} ms, overhead "
+                      f"{runs[-1]['overhead']:.1f} ms, link median "
+                      f"{runs[-1]['link_median']:.2f} max {runs[-1]['link_max']:.2f} ms")
+            over = median([r["overhead"] for r in runs])
+            res.add(f"stack start beyond the longest path's readiness ({args.depth} deep, "
+                    f"{args.width * args.depth} apps)", "ms", over, None,
+                    target="<= 50 ms", met=over <= 50)
+            res.details["start"] = runs
+        if args.skip != "reread":
+            width = max(1, args.many // args.depth)
+            with_deps = chains(width, args.depth, 200)
+            without = chains(width, args.depth, 200, deps=False)
+            subjects = [reread_setup(s, "reread-deps", with_deps),
+                        reread_setup(s, "reread-plain", without)]
+            times: list[list[float]] = [[], []]
+            for _ in range(args.reps):  # alternating, so that the machine's noise is shared
+                for k, ps in enumerate(subjects):
+                    if ps is not None:
+                        wait_quiet()
+                        times[k].append(reread_once(s, ps))
+            for ps in subjects:
+                if ps is not None:
+                    ps.stop(timeout=60)
+            a, b = (t if ps is not None else None for t, ps in zip(times, subjects, strict=True))
+            if b is not None:
+                res.add(f"reread, {len(without)} apps without depends_on", "ms", median(b), None)
+                print(f"   without: median {fmt(median(b))} p90 {fmt(pct(b, 90))} ms")
+            if a is not None:
+                res.add(f"reread, {len(with_deps)} apps in chains of {args.depth}", "ms",
+                        median(a), None, target="within 10 % of without",
+                        met=b is not None and median(a) <= 1.1 * median(b))
+                print(f"   with:    median {fmt(median(a))} p90 {fmt(pct(a, 90))} ms")
+            res.details["reread"] = {"with": a, "without": b}
+    print(res.summary())
+    res.save(args.json)
+
+
+if __name__ == "__main__":
+    main()
