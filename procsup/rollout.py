@@ -71,7 +71,8 @@ async def _fork(engine: Supervisor, app: str, indexes: Iterable[int], *, held: H
                 await engine.started(engine.restart([old.ref]))  # nothing to keep serving
                 out.ways[(app, index)] = "start"
                 continue
-            chosen = reloading.way(old.spec, held(old.pid))
+            # A scan of /proc (the group's members, their fds): off the loop.
+            chosen = reloading.way(old.spec, await asyncio.to_thread(held, old.pid))
             out.ways[(app, index)] = chosen.how.value
             if chosen.how is How.ROLLING:
                 failure = await rolling(engine, app, [index])
