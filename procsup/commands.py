@@ -102,13 +102,16 @@ class Commands:
 
     @staticmethod
     def outcome(views: Iterable[View], ok: Callable[[View], bool],
+                why: Callable[[View], str | None] = lambda v: None,
                 more: Callable[[View], dict[str, object]] | None = None) -> dict[str, object]:
-        """Per instance: state, pid, reason (for a failure without one, the last exit), and
-        the fields `more` gives."""
+        """Per instance: state, pid, reason (for a failure without one, what `why` says of
+        it, else the last exit), and the fields `more` gives."""
         views = list(views)
         rows = []
         for v in views:
             reason = v.inst.reason
+            if reason is None and not ok(v):
+                reason = why(v)
             if reason is None and not ok(v) and v.inst.exit_code is not None:
                 reason = f"last run {units.exit_code_text(v.inst.exit_code)}"
             rows.append({
@@ -209,11 +212,21 @@ class Commands:
         failure = await asyncio.shield(run)  # a client that goes away does not stop the rollout
         current = [c for v in views
                    if (c := (self.engine.current(v.id.app) or {}).get(v.id.index)) is not None]
-        result = self.outcome(current, lambda v: failure is None and v.state is State.RUNNING,
-                              lambda v: {"way": done.ways.get((v.id.app, v.id.index))})
+        # After a failure, an instance still on its old process was not reloaded: say that,
+        # not its last run's exit (an old one's, not the replacement's that failed: `error`).
+        # (One reloaded in place by reload_signal keeps its process by design.)
+        before = {v.id: v.pid for v in views}
+        kept = {c.ref for c in current
+                if failure and c.pid is not None and c.pid == before.get(c.id)
+                and done.ways.get((c.id.app, c.id.index)) != "signal"}
+        result = self.outcome(
+            current, lambda v: v.state is State.RUNNING and v.ref not in kept,
+            lambda v: "not reloaded: the old process keeps running" if v.ref in kept else None,
+            lambda v: {"way": done.ways.get((v.id.app, v.id.index))})
         result["notices"] = done.notices
         if failure:
             result["error"] = failure
+            result["failed"] = True
         return result
 
     async def cmd_signal(self, args: dict[str, Any], send: Send) -> object:

@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from procsup import deps, globs, paths, schema, tomlpos, units
+from procsup import deps, globs, paths, schema, shellsyntax, tomlpos, units
 from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
 
@@ -283,7 +283,8 @@ def _included(
 
 
 def _warnings(sources: list[_Source]) -> tuple[str, ...]:
-    """Valid but probably not meant: a duration written as a small integer (milliseconds)."""
+    """Valid but probably not meant: a duration written as a small integer (milliseconds), a
+    string command with shell syntax but no `shell = true` (`shellsyntax.warning`)."""
     out = []
     for src in sources:
         tables: list[tuple[object, tuple[str, ...], str | None, Mapping[str, schema.Key]]] = [
@@ -296,6 +297,8 @@ def _warnings(sources: list[_Source]) -> tuple[str, ...]:
                 continue
             for key, value in table.items():
                 hint = schema.duration_hint(rows.get(key), value)
+                if key == "command" and isinstance(value, str) and table.get("shell") is not True:
+                    hint = shellsyntax.warning(value)  # (only apps have a command)
                 if hint is not None:
                     out.append(str(src.error(hint, *path, key, app=app, key=key)))
     return tuple(out)

@@ -95,7 +95,7 @@ class Instance:
     state: State = State.STOPPED
     pid: int | None = None
     started_at: float | None = None  # `now` when the current/last process was spawned
-    restarts: int = 0  # automatic restarts since the last start/restart command
+    restarts: int = 0  # automatic restarts (policy, monitors) since `restart`, or errored
     unstable: int = 0  # unstable runs in a row (shorter than min_uptime, or never ready)
     exit_code: int | None = None  # last exit: the code, or -N when killed by signal N
     reason: str | None = None  # why errored/exited/backoff/stopping, shown in status
@@ -556,7 +556,8 @@ def _ended(
         return replace(ended, state=State.EXITED, reason=why), ()
     if unstable > policy.max_restarts:
         # max_restarts restarts in a row after unstable runs were not enough: give up.
-        gave_up = _gave_up(policy, unstable, why, inst.failed_how if failed else None)
+        gave_up = _gave_up(policy, unstable, inst.restarts, why,
+                           inst.failed_how if failed else None)
         return replace(ended, state=State.ERRORED, reason=gave_up), ()
     restarts = inst.restarts + 1
     delay = _delay(policy, unstable)
@@ -594,9 +595,14 @@ def _retry_delay(policy: Policy, tries: int) -> float:
     return max(min(math.ldexp(SPAWN_RETRY, doublings), BACKOFF_CAP), _delay(policy, 1))
 
 
-def _gave_up(policy: Policy, unstable: int, why: str, how: str | None) -> str:
+def _gave_up(policy: Policy, unstable: int, total: int, why: str, how: str | None) -> str:
+    """The reason of ERRORED. It counts the restarts in a row between the unstable runs; when
+    the `restarts` column (`total`: stable runs that ended and monitors' restarts count there
+    too) shows another number, it says both, so the two never seem to disagree."""
     restarts = unstable - 1  # the restarts in a row between those unstable runs
     noun = "restart" if restarts == 1 else "restarts"
+    if total != restarts:
+        noun += f" in a row ({total} in all)"
     if how is not None:
         short = how
     elif policy.ready == READY_STARTED:

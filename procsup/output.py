@@ -91,7 +91,6 @@ def format_status(result: object, *, filtered: bool = False) -> str:
         return "".join(out)
     rows = []
     for inst in instances:
-        reason = inst.get("reason")
         rows.append((
             str(inst.get("app", "?")),
             _text(inst.get("instance")),
@@ -101,7 +100,7 @@ def format_status(result: object, *, filtered: bool = False) -> str:
             _text(inst.get("restarts")),
             format_cpu(_num(inst.get("cpu"))),
             format_size(_int(inst.get("memory"))),
-            str(reason) if reason else _last_exit(inst),
+            _last_column(inst),
         ))
     out.append(format_table(STATUS_HEADERS, rows))
     out.extend(_log_errors(instances))
@@ -231,6 +230,27 @@ def _int(value: object) -> int | None:
 
 def _text(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+#: The longest `STATUS=` text the table shows whole; a longer one ends in "..." (`--json`
+#: has all of it).
+STATUS_WIDTH = 60
+
+
+def _last_column(inst: dict[str, Any]) -> str:
+    """The reason, else the last exit; then the `STATUS=` text the run sent, quoted (the
+    app's own words): `"serving 12 clients"`, `exit 1; "warming cache"`."""
+    reason = inst.get("reason")
+    cell = str(reason) if reason else _last_exit(inst)
+    status = inst.get("status")
+    if not isinstance(status, str) or not status:
+        return cell
+    import json
+
+    if len(status) > STATUS_WIDTH:
+        status = status[: STATUS_WIDTH - 3] + "..."
+    said = json.dumps(status, ensure_ascii=False)  # quotes, and control characters escaped
+    return said if cell == "-" else f"{cell}; {said}"
 
 
 def _last_exit(inst: dict[str, Any]) -> str:

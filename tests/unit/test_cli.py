@@ -180,6 +180,31 @@ def test_format_status_table() -> None:
     )
 
 
+def test_format_status_shows_the_status_text_an_instance_sent() -> None:
+    """STATUS= is in the table too (contract §1), quoted as the app's words, after the reason
+    or last exit when there is one; a long one is cut, control characters are escaped."""
+    rows = [
+        instance(status="serving 12 clients"),
+        instance(instance=1, restarts=2, exit_code=1, status="warming cache"),
+        instance(instance=2, state="stopping", reason="over max_memory_restart", status="bye"),
+        instance(instance=3, status="x" * 100),
+        instance(instance=4, status='say "hi"\tthen\x1b[31m'),
+        instance(instance=5, status=""),
+        instance(instance=6, status=["not", "text"]),
+    ]
+    lines = output.format_status({"instances": rows}).splitlines()[1:]
+    ends = [line.rsplit("24.0M  ", 1)[1] for line in lines]
+    assert ends == [
+        '"serving 12 clients"',
+        'exit 1; "warming cache"',
+        'over max_memory_restart; "bye"',
+        '"' + "x" * 57 + '..."',
+        '"say \\"hi\\"\\tthen\\u001b[31m"',
+        "-",
+        "-",
+    ]
+
+
 def test_format_status_config_not_applied_and_empty() -> None:
     res = {
         "config": {"path": "/etc/apps.toml", "applied": False,

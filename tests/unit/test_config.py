@@ -1499,6 +1499,33 @@ def test_no_warnings_for_plain_configs(tmp_path: Path) -> None:
     assert desired.warnings == ()
 
 
+def test_shell_syntax_in_a_string_command_without_shell_is_warned_about(
+        tmp_path: Path) -> None:
+    """Located at the command key; an array command or shell = true never warns, nor does
+    quoted text; the app still loads as the contract says (shell-like split, no shell)."""
+    (tmp_path / "more.toml").write_text('[apps.inc]\n\ncommand = "FOO=1 x"\n')
+    desired = load_text(tmp_path, (
+        '[procsup]\ninclude = ["more.toml"]\n'
+        '[apps.web]\ncwd = "/tmp"\ncommand = "cd /tmp && ls"\n'
+        '[apps.arr]\ncommand = ["sh", "-c", "a && b", "|"]\n'
+        '[apps.sh]\ncommand = "cd /tmp && ls | wc"\nshell = true\n'
+        '[apps.off]\nshell = false\ncommand = "x | y"\n'
+        '[apps.quoted]\ncommand = "python3 -c \\"print(\'a|b\')\\""\n'
+    ))
+    path, more = tmp_path / "apps.toml", tmp_path / "more.toml"
+    assert desired.apps["web"].command == ("cd", "/tmp", "&&", "ls")
+    assert desired.warnings == (
+        f"{path}:5: app 'web', key 'command': \"cd /tmp && ls\" contains shell syntax ('cd', "
+        "'&&'): without shell = true it runs \"cd\" (a shell builtin, not a program) with "
+        '"&&" as an argument; set shell = true',
+        f"{path}:13: app 'off', key 'command': \"x | y\" contains shell syntax ('|'): without "
+        'shell = true it runs "x" with "|" as an argument; set shell = true',
+        f"{more}:3: app 'inc', key 'command': \"FOO=1 x\" contains shell syntax ('FOO=1'): "
+        'without shell = true it runs "FOO=1" as the program; set env = { FOO = "1" } instead, '
+        "or shell = true",
+    )
+
+
 def test_depends_on_is_checked_against_the_other_apps_with_file_and_line(
         tmp_path: Path) -> None:
     (tmp_path / "more.toml").write_text(

@@ -1155,3 +1155,74 @@ def test_nonsense_events_leave_the_instance_unchanged(
         if not makes_sense(event, current, now):
             assert step(current, pol, event, now) == (current, ())
         current = step(current, pol, event, now)[0]
+
+
+# -- the restarts column and "gave up after N restarts" agree -------------------------------
+
+
+def _play(sim: Sim, history: str) -> None:
+    """Replay `history`, one letter per event: S start, R restart command, X stop (and its
+    exit), c a run shorter than min_uptime that crashes, C a stable run that crashes, m a
+    monitor's restart of a stable run, u a monitor's restart of a run not yet stable."""
+    for letter in history:
+        if letter == "S":
+            sim.feed(Start())
+        elif letter == "R":
+            sim.feed(Restart())
+            if sim.state() is State.STOPPING:
+                sim.feed(Exited(None, TERM))
+        elif letter == "X":
+            sim.feed(Stop())
+            if sim.state() is State.STOPPING:
+                sim.feed(Exited(None, TERM))
+        elif letter in "cC":
+            sim.crash(1, after=0.1 if letter == "c" else 5.0)
+        elif letter in "mu":
+            sim.advance(0.1 if letter == "u" else 5.0)
+            sim.feed(Recycle("over max_memory_restart"))
+            sim.feed(Exited(None, TERM))
+
+
+def _crash_until_errored(sim: Sim) -> None:
+    for _ in range(100):
+        if sim.state() is State.ERRORED:
+            return
+        sim.crash(1, after=0.1)
+    raise AssertionError("never gave up")
+
+
+# (history before the crash loop, max_restarts, restarts shown, how the reason counts them).
+# The first row is the history of the issue: RESTARTS 6 next to "gave up after 3 restarts".
+GAVE_UP = [
+    ("SCCC", 3, 6, "3 restarts in a row (6 in all)"),
+    ("S", 3, 3, "3 restarts"),
+    ("S", 1, 1, "1 restart"),
+    ("SC", 1, 2, "1 restart in a row (2 in all)"),
+    ("S", 0, 0, "0 restarts"),
+    ("SCC", 0, 2, "0 restarts in a row (2 in all)"),
+    ("Scc", 2, 2, "2 restarts"),  # the crash loop just goes on
+    ("SccXS", 2, 4, "2 restarts in a row (4 in all)"),  # a start keeps the count, not the loop
+    ("SccR", 2, 2, "2 restarts"),  # a restart command resets both
+    ("Smm", 2, 4, "2 restarts in a row (4 in all)"),  # monitors' restarts are restarts too
+    ("Scu", 2, 3, "2 restarts in a row (3 in all)"),  # even within the crash loop
+]
+
+
+@pytest.mark.parametrize(("history", "max_restarts", "shown", "counted"), GAVE_UP,
+                         ids=[f"{h}-max{m}" for h, m, _, _ in GAVE_UP])
+def test_gave_up_counts_the_restarts_the_column_shows(
+        history: str, max_restarts: int, shown: int, counted: str) -> None:
+    sim = Sim(policy(max_restarts=max_restarts, min_uptime=1.0))
+    _play(sim, history)
+    _crash_until_errored(sim)
+    assert sim.inst.restarts == shown
+    assert sim.inst.reason == (f"gave up after {counted}: each run was shorter than "
+                               "min_uptime 1s (last: exited with code 1)")
+    # A start after giving up starts the count over: the next give-up needs no "in all".
+    sim.feed(Start())
+    assert (sim.inst.restarts, sim.inst.unstable) == (0, 0)
+    _crash_until_errored(sim)
+    noun = "restart" if max_restarts == 1 else "restarts"
+    assert sim.inst.restarts == max_restarts
+    assert sim.inst.reason is not None
+    assert sim.inst.reason.startswith(f"gave up after {max_restarts} {noun}: ")
