@@ -3,8 +3,9 @@ reloads, the fresh processes the monitors ask for, start-up and shutdown.
 
 `Applier.apply` makes a config the desired state and executes the plan `reconcile.plan` made for
 it, one apply at a time, stops finished before anything starts. `scale` and `reload_apps` change
-instances between configs; `rolling` replaces instances one at a time, each replacement ready
-before its old instance stops; `recycle` is how a monitor gets fresh processes. The config reload
+instances between configs; `rolling` (in `rollout`) replaces instances one at a time, each
+replacement ready before its old instance stops; `recycle` is how a monitor gets fresh
+processes. The config reload
 triggers (`update`, SIGHUP, a saved watched file) end here too, and `ConfigLoader` reads the
 config for them on a worker thread, one read at a time, within a deadline. Executing a plan
 makes no decision the planner did not make: each kind of action is executed one way, through
@@ -22,7 +23,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from procsup import config, health, monitors, reconcile, statefile, units, watch
+from procsup import config, health, listening, monitors, reconcile, rollout, statefile, units, watch
 from procsup.errors import ConfigError
 from procsup.model import LIVE_STATES, Desired, ExecMode, State
 from procsup.reconcile import Kind
@@ -157,8 +158,10 @@ class Applier:
 
     def __init__(self, engine: Supervisor, desired: Desired, *,
                  profile_override: str | None, disabled: Iterable[str] = (),
-                 check_command: health.Command | None = None) -> None:
+                 check_command: health.Command | None = None,
+                 held: rollout.Held = listening.held) -> None:
         self.engine = engine
+        self.held = held  # what an instance's process group listens on (seam for tests)
         self.desired = desired
         # The apps `procsup disable` recorded in state_dir (names not in the config too: a
         # re-added app stays disabled). Part of the desired state: no plan starts them.
@@ -399,72 +402,20 @@ class Applier:
         self.disabled = names
         self.engine.set_disabled(names)
 
-    async def reload_apps(self, targets: Mapping[str, list[int]]) -> str | None:
-        """`procsup reload`: a rolling replacement of these instances, one at a time."""
+    async def reload_apps(self, targets: Mapping[str, list[int]], *,
+                          out: rollout.Reloaded | None = None) -> str | None:
+        """`procsup reload`: each instance the way `reloading.way` says (rolling, one at a
+        time; stop-then-start; or reload_signal in place); the failure that stopped it, or
+        None. `out` collects the way of each instance and the lines to tell the user."""
         async with self.lock:
-            for app, indexes in targets.items():
-                failure = await self.rolling(app, indexes)
-                if failure:
-                    return failure
-        return None
+            return await rollout.reload(self.engine, targets, held=self.held, log=self.log,
+                                        out=rollout.Reloaded() if out is None else out)
 
     async def rolling(
         self, app: str, indexes: Iterable[int], *, only_running: bool = False
     ) -> str | None:
-        """Replace instances one at a time: start a replacement, wait until it is ready, only
-        then stop the old one (gracefully), so a cluster app never stops serving. A
-        replacement that is not ready within ready_timeout ends the rollout: it is stopped,
-        the old instances keep running, and the reason is returned. An old instance's graceful
-        stop overlaps the next replacement's start-up (it was replaced already); the rollout
-        returns once every old instance is gone. `only_running` (a monitor's replacement)
-        skips an instance that is not running when its turn comes, where `reload` starts it."""
-        outgoing: list[Ref] = []
-        try:
-            for index in indexes:
-                if self.shutting_down:
-                    return f"reload of {app} stopped: procsupd is shutting down"
-                if app in self.disabled:
-                    return f"reload of {app} stopped: {app} was disabled"
-                old = (self.engine.current(app) or {}).get(index)
-                if old is None or old.retiring:
-                    continue
-                if old.state not in (State.RUNNING, State.STARTING):  # nothing to keep serving
-                    if not only_running:
-                        await self.engine.started(self.engine.restart([old.ref]))
-                    continue
-                done = await self.engine.replace(old.ref)
-                if done.old is not None:
-                    outgoing.append(done.old)
-                elif done.superseded:
-                    return (f"reload of {app} stopped at {done.new.id}: the instance was "
-                            "stopped or procsupd is shutting down")
-                else:
-                    reason = self._not_ready(done.new, done.waited)
-                    return (f"reload of {app} stopped at {done.new.id}: {reason}; "
-                            "the old instances keep running")
-            return None
-        finally:
-            await self.engine.stopped(outgoing)
-
-    @staticmethod
-    def _not_ready(new: View, waited: float) -> str:
-        """Why a reload's replacement did not take over, for the user: its own exit, said as
-        such (with a hint for a fork app, the usual cause being its own port), or the wait."""
-        code, spec = new.inst.exit_code, new.spec
-        if new.inst.spawn_failures:  # a resource ran out; not retried here
-            return f"the replacement could not be started: {new.inst.spawn_error}"
-        if code is None and new.generation <= 1:  # it never ran: the command cannot execute
-            return new.inst.reason or f"the replacement is {new.state.value}"
-        if waited >= spec.ready_timeout or code is None:
-            return (f"the replacement was not ready within ready_timeout "
-                    f"{units.format_duration(spec.ready_timeout)}")
-        how = units.exit_code_text(code)
-        reason = (f"the replacement {how if code >= 0 else 'was ' + how} before it was ready "
-                  f"(see procsup logs {new.id.app})")
-        if spec.exec_mode is ExecMode.FORK:
-            reason += ("; a fork app that binds its own port cannot run beside its old "
-                       "instance: use restart, or exec_mode = \"cluster\"")
-        return reason
+        """`rollout.rolling`: replacement first, one instance at a time."""
+        return await rollout.rolling(self.engine, app, indexes, only_running=only_running)
 
     # ------------------------------------------------------------------ monitors (monitors.py)
 

@@ -107,6 +107,8 @@ def cmd_outcome(ctx: _Context) -> int:
     cmd = ctx.ns.cmd
     res = ctx.call(cmd, None if wait else QUICK_TIMEOUT, apps=ctx.ns.apps, wait=wait)
     _out(format_outcome(res))
+    for notice in as_list(res.get("notices")):  # reload: stop-then-start, or in place
+        print(f"procsup: {notice}", file=sys.stderr)
     if res.get("error"):
         print(f"procsup: {res['error']}", file=sys.stderr)
     return ExitCode.FAILED if res.get("failed") else ExitCode.OK
@@ -327,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("stop", "stop instances (they stay stopped until started, or until an applied "
                  "config changes their app)"),
         ("restart", "stop then start; resets the restart counter"),
-        ("reload", "graceful rolling restart"),
+        ("reload", "rolling restart; in place with reload_signal; stop-then-start, said so"),
     ):
         sp = add(name, cmd_outcome, text)
         sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)

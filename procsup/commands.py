@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from procsup import __version__, deps, dump, health, lifecycle, logs, metrics, units
+from procsup import __version__, deps, dump, health, lifecycle, logs, metrics, rollout, units
 from procsup.apply import Applier
 from procsup.errors import ConfigError, RemoteError, WireError
 from procsup.model import InstanceView, RestartPolicy, State
@@ -102,9 +102,10 @@ class Commands:
 
     @staticmethod
     def outcome(views: Iterable[View], ok: Callable[[View], bool],
-                why: Callable[[View], str | None] = lambda v: None) -> dict[str, object]:
+                why: Callable[[View], str | None] = lambda v: None,
+                more: Callable[[View], dict[str, object]] | None = None) -> dict[str, object]:
         """Per instance: state, pid, reason (for a failure without one, what `why` says of
-        it, else the last exit)."""
+        it, else the last exit), and the fields `more` gives."""
         views = list(views)
         rows = []
         for v in views:
@@ -116,6 +117,7 @@ class Commands:
             rows.append({
                 "app": v.id.app, "instance": v.id.index, "state": v.state.value,
                 "pid": v.pid, "reason": reason, "exit_code": v.inst.exit_code,
+                **(more(v) if more is not None else {}),
             })
         return {"instances": rows, "failed": not all(ok(v) for v in views)}
 
@@ -255,13 +257,16 @@ class Commands:
         return result
 
     async def cmd_reload(self, args: dict[str, Any], send: Send) -> object:
-        """Rolling restart: each instance's replacement is ready before the old one stops."""
+        """Each instance the way `reloading.way` says: rolling (the replacement ready before
+        the old one stops), stop-then-start (announced in `notices`), or reload_signal in
+        place. Each row says its `way`."""
         views = self._not_disabled(args["apps"], self.select(args["apps"]))
         targets: dict[str, list[int]] = {}
         for v in views:
             targets.setdefault(v.id.app, []).append(v.id.index)
         wait = bool(args.get("wait", True))
-        run = asyncio.ensure_future(self.applier.reload_apps(targets))
+        done = rollout.Reloaded()
+        run = asyncio.ensure_future(self.applier.reload_apps(targets, out=done))
         run.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not wait:
             return self.outcome(views, lambda v: True)
@@ -270,12 +275,16 @@ class Commands:
                    if (c := (self.engine.current(v.id.app) or {}).get(v.id.index)) is not None]
         # After a failure, an instance still on its old process was not reloaded: say that,
         # not its last run's exit (an old one's, not the replacement's that failed: `error`).
+        # (One reloaded in place by reload_signal keeps its process by design.)
         before = {v.id: v.pid for v in views}
         kept = {c.ref for c in current
-                if failure and c.pid is not None and c.pid == before.get(c.id)}
+                if failure and c.pid is not None and c.pid == before.get(c.id)
+                and done.ways.get((c.id.app, c.id.index)) != "signal"}
         result = self.outcome(
             current, lambda v: v.state is State.RUNNING and v.ref not in kept,
-            lambda v: "not reloaded: the old process keeps running" if v.ref in kept else None)
+            lambda v: "not reloaded: the old process keeps running" if v.ref in kept else None,
+            lambda v: {"way": done.ways.get((v.id.app, v.id.index))})
+        result["notices"] = done.notices
         if failure:
             result["error"] = failure
             result["failed"] = True

@@ -2,8 +2,9 @@
 sink (layer 2 leaf, below `logs`).
 
 Creates the pipes (`open_pipe`) and reads them (`PipeReader`); what becomes of the lines is the
-sink's business (`logs.LogSink` writes them to a file). Everything runs on the supervisor's one
-asyncio loop thread; it imports nothing from procsup.
+sink's business (`logs.LogSink` writes them to a file). A reader can also show its whole lines to
+a `LineMatch` (`ready = "log:REGEX"`) until that matched once. Everything runs on the
+supervisor's one asyncio loop thread; it imports nothing from procsup.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["BIG_READ_SIZE", "LINE_MAX", "PIPE_SIZE", "READ_SIZE", "PipeReader", "Sink", "open_pipe"]
+__all__ = ["BIG_READ_SIZE", "LINE_MAX", "PIPE_SIZE", "READ_SIZE", "LineMatch", "PipeReader", "Sink",
+           "open_pipe", "pattern"]
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +57,41 @@ class Sink(Protocol):
         """Write `head + data`, whole lines only (each ends with a newline)."""
 
 
+@functools.lru_cache(maxsize=256)
+def pattern(regex: str) -> re.Pattern[str]:
+    """`regex` compiled, once per expression (not per run; it was validated by the config)."""
+    return re.compile(regex)
+
+
+class LineMatch:
+    """The first whole line that matches `pattern` (`re.search`), over every reader it is given
+    to (a run's stdout and stderr): then `on_match()` is called, once, and it is `done`.
+
+    A line is matched as the child wrote it, decoded as UTF-8 (bad bytes replaced), without its
+    newline and a carriage return before it: no date prefix or other decoration a sink adds.
+    Once done, a reader drops it at its next chunk, so a running child's output costs no
+    matching at all. `on_match` may be set after construction (before the loop runs again)."""
+
+    def __init__(self, pattern: re.Pattern[str],
+                 on_match: Callable[[], None] | None = None) -> None:
+        self.pattern = pattern
+        self.on_match = on_match
+        self.done = False
+
+    def feed(self, lines: bytes | memoryview, head: bytes = b"") -> None:
+        """Look at `head + lines`: one or more whole lines (each ending with a newline)."""
+        if self.done:
+            return
+        data = head + bytes(lines) if head else bytes(lines)
+        search = self.pattern.search
+        for line in data.decode("utf-8", "replace").split("\n")[:-1]:
+            if search(line.removesuffix("\r")):
+                self.done = True
+                if self.on_match is not None:
+                    self.on_match()
+                return
+
+
 class PipeReader:
     """Reads one child pipe (non-blocking fd) on the asyncio loop and writes whole lines into a
     sink.
@@ -65,7 +104,8 @@ class PipeReader:
     appended, the fd is closed, and `on_eof()` is called once.
 
     `sink = None` discards the output but still drains the pipe, so the child never blocks.
-    The reader owns `fd` from construction on and starts reading at once.
+    `watch` sees every whole line too (also with no sink) until it is done: the reader then
+    forgets it. The reader owns `fd` from construction on and starts reading at once.
     """
 
     def __init__(
@@ -74,11 +114,13 @@ class PipeReader:
         fd: int,
         sink: Sink | None,
         on_eof: Callable[[], None],
+        watch: LineMatch | None = None,
     ) -> None:
         self._loop = loop
         self._fd = fd
         self._sink = sink
         self._on_eof = on_eof
+        self._watch = watch
         self._partial = b""
         self._closed = False
         try:
@@ -137,7 +179,9 @@ class PipeReader:
 
     def _feed(self, data: bytes) -> None:
         sink = self._sink
-        if sink is None:
+        if self._watch is not None and self._watch.done:
+            self._watch = None  # matched (here or on the other stream): no more matching
+        if sink is None and self._watch is None:
             return
         end = data.rfind(_NL) + 1
         if end == 0:
@@ -146,25 +190,31 @@ class PipeReader:
             # No copy of the chunk: the buffered line start goes along as `head`, and a view
             # cuts off the new partial line (only that tail is copied).
             head, self._partial = self._partial, data[end:]
-            sink.write(data if end == len(data) else memoryview(data)[:end], head)
+            self._emit(data if end == len(data) else memoryview(data)[:end], head)
         if len(self._partial) >= LINE_MAX:
-            self._cut(sink)
+            self._cut()
 
-    def _cut(self, sink: Sink) -> None:
+    def _emit(self, lines: bytes | memoryview, head: bytes = b"") -> None:
+        if self._watch is not None:
+            self._watch.feed(lines, head)
+        if self._sink is not None:
+            self._sink.write(lines, head)
+
+    def _cut(self) -> None:
         """Write the buffered partial line out in LINE_MAX pieces, each as a line of its own
         (one write, so one timestamp); keep the rest, shorter than LINE_MAX, buffered."""
         partial = self._partial
         cut = len(partial) - len(partial) % LINE_MAX
         pieces = [partial[i : i + LINE_MAX] for i in range(0, cut, LINE_MAX)]
         self._partial = partial[cut:]
-        sink.write(_NL.join(pieces) + _NL)
+        self._emit(_NL.join(pieces) + _NL)
 
     def _finish(self) -> None:
         self._closed = True
         self._loop.remove_reader(self._fd)
-        if self._partial and self._sink is not None:
+        if self._partial and (self._sink is not None or self._watch is not None):
             chunk, self._partial = self._partial, b""
-            self._sink.write(chunk + _NL)
+            self._emit(chunk + _NL)
         try:
             os.close(self._fd)
         except OSError as exc:  # pragma: no cover - closing a pipe read end does not fail

@@ -367,7 +367,7 @@ COMMANDS: Mapping[str, Command] = types.MappingProxyType(
             ),
             Command(
                 "reload",
-                "graceful rolling restart",
+                "rolling restart; in place with reload_signal; stop-then-start, said so",
                 (_apps(_APPS_DOC), _wait("reply once the rollout finished or stopped")),
             ),
             Command(

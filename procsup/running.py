@@ -3,9 +3,10 @@
 `Processes` starts a run (the command, or for a cluster app the activation shell handed the
 daemon-held listening sockets; pipes into its log files; $NOTIFY_SOCKET in its environment),
 watches its leader exit (a pidfd, or polling where there is none), drains the rest of its process
-group, checks readiness (tcp/http probe, READY=1) and heartbeats (WATCHDOG=1), moves live output
-to new log files, records the live runs in `state_dir`, runs health check commands as their
-instance runs (`run_check`), and stops what a previous daemon left.
+group, checks readiness (tcp/http probe, READY=1, a matching log line) and heartbeats
+(WATCHDOG=1), moves live output to new log files, records the live runs in `state_dir`, runs
+health check commands as their instance runs (`run_check`), and stops what a previous daemon
+left.
 
 It decides nothing and owns no instance bookkeeping: `spawn` returns the new `Run` (or why it
 could not start), and what a run does later (its exit, readiness, a missed heartbeat) is reported
@@ -212,17 +213,21 @@ class Processes:
                 extra["NOTIFY_SOCKET"] = self.notify.path
             ident = spawn.Identity.resolve(spec.user, spec.group)
             out_fds: dict[str, int | None] = {"out": None, "err": None}
+            # ready = "log:REGEX": both streams look for the line, until one of them saw it
+            watch = (pipes.LineMatch(pipes.pattern(spec.ready[4:]))
+                     if spec.ready.startswith("log:") else None)
             for stream, path in zip(("out", "err"), spec.log_paths(iid.index), strict=True):
-                if path is None:
+                if path is None and watch is None:
                     continue  # discarded: the child writes to /dev/null, no pipe at all
-                cap = Capture(stream, sink=self._acquire(spec, path))
+                # (a discarded stream is still read for ready = "log:...", into no file)
+                cap = Capture(stream, sink=None if path is None else self._acquire(spec, path))
                 captures.append(cap)
                 r, w = pipes.open_pipe()
                 write_ends.append(w)
                 out_fds[stream] = w
                 cap.reader = pipes.PipeReader(
-                    self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap)
-                )
+                    self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap),
+                    watch=watch)
             env = self._env(iid, spec, ident, extra)
             proc = spawn.start(
                 spawn.Launch(
@@ -252,6 +257,8 @@ class Processes:
         self._watch_exit(run)
         if spec.ready.startswith(("tcp://", "http://")):
             run.probe = self.loop.create_task(self._probe(run))
+        elif watch is not None:  # no output is read before the loop runs again
+            watch.on_match = functools.partial(self._log_ready, run, watch)
         return run
 
     async def run_check(self, iid: InstanceId, spec: AppSpec, pid: int) -> str | None:
@@ -286,10 +293,13 @@ class Processes:
             run.stopping = True
             spawn.kill_group(run.pid, sig)
 
-    def signal(self, handle: RunHandle, sig: int) -> bool:
-        """`procsup signal`: `sig` to the run's process group; whether it was delivered."""
+    def signal(self, handle: RunHandle, sig: int, *, leader: bool = False) -> bool:
+        """`sig` to the run's process group, or its leader (before its exit is reaped, so the
+        pid is its own); whether it was delivered."""
         run = _own(handle)
-        return not run.released and spawn.kill_group(run.pid, sig)
+        if run.released or (leader and run.exit_status is not None):
+            return False
+        return spawn.signal_pid(run.pid, sig) if leader else spawn.kill_group(run.pid, sig)
 
     def kill_all(self) -> None:
         """shutdown_timeout passed: SIGKILL to every live process group."""
@@ -305,6 +315,13 @@ class Processes:
                                      deadline=run.started + run.spec.ready_timeout)
         run.probe = None
         if ok and not run.released:
+            self._report(run, lifecycle.Ready())
+
+    def _log_ready(self, run: Run, watch: pipes.LineMatch) -> None:
+        """A line of the run's output matched its `ready = "log:..."` (from a reader's loop
+        callback): it is ready; its readers stop matching."""
+        if not run.released:
+            self.log.info("%s: ready: its output matched %s", run.id, watch.pattern.pattern)
             self._report(run, lifecycle.Ready())
 
     def _on_notify(self, msg: notify.Message) -> None:

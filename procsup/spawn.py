@@ -325,6 +325,15 @@ def kill_group(pgid: int, sig: int) -> bool:
     return True
 
 
+def signal_pid(pid: int, sig: int) -> bool:
+    """Send `sig` to one process (a leader whose exit was not yet reaped); whether it was."""
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group still exists (zombies included)."""
     return kill_group(pgid, 0)

@@ -317,12 +317,13 @@ class Supervisor:
             retired.append(self._view(slot))
         return retired
 
-    def signal(self, refs: Iterable[Ref], sig: int) -> list[View]:
-        """`sig` to the process group of each live instance; the instances it reached."""
+    def signal(self, refs: Iterable[Ref], sig: int, *, leader: bool = False) -> list[View]:
+        """`sig` to the process group of each live instance (with `leader`, to its main
+        process only: reload_signal); the instances it reached."""
         done = []
         for slot in self._pick(refs):
             if (slot.run is not None and slot.inst.state in LIVE_STATES
-                    and self.processes.signal(slot.run, sig)):
+                    and self.processes.signal(slot.run, sig, leader=leader)):
                 done.append(self._view(slot))
         return done
 

@@ -284,13 +284,18 @@ def test_tcp_readiness_for_a_fork_app(daemon: Daemon) -> None:
         pass
 
 
-def test_reload_of_a_fork_app_on_its_own_port_says_why_it_failed(daemon: Daemon) -> None:
-    """Replacement first cannot work for a fork app that binds its own port: the replacement
-    exits at once (address in use). The reload says so, and how to get a new process."""
-    port = _free_port()
+def test_reload_of_a_fork_app_whose_replacement_cannot_run_beside_it_says_why(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """A fork app that holds no port but cannot run twice (a lock) rolls, and its replacement
+    exits at once. The reload says so, and how to get a new process; the old one keeps
+    running. (A fork app that holds its port is restarted stop-then-start instead:
+    test_reload_truth.py.)"""
+    lock = tmp_path / "app.lock"
+    code = (f"import fcntl, time; f = open({str(lock)!r}, 'w'); "
+            "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); time.sleep(600)")
     daemon.write(f"""
         [apps.srv]
-        command = ["{sys.executable}", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+        command = {json.dumps([sys.executable, "-c", code])}
         min_uptime = "500ms"
         """, "watch_config = false")
     daemon.start()

@@ -154,6 +154,7 @@ def test_bad_requests_do_not_flood_the_daemon_log(daemon: Daemon) -> None:
         command = ["sleep", "1000"]
         """)
     daemon.start()
+    daemon.wait_states("s", "running", 1)  # its "starting -> running" line is not counted
     lines_before = len(daemon.daemon_log().splitlines())
     bad = [protocol.encode({"v": 1, "cmd": "frobnicate"}), struct.pack(">I", 5) + b"{nope",
            request("stop", {"apps": []}), struct.pack(">I", 0xFFFFFFFF)]

@@ -115,9 +115,9 @@ class FakeProcesses:
             self.clock.call_at(self.clock.time() + self.exit_after,
                                lambda: self.exit(run, None, sig))
 
-    def signal(self, handle: RunHandle, sig: int) -> bool:
+    def signal(self, handle: RunHandle, sig: int, *, leader: bool = False) -> bool:
         run = self._own(handle)
-        self.history.append(("signal", str(run.id), run.pid, sig))
+        self.history.append(("signal-leader" if leader else "signal", str(run.id), run.pid, sig))
         return not run.ended
 
     def watch_heartbeat(self, handle: RunHandle, timeout: float | None) -> None:
@@ -173,7 +173,10 @@ class World:
         self.engine = Supervisor(loop=loop, logger=self.log, processes=make, clock=self.clock)
         self.procs = holder[0]
         self.daemon = DaemonSpec(config_path="/nonexistent/apps.toml", socket="/nonexistent/s")
-        self.applier = Applier(self.engine, desired(self.daemon), profile_override=None)
+        #: what each fake pid "listens on", for reload (no pid of the machine is looked at)
+        self.holds: dict[int, tuple[str, ...] | None] = {}
+        self.applier = Applier(self.engine, desired(self.daemon), profile_override=None,
+                               held=lambda pid: self.holds.get(pid, ()))
 
     async def until(self, done: Callable[[], bool], *, limit: float = 600.0) -> None:
         """Let the loop and then the fake clock run until `done()` holds: each round lets
