@@ -7,7 +7,9 @@ request failed, 2 usage error, 3 the daemon cannot be reached (the message names
 Start-up time matters (`procsup status` in scripts and prompts): this module imports only the
 client, the protocol, `output` and `errors` at start; `paths` (socket discovery, only without
 `-s`) and `units` (signal names) are imported where needed, and so are `importers` (`procsup
-import`, which needs no daemon). Never asyncio, psutil or daemon machinery.
+import`, which needs no daemon). Never asyncio, psutil or daemon machinery. argparse is made
+to build only the sub-parser of the command being run, and to find the help width without
+`shutil` (tests/unit/test_cli_imports.py guards all of it).
 """
 
 from __future__ import annotations
