@@ -149,8 +149,12 @@ def time_status(ps: Procsup, env: dict[str, str], reps: int, installed: tuple[st
     faster."""
     from procsup.client import Client
 
-    # The regular install must import its own copy, not the one PYTHONPATH names (--commit).
+    # The regular install must import its own copy, not the one PYTHONPATH names (--commit);
+    # and every run starts in the session's directory: `python -c` puts the current directory
+    # first on sys.path, and from the repository that would import the working tree's procsup
+    # whatever --commit or the install says.
     env_installed = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    cwd = str(ps.dir)
     runs = {
         "CLI": ([PROCSUP, "-s", ps.socket, "status", "--json"], env),
         "CLI floor": ([PYTHON, "-c", "import procsup.cli"], env),
@@ -162,7 +166,8 @@ def time_status(ps: Procsup, env: dict[str, str], reps: int, installed: tuple[st
     for _ in range(reps):
         for name, (argv, run_env) in runs.items():
             t0 = time.perf_counter()
-            r = subprocess.run(argv, capture_output=True, env=run_env, timeout=60, check=False)
+            r = subprocess.run(argv, capture_output=True, env=run_env, cwd=cwd, timeout=60,
+                               check=False)
             times[name].append((time.perf_counter() - t0) * 1000)
             if r.returncode != 0:
                 raise RuntimeError(f"{name} failed: {r.stderr.decode(errors='replace')}")
