@@ -14,7 +14,7 @@ in-process on a `Client` (no interpreter start-up), and the CLI's floor (`python
 procsup.cli"`: start-up alone, under the same load): first with the flood alone, then with the
 flood and 100 hostile clients (bench/_hostile.py, looping) running all along. The CLI and its
 floor are timed twice: from the venv (an editable install, whose import hook costs every
-start 20 ms or more) and from a regular install of the same procsup/ (a venv in the session's
+start 5 - 10 ms) and from a regular install of the same procsup/ (a venv in the session's
 directory holding a copy of the package and the console script as pip writes it), which is
 what users of a package run.
 
