@@ -12,7 +12,11 @@ as it can, into a rotated log file), then `procsup status --json` is run --reps 
 after the other, timed from spawn to exit (what a user waits for), plus the same request
 in-process on a `Client` (no interpreter start-up), and the CLI's floor (`python -c "import
 procsup.cli"`: start-up alone, under the same load): first with the flood alone, then with the
-flood and 100 hostile clients (bench/_hostile.py, looping) running all along.
+flood and 100 hostile clients (bench/_hostile.py, looping) running all along. The CLI and its
+floor are timed twice: from the venv (an editable install, whose import hook costs every
+start 5 - 10 ms) and from a regular install of the same procsup/ (a venv in the session's
+directory holding a copy of the package and the console script as pip writes it), which is
+what users of a package run.
 
     .venv/bin/python bench/bench_hostile.py [--rounds 3] [--frames 10] [--reps 100]
 """
@@ -21,13 +25,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import PROCSUP, PYTHON, REPO, Results, Session, begin, fmt, median, parser, pct
+from _common import (
+    PROCSUP,
+    PYTHON,
+    REPO,
+    SOURCE,
+    Results,
+    Session,
+    begin,
+    fmt,
+    median,
+    parser,
+    pct,
+)
 from _proc import wait_quiet
 from _subjects import SLEEP, Procsup
 
@@ -103,32 +121,64 @@ def memory(s: Session, res: Results, rounds: int, frames: int, clients: int) -> 
     ps.stop()
 
 
-def time_status(ps: Procsup, env: dict[str, str], reps: int
-                ) -> tuple[list[float], list[float], list[float]]:
-    """(CLI end-to-end, in-process, CLI floor) `status` times in ms, interleaved. The floor is
-    the interpreter starting with the CLI's imports and exiting, under the same load: what no
-    daemon can make faster."""
+def regular_install(s: Session) -> tuple[str, str]:
+    """(python, procsup) of a venv in the session's directory with a plain copy of the
+    procsup/ being measured (the working tree's, or --commit's) and the console script pip
+    writes for `procsup = "procsup.cli:main"`: an install without the editable finder."""
+    venv = s.path("installed")
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True, env=s.env)
+    python = str(venv / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    package = Path(SOURCE["dir"] or REPO) / "procsup"
+    shutil.copytree(package, Path(site) / "procsup",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([python, "-m", "compileall", "-q", str(Path(site) / "procsup")], check=True)
+    script = venv / "bin" / "procsup"
+    script.write_text(f"#!{python}\nimport sys\nfrom procsup.cli import main\n"
+                      "if __name__ == '__main__':\n    sys.exit(main())\n")
+    script.chmod(0o755)
+    return python, str(script)
+
+
+def time_status(ps: Procsup, env: dict[str, str], reps: int, installed: tuple[str, str]
+                ) -> dict[str, list[float]]:
+    """`status` times in ms, interleaved: the CLI end to end and its floor, from the venv and
+    from the regular install, and the request in-process. The floor is the interpreter
+    starting with the CLI's imports and exiting, under the same load: what no daemon can make
+    faster."""
     from procsup.client import Client
 
-    cli, inproc, floor = [], [], []
+    # The regular install must import its own copy, not the one PYTHONPATH names (--commit);
+    # and every run starts in the session's directory: `python -c` puts the current directory
+    # first on sys.path, and from the repository that would import the working tree's procsup
+    # whatever --commit or the install says.
+    env_installed = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    cwd = str(ps.dir)
+    runs = {
+        "CLI": ([PROCSUP, "-s", ps.socket, "status", "--json"], env),
+        "CLI floor": ([PYTHON, "-c", "import procsup.cli"], env),
+        "CLI, installed": ([installed[1], "-s", ps.socket, "status", "--json"], env_installed),
+        "CLI floor, installed": ([installed[0], "-c", "import procsup.cli"], env_installed),
+    }
+    times: dict[str, list[float]] = {name: [] for name in (*runs, "in-process")}
     client = Client(ps.socket, timeout=30)
     for _ in range(reps):
-        t0 = time.perf_counter()
-        subprocess.run([PYTHON, "-c", "import procsup.cli"], env=env, timeout=60, check=True)
-        floor.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        r = subprocess.run([PROCSUP, "-s", ps.socket, "status", "--json"], capture_output=True,
-                           env=env, timeout=60, check=False)
-        cli.append((time.perf_counter() - t0) * 1000)
-        if r.returncode != 0:
-            raise RuntimeError(f"status failed: {r.stderr.decode(errors='replace')}")
+        for name, (argv, run_env) in runs.items():
+            t0 = time.perf_counter()
+            r = subprocess.run(argv, capture_output=True, env=run_env, cwd=cwd, timeout=60,
+                               check=False)
+            times[name].append((time.perf_counter() - t0) * 1000)
+            if r.returncode != 0:
+                raise RuntimeError(f"{name} failed: {r.stderr.decode(errors='replace')}")
         t0 = time.perf_counter()
         client.call("status")
-        inproc.append((time.perf_counter() - t0) * 1000)
-    return cli, inproc, floor
+        times["in-process"].append((time.perf_counter() - t0) * 1000)
+    return times
 
 
 def latency(s: Session, res: Results, reps: int, clients: int) -> None:
+    installed = regular_install(s)
     ps = Procsup(s, "latency", {"flood": {"command": FLOOD, "log_max_size": "64M",
                                           "log_retain": 1}})
     ps.launch()
@@ -148,20 +198,20 @@ def latency(s: Session, res: Results, reps: int, clients: int) -> None:
                                       env=s.env)
             time.sleep(2)  # let the clients reach their steady state
         try:
-            cli, inproc, floor = time_status(ps, s.env, reps)
+            times = time_status(ps, s.env, reps, installed)
         finally:
             if worker is not None:
                 worker.terminate()
                 worker.wait(10)
-        for name, xs in (("CLI", cli), ("in-process", inproc), ("CLI floor", floor)):
+        for name, xs in times.items():
             print(f"   {label}, {name}: p50 {fmt(median(xs))} p99 {fmt(pct(xs, 99))} "
                   f"max {fmt(max(xs))} ms")
-            target = "p99 < 100 ms" if hostile and name != "CLI floor" else ""
+            target = "p99 < 100 ms" if hostile and "floor" not in name else ""
             res.add(f"status --json, {label}, {name}, p50", "ms", median(xs), None)
             res.add(f"status --json, {label}, {name}, p99", "ms", pct(xs, 99), None,
                     target=target, met=pct(xs, 99) < 100 if target else None)
             res.add(f"status --json, {label}, {name}, max", "ms", max(xs), None)
-        res.details[label] = {"cli": cli, "inproc": inproc, "floor": floor}
+        res.details[label] = times
     ps.stop()
 
 

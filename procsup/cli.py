@@ -7,7 +7,9 @@ request failed, 2 usage error, 3 the daemon cannot be reached (the message names
 Start-up time matters (`procsup status` in scripts and prompts): this module imports only the
 client, the protocol, `output` and `errors` at start; `paths` (socket discovery, only without
 `-s`) and `units` (signal names) are imported where needed, and so are `importers` (`procsup
-import`, which needs no daemon). Never asyncio, psutil or daemon machinery.
+import`, which needs no daemon). Never asyncio, psutil or daemon machinery. argparse is made
+to build only the sub-parser of the command being run, and to find the help width without
+`shutil` (tests/unit/test_cli_imports.py guards all of it).
 """
 
 from __future__ import annotations
@@ -299,9 +301,42 @@ def _count(text: str) -> int:
     return n
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _columns() -> int:
+    """The terminal's width as `shutil.get_terminal_size()` gives it: $COLUMNS if a positive
+    number, else the width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    if stdout is None:
+        return 80
+    try:
+        return os.get_terminal_size(stdout.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):  # closed, detached, not a terminal
+        return 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, with the width it would choose, found without `shutil`: argparse makes
+    a formatter for every argument added (to check its metavar), and its default one imports
+    `shutil` for the width, which imports bz2, lzma and zlib: 5 ms of every run of `procsup`,
+    a sixth of its start-up in a regular install (docs/benchmarks.md)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)  # argparse keeps 2 columns free
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """`procsup`'s argument parser. When `command` names a command (or an alias), only that
+    command's sub-parser is made: arguments whose command word is `command` parse exactly as
+    with every sub-parser, in 2 ms instead of 5 (argparse looks up its messages in the
+    translation catalogues for every parser it makes, and there are 16). Help for procsup
+    itself and an unknown command need them all (None)."""
     p = argparse.ArgumentParser(
-        prog="procsup", description="Control a running procsupd.",
+        prog="procsup", description="Control a running procsupd.", formatter_class=_HelpFormatter,
         epilog="exit status: 0 ok, 1 the request failed, 2 usage error, "
         "3 cannot reach the daemon. '--' ends the options: an app name that starts with '-' "
         "(which older versions accepted) goes after it, as in: procsup stop -- -h",
@@ -311,19 +346,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--socket", metavar="SOCKET", help="the control socket of procsupd")
     p.add_argument("--version", action="version", version=f"procsup {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    made: list[str] = []
 
     def add(name: str, handler: Callable[[_Context], int], help: str,
-            aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help, aliases=list(aliases))
+            aliases: Sequence[str] = ()) -> argparse.ArgumentParser | None:
+        """The sub-parser of `name`, or None when only another command's is wanted."""
+        if command is not None and command != name and command not in aliases:
+            return None
+        sp = sub.add_parser(name, help=help, description=help, aliases=list(aliases),
+                            formatter_class=_HelpFormatter)
         sp.set_defaults(handler=handler, cmd=name)
+        made.append(name)
         return sp
 
     def no_wait(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--no-wait", action="store_true", help="return at once, do not wait")
 
-    sp = add("status", cmd_status, "one row per instance", aliases=["ls"])
-    sp.add_argument("apps", nargs="*", metavar="APP", help="only these apps")
-    sp.add_argument("--json", action="store_true", help="print the daemon's JSON object")
+    if sp := add("status", cmd_status, "one row per instance", aliases=["ls"]):
+        sp.add_argument("apps", nargs="*", metavar="APP", help="only these apps")
+        sp.add_argument("--json", action="store_true", help="print the daemon's JSON object")
     for name, text in (
         ("start", "start stopped or errored instances"),
         ("stop", "stop instances (they stay stopped until started, or until an applied "
@@ -331,55 +372,77 @@ def build_parser() -> argparse.ArgumentParser:
         ("restart", "stop then start; resets the restart counter"),
         ("reload", "rolling restart; in place with reload_signal; stop-then-start, said so"),
     ):
-        sp = add(name, cmd_outcome, text)
-        sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
+        if sp := add(name, cmd_outcome, text):
+            sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
+            no_wait(sp)
+    if sp := add("scale", cmd_scale, "run N instances of APP now (until the next config apply)"):
+        sp.add_argument("app", metavar="APP")
+        sp.add_argument("instances", metavar="N", type=_count)
         no_wait(sp)
     for name, text in (
         ("disable", "stop APP and keep it stopped across applies and daemon restarts, until "
                     "`procsup enable APP`"),
         ("enable", "undo `disable` and start APP"),
     ):
-        sp = add(name, cmd_toggle, text)
-        sp.add_argument("apps", nargs="+", metavar="APP", help="app name")
+        if sp := add(name, cmd_toggle, text):
+            sp.add_argument("apps", nargs="+", metavar="APP", help="app name")
+            no_wait(sp)
+    if sp := add("signal", cmd_signal, "send a signal to every instance's process group"):
+        sp.add_argument("sig", metavar="SIG", type=parse_signal_arg, help="SIGUSR2, USR2 or 12")
+        sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
+    if sp := add("reread", cmd_reread, "read the config and print the plan; changes nothing"):
+        sp.add_argument("--json", action="store_true", help="print the plan as JSON")
+    if sp := add("update", cmd_update, "read the config and apply the plan"):
         no_wait(sp)
-    sp = add("scale", cmd_scale, "run N instances of APP now (until the next config apply)")
-    sp.add_argument("app", metavar="APP")
-    sp.add_argument("instances", metavar="N", type=_count)
-    no_wait(sp)
-    sp = add("signal", cmd_signal, "send a signal to every instance's process group")
-    sp.add_argument("sig", metavar="SIG", type=parse_signal_arg, help="SIGUSR2, USR2 or 12")
-    sp.add_argument("apps", nargs="+", metavar="APP", help=_APPS_HELP)
-    sp = add("reread", cmd_reread, "read the config and print the plan; changes nothing")
-    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
-    sp = add("update", cmd_update, "read the config and apply the plan")
-    no_wait(sp)
-    sp = add("logs", cmd_logs, "print the last lines of the logs")
-    sp.add_argument("app", nargs="?", metavar="APP", help="only this app (default: all)")
-    sp.add_argument("-n", "--lines", type=int, default=20, metavar="N",
-                    help="lines per file (default 20)")
-    sp.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    which = sp.add_mutually_exclusive_group()
-    which.add_argument("--err", action="store_true", help="only stderr")
-    which.add_argument("--out", action="store_true", help="only stdout")
+    if sp := add("logs", cmd_logs, "print the last lines of the logs"):
+        sp.add_argument("app", nargs="?", metavar="APP", help="only this app (default: all)")
+        sp.add_argument("-n", "--lines", type=int, default=20, metavar="N",
+                        help="lines per file (default 20)")
+        sp.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+        which = sp.add_mutually_exclusive_group()
+        which.add_argument("--err", action="store_true", help="only stderr")
+        which.add_argument("--out", action="store_true", help="only stdout")
     add("dump", cmd_dump, "print the effective config as TOML")
-    sp = add("shutdown", cmd_shutdown, "stop every app, then the daemon")
-    no_wait(sp)
-    sp = add("import", cmd_import, "translate a PM2 ecosystem or a supervisord config into "
-             "procsup TOML (no daemon needed)")
-    sp.add_argument("format", choices=("pm2", "supervisord"), metavar="pm2|supervisord")
-    sp.add_argument("file", metavar="FILE",
-                    help="ecosystem .json/.yaml/.yml/.js/.cjs, or supervisord .conf")
-    sp.add_argument("-o", "--output", metavar="OUT", help="write the TOML here, not to stdout")
-    sp.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    if sp := add("shutdown", cmd_shutdown, "stop every app, then the daemon"):
+        no_wait(sp)
+    if sp := add("import", cmd_import, "translate a PM2 ecosystem or a supervisord config into "
+                 "procsup TOML (no daemon needed)"):
+        sp.add_argument("format", choices=("pm2", "supervisord"), metavar="pm2|supervisord")
+        sp.add_argument("file", metavar="FILE",
+                        help="ecosystem .json/.yaml/.yml/.js/.cjs, or supervisord .conf")
+        sp.add_argument("-o", "--output", metavar="OUT",
+                        help="write the TOML here, not to stdout")
+        sp.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     add("version", cmd_version, "print the client's and the daemon's version")
     add("ping", cmd_ping, "check that the daemon answers")
+    if command is not None and not made:  # not a command: argparse's error lists them all
+        return build_parser()
     return p
+
+
+def command_word(args: Sequence[str]) -> str | None:
+    """The word of `args` that argparse takes for the command, when each option before it is
+    `-c`/`-s` in one of argparse's exact forms (`-s X`, `-sX`, `-s=X`, `--socket X`,
+    `--socket=X`); None otherwise (`-h`, `--version`, an abbreviation such as `--sock`, `--`,
+    no command): a guess `build_parser` may rely on, since it is never a wrong one."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-c", "-s", "--config", "--socket"):
+            i += 2  # the option and its value, whatever the value looks like
+        elif arg.startswith(("-c", "-s", "--config=", "--socket=")):
+            i += 1
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `procsup` with `argv` (default: sys.argv[1:]); returns the exit code."""
-    parser = build_parser()
     args = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_word(args))
     if not args or args == ["help"]:
         parser.print_help(sys.stdout if args else sys.stderr)
         return ExitCode.OK if args else ExitCode.USAGE

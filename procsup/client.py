@@ -1,13 +1,17 @@
 """The blocking control client (layer 4): one request per connection over a Unix socket.
 
-Plain `socket`, no asyncio: `procsup status` must start fast. The wire format is `protocol`'s;
-docs/protocol.md describes it.
+A plain blocking socket, no asyncio, not even `contextlib`: `procsup status` must start fast,
+and every module the CLI imports costs every run (tests/unit/test_cli_imports.py lists those
+it must not import). The wire format is `protocol`'s; docs/protocol.md describes it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
+# `_socket`, the C module under `socket`, rather than `socket`: all the client does with a
+# socket (connect, settimeout, sendall, recv_into, close) is `_socket.socket`'s own, with the
+# same OSError subclasses, and `import socket` costs 4 ms more (it makes enums of its
+# constants and imports selectors), a tenth of `procsup status` in a regular install.
+import _socket
 
 from procsup import protocol
 from procsup.errors import ProcsupError, ProtocolError, RemoteError, WireError
@@ -69,10 +73,12 @@ class Client:
             raise ProtocolError(WireError(exc.code), exc.message) from None
         sock = self._connect()
         try:
-            # The daemon may have answered (e.g. `forbidden`) and closed before reading the
-            # request: its reply is still there to read.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            try:
                 sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon may have answered (e.g. `forbidden`) and closed before reading
+                # the request: its reply is still there to read.
+                pass
             while True:
                 result, more = self._read_reply(sock)
                 yield result
@@ -83,8 +89,8 @@ class Client:
         finally:
             sock.close()
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _connect(self) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(CONNECT_TIMEOUT if self.timeout is None else self.timeout)
             sock.connect(self.path)
@@ -96,7 +102,7 @@ class Client:
             raise
         return sock
 
-    def _read_reply(self, sock: socket.socket) -> tuple[object, bool]:
+    def _read_reply(self, sock: _socket.socket) -> tuple[object, bool]:
         try:
             frame = protocol.read_frame(sock, protocol.MAX_REPLY)
             result, more, error = protocol.parse_reply(frame)
@@ -112,7 +118,7 @@ class Client:
             raise RemoteError(*error)
         return result, more
 
-    def _wait_eof(self, sock: socket.socket) -> None:
+    def _wait_eof(self, sock: _socket.socket) -> None:
         """Block until the daemon closes the connection; extra bytes are ignored."""
         try:
             while sock.recv(65536):

@@ -7,7 +7,9 @@ only through the callbacks it is given.
 Threading: everything here runs on the supervisor's one asyncio loop thread. There are no locks;
 a line is never split or interleaved mid-line within one file because each chunk of whole lines
 reaches the file in a single `LogSink.write` call (one write(2) or writev(2), continued only
-after a short write) and nothing else runs on the loop in between.
+after a short write) and nothing else runs on the loop in between. The one exception touches no
+state: the last close of a file that rotation removed is done by a worker thread (`_discard`),
+because that close frees the file's blocks, tens of milliseconds for a big file.
 
 Flow control: writes are synchronous. When the disk is slow the loop is slow, the pipe fills
 and the child blocks in write(2); nothing is queued in memory and nothing is dropped. The only
@@ -28,9 +30,11 @@ administrators make them on purpose. Only the immediate parent is checked.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import errno
+import functools
 import logging
 import os
 import stat
@@ -106,6 +110,37 @@ def _open_log(path: str, *, truncate: bool = False) -> int:
         if exc.filename is None:
             raise OSError(exc.errno, exc.strerror, path) from exc
         raise
+
+
+@functools.cache
+def _discarder() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="procsup-log-discard")
+
+
+def _discard(path: str) -> None:
+    """Remove the file at `path`, if any, without freeing its blocks on the loop: the unlink
+    of a last link (or a rename over it) frees them there and then, 25 - 40 ms for 64 MiB on
+    ext4. The file is held open, unlinked (then cheap; and a rename to `path` finds nothing to
+    replace, so ext4 does not flush the renamed file), and a worker thread does the last close.
+    A file that cannot be opened is unlinked plainly. Raises OSError as `os.unlink`, except
+    for a missing file."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd: int | None = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError:  # a symlink (O_NOFOLLOW), not readable...
+        fd = None
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        if fd is not None:
+            try:
+                _discarder().submit(os.close, fd)
+            except RuntimeError:  # the interpreter is exiting: no new work for threads
+                os.close(fd)
 
 
 def _date_prefix(fmt: str) -> bytes:
@@ -362,17 +397,17 @@ class LogSink:
 
     def _shift(self) -> None:
         path, retain = self.path, self.retain
+        # The oldest goes first, off the loop (`_discard`): each rename below then has no file
+        # to replace, and costs microseconds.
+        _discard(f"{path}.{retain}")
         for k in range(retain - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{path}.{k}", f"{path}.{k + 1}")
         with contextlib.suppress(FileNotFoundError):
             os.replace(path, f"{path}.1")
         k = retain + 1  # left over from a larger log_retain
-        while True:
-            try:
-                os.unlink(f"{path}.{k}")
-            except FileNotFoundError:
-                break
+        while os.path.lexists(f"{path}.{k}"):
+            _discard(f"{path}.{k}")
             k += 1
 
     # -- refused writes ------------------------------------------------------------------

@@ -4,6 +4,11 @@ Apart from `config` because `procsup status` needs the socket without loading a 
 socket discovery must work when the config file is broken, even not TOML, and must not pull
 in the schema, cron or croniter. Reads at most the config file's `[procsup] socket` line;
 imports only `errors` and `units` from procsup.
+
+`procsup` imports this module on every run without `-s`, so what only some runs need is
+imported where it is needed: `tomllib` (12 ms of imports, `typing` and `datetime` among them)
+only for a config file that can name a socket, `units` only for the lenient scan of a file
+that is not TOML.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import tomllib
-from collections.abc import Mapping
 
-from procsup import units
 from procsup.errors import ConfigError
+
+TYPE_CHECKING = False  # mypy treats this name as true; `typing` is not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "ROOT_CONFIG",
@@ -103,8 +109,9 @@ def default_socket_path(uid: int | None = None, environ: Mapping[str, str] | Non
 # -- socket discovery -------------------------------------------------------------------------
 
 
-_SECTION_RE = re.compile(r"^\s*\[\s*procsup\s*\]\s*(?:#.*)?$")
-_SOCKET_LINE_RE = re.compile(
+# Patterns, not compiled ones: only a file that is not TOML needs them (`re` caches them).
+_SECTION = r"^\s*\[\s*procsup\s*\]\s*(?:#.*)?$"
+_SOCKET_LINE = (
     r"""^\s*(?:procsup\s*\.\s*)?socket\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(?:#.*)?$"""
 )
 
@@ -121,6 +128,12 @@ def socket_from_file(path: str) -> str | None:
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return None
+    if "socket" not in text and "\\u" not in text and "\\U" not in text:
+        # No key of this file can be `socket` (the word, or a quoted key spelling it with
+        # escapes): spare `procsup` the TOML parser, the larger part of its start-up.
+        return None
+    import tomllib
+
     value: object = None
     try:
         table = tomllib.loads(text).get("procsup")
@@ -138,9 +151,9 @@ def _scan_socket(text: str) -> str | None:
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("["):
-            section = "procsup" if _SECTION_RE.match(line) else None
+            section = "procsup" if re.match(_SECTION, line) else None
             continue
-        m = _SOCKET_LINE_RE.match(line)
+        m = re.match(_SOCKET_LINE, line)
         if m is None:
             continue
         dotted = stripped.startswith("procsup")
@@ -152,7 +165,9 @@ def _scan_socket(text: str) -> str | None:
 
 
 def _unescape(m: re.Match[str]) -> str:
-    return units.DQ_ESCAPES.get(m.group(1), m.group(0))
+    from procsup.units import DQ_ESCAPES
+
+    return DQ_ESCAPES.get(m.group(1), m.group(0))
 
 
 def find_socket(

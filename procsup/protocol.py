@@ -19,12 +19,11 @@ own `ProtocolViolation` carrying the wire error code as a string (the codes are 
 from __future__ import annotations
 
 import json
-import struct
 import types
 
 TYPE_CHECKING = False  # mypy treats this name as true; at run time `typing` is never imported
 if TYPE_CHECKING:
-    import socket
+    import _socket  # what the client uses; `socket.socket` is a subclass
     from collections.abc import Mapping
     from typing import Any
 
@@ -38,8 +37,9 @@ MAX_REQUEST = 64 << 10
 #: Longest reply payload either end produces or accepts.
 MAX_REPLY = 64 << 20
 
-_HEADER = struct.Struct(">I")
-HEADER_SIZE = _HEADER.size
+#: Bytes of the length prefix (big-endian, unsigned); `int.to_bytes`, not `struct`, which
+#: would be one module more for `procsup` to import.
+HEADER_SIZE = 4
 
 # The wire error codes this module itself produces (values of `errors.WireError`).
 BAD_REQUEST = "bad_request"
@@ -73,13 +73,14 @@ def encode(obj: Mapping[str, object], limit: int = MAX_REPLY) -> bytes:
         raise ProtocolViolation(
             TOO_LARGE, f"frame of {len(data)} bytes exceeds the limit of {limit} bytes"
         )
-    return _HEADER.pack(len(data)) + data
+    return len(data).to_bytes(HEADER_SIZE, "big") + data
 
 
 def decode_header(header: bytes) -> int:
     """The payload length announced by a 4-byte frame header."""
-    (length,) = _HEADER.unpack(header)
-    return int(length)
+    if len(header) != HEADER_SIZE:
+        raise ValueError(f"a frame header is {HEADER_SIZE} bytes, not {len(header)}")
+    return int.from_bytes(header, "big")
 
 
 def _cut(text: str, limit: int = 60) -> str:
@@ -118,7 +119,7 @@ def decode_payload(data: bytes | bytearray) -> dict[str, Any]:
     return obj
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+def _recv_exactly(sock: _socket.socket, size: int) -> bytes:
     """`size` bytes from a blocking socket; `EOFError` if the peer closes before that."""
     buf = bytearray(size)
     view = memoryview(buf)
@@ -131,7 +132,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(buf)
 
 
-def read_frame(sock: socket.socket, limit: int = MAX_REPLY) -> dict[str, Any]:
+def read_frame(sock: _socket.socket, limit: int = MAX_REPLY) -> dict[str, Any]:
     """Read one frame from a blocking socket and decode it.
 
     Raises `EOFError` when the peer closes the connection (at a frame boundary or inside a

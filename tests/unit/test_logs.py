@@ -12,6 +12,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -328,6 +329,41 @@ def test_rotation_keeps_retain_files_of_whole_lines(tmp_path: Path) -> None:
     numbers = [int(line[:6]) for line in lines]
     assert numbers == list(range(400 - len(numbers), 400))
     assert all(line == _numbered(n)[:-1] for line, n in zip(lines, numbers, strict=True))
+
+
+def _deleted_files_held(directory: Path) -> list[str]:
+    """Files under `directory` that this process still holds open after they were deleted."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory)) and target.endswith(" (deleted)"):
+            held.append(target)
+    return held
+
+
+def test_rotation_frees_the_oldest_file_on_a_worker_thread(tmp_path: Path) -> None:
+    # Freeing a big file's blocks stalls the caller for tens of ms: the file rotation removes
+    # is unlinked while held open, and a worker closes it. A leftover symlink (from a larger
+    # retain) is removed, not followed.
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"not a log\n")
+    (tmp_path / "app.log.2").symlink_to(target)
+    sinks, sink, path = _sink(tmp_path, max_size=1000, retain=1)
+    for i in range(60):  # 6000 bytes: five rotations, each removing the previous app.log.1
+        sink.write(_numbered(i))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.log", "app.log.1", "elsewhere.txt"]
+    assert target.read_bytes() == b"not a log\n"
+    assert any(t.name.startswith("procsup-log-discard") for t in threading.enumerate())
+    deadline = time.monotonic() + 10
+    while _deleted_files_held(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker closes them in its own time
+    assert _deleted_files_held(tmp_path) == []
+    sinks.close_all()
+    data = (tmp_path / "app.log.1").read_bytes() + path.read_bytes()
+    assert data.endswith(_numbered(59)) and len(data) % 100 == 0
 
 
 def test_rotation_with_retain_zero_truncates(tmp_path: Path) -> None:
