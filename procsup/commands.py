@@ -38,8 +38,8 @@ Follow = Callable[[str, logs.Follower], Callable[[], None]]
 def _completed(v: View) -> bool:
     """A one-shot task (not restarted when it ends) whose last run exited with code 0, and
     that runs no more: what `depends_on = { x = "completed" }` waits for."""
-    return (v.spec.autorestart is not RestartPolicy.ALWAYS and v.inst.exit_code == 0
-            and v.state in (State.EXITED, State.STOPPED))
+    return (v.spec.autorestart is not RestartPolicy.ALWAYS
+            and deps.completed(v.state, v.inst.exit_code))
 
 
 class Commands:

@@ -227,6 +227,11 @@ def _holds(cond: Condition, m: Member) -> bool:
         return m.state is State.RUNNING
     if cond is Condition.HEALTHY:
         return m.state is State.RUNNING and m.health == "healthy"
-    # COMPLETED: its last run exited with code 0, and nothing runs now (a later `stop` of the
-    # finished task, as `stop all` does, leaves it completed)
-    return m.state in (State.EXITED, State.STOPPED) and m.exit_code == 0
+    return completed(m.state, m.exit_code)
+
+
+def completed(state: State, exit_code: int | None) -> bool:
+    """The `completed` condition for one instance: its last run exited with code 0, and
+    nothing runs now (a later `stop` of the finished task, as `stop all` does, leaves it
+    completed)."""
+    return state in (State.EXITED, State.STOPPED) and exit_code == 0

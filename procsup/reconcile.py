@@ -339,10 +339,11 @@ def plan(
                 ups.append(Action(Kind.SCALE_UP, name, tuple(range(current, wanted)), reason))
     # Dependencies first (the executor starts in plan order, and the engine holds back a
     # dependent until its dependencies are met): each group in deps.layers order, stably.
-    rank = {n: i for i, group in enumerate(deps.layers(apps)) for n in group}
-    ups.sort(key=lambda a: rank[a.app])
-    starts.sort(key=lambda a: rank[a.app])
-    ups, starts = ([_after(a, apps[a.app]) for a in group] for group in (ups, starts))
+    if any(spec.depends_on for spec in apps.values()):
+        rank = {n: i for i, group in enumerate(deps.layers(apps)) for n in group}
+        ups.sort(key=lambda a: rank[a.app])
+        starts.sort(key=lambda a: rank[a.app])
+        ups, starts = ([_after(a, apps[a.app]) for a in group] for group in (ups, starts))
     return Plan(
         actions=(*stops, *downs, *replaces, *ups, *starts),
         restart_daemon=daemon_restart_keys(old_daemon, new_daemon),
