@@ -328,7 +328,7 @@ def _add_apps(
                 f"app {name!r} is defined twice: first in {defined[name]}", "apps", name, app=name
             ))
             continue
-        line = src.locator.line("apps", name)
+        line = src.locator.table_line("apps", name)
         defined[name] = f"{src.path}:{line}" if line else src.path
         owners[name] = src
         try:
@@ -543,7 +543,7 @@ def _app_spec(
         watch=watch,
         listen=listen,
         source=src.path,
-        line=src.locator.line("apps", name),
+        line=src.locator.table_line("apps", name),
         **direct,
     )
 

@@ -11,6 +11,8 @@ import re
 __all__ = ["Locator", "parse_key"]
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+#: A table header at the start of a line (not an array of tables: `[[`).
+_HEADER_RE = re.compile(r"^[ \t]*\[(?!\[)", re.MULTILINE)
 
 
 class Locator:
@@ -19,13 +21,41 @@ class Locator:
     Records, for each key path (("apps", "web", "command")), the first line that defines it or,
     through a dotted key or header, one of its children. `line()` falls back to the longest
     recorded prefix: a key inside an inline table is reported at the line of that table.
+
+    Nothing is scanned until a line is asked for (most loads report no problem): `line()`
+    scans every line, `table_line()` only the table headers where it can.
     """
 
     def __init__(self, text: str) -> None:
+        self._text = text
         self._lines: dict[tuple[str, ...], int] = {}
+        self._scanned = False
+        self._headers: dict[tuple[str, ...], int] | None = None
+
+    def table_line(self, *path: str) -> int | None:
+        """The line of the header `[path]`, else what `line(*path)` says. A scan of the header
+        lines alone (a sixth of `line`'s work on an apps file), unless a multi-line string
+        could hold a line that looks like a header."""
+        if self._headers is None:
+            if '"""' in self._text or "'''" in self._text:
+                return self.line(*path)
+            headers: dict[tuple[str, ...], int] = {}
+            number, last = 1, 0
+            for m in _HEADER_RE.finditer(self._text):
+                number += self._text.count("\n", last, m.start())
+                last = m.start()
+                end = self._text.find("\n", m.end())
+                parsed = parse_key(self._text[m.end():end if end >= 0 else None], 0)
+                if parsed is not None:
+                    headers.setdefault(parsed[0], number)
+            self._headers = headers
+        found = self._headers.get(path)
+        return found if found is not None else self.line(*path)
+
+    def _scan(self) -> None:
         table: tuple[str, ...] = ()
         in_multiline: str | None = None
-        for number, raw in enumerate(text.splitlines(), start=1):
+        for number, raw in enumerate(self._text.splitlines(), start=1):
             if in_multiline is not None:
                 if raw.count(in_multiline) % 2 == 1:
                     in_multiline = None
@@ -55,6 +85,9 @@ class Locator:
             self._lines.setdefault(path[:n], number)
 
     def line(self, *path: str) -> int | None:
+        if not self._scanned:
+            self._scanned = True
+            self._scan()
         for n in range(len(path), 0, -1):
             found = self._lines.get(path[:n])
             if found is not None:

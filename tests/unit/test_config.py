@@ -383,6 +383,25 @@ def test_app_names_with_dots_and_quotes(tmp_path: Path) -> None:
 
 # -- line locator -------------------------------------------------------------------------------
 
+APP_LINE_CASES = [
+    # (text, line of app "a"): its header where it has one (the header scan), else the first
+    # line that defines it (the scan of every line)
+    ('[apps.a]\ncommand = "x"\n', 1),
+    ('# c\n\n  [ apps . "a" ]  # x\ncommand = "x"\n', 3),
+    ("[apps.b]\ncommand = 'y'\n\n[apps.'a']\ncommand = 'x'\n", 4),
+    ('[apps]\nb = { command = "y" }\na = { command = "x" }\n', 3),
+    ('apps.b.command = "y"\napps.a.command = "x"\n', 2),
+    # a line like a header inside a multi-line string is not one
+    ('[apps.b]\ncommand = """\n[apps.a]\n"""\n[apps.a]\ncommand = "x"\n', 5),
+    ("[apps.b]\ncommand = '''\n[apps.a]\n'''\n[apps.a]\ncommand = 'x'\n", 5),
+]
+
+
+@pytest.mark.parametrize(("text", "line"), APP_LINE_CASES)
+def test_app_definition_line(tmp_path: Path, text: str, line: int) -> None:
+    assert load_text(tmp_path, text).apps["a"].line == line
+
+
 LOCATOR_CASES = [
     # (text, (app, key), expected line)
     ('[apps.a]\ncommand = "x"\nshell = 1\n', "shell", 3),
