@@ -51,7 +51,7 @@ def chains(width: int, depth: int, ready_ms: int, deps: bool = True) -> dict[str
 
 def one_start(s: Session, run: int, width: int, depth: int, ready_ms: int) -> dict[str, float]:
     n = width * depth
-    ps = Procsup(s, f"start{run}", chains(width, depth, ready_ms))
+    ps = Procsup(s, f"start{width}x{depth}-{run}", chains(width, depth, ready_ms))
     with exec_watch() as watch:
         ps.launch()
         watch.ppid = ps.pid

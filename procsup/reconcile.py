@@ -226,6 +226,8 @@ def changed_fields(old: AppSpec, new: AppSpec) -> tuple[str, ...]:
     """Names of the `AppSpec` fields that differ, in field order, leaving out `instances` and the
     fields the model excludes from equality (`source`, `line`). Empty exactly when the two specs
     define the same app apart from its instance count."""
+    if old == new:  # the common case on an apply, in one generated comparison
+        return ()
     return tuple(
         f.name
         for f in dataclasses.fields(AppSpec)
