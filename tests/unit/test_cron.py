@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -229,3 +232,21 @@ def test_check_takes_aware_times() -> None:
 
 CET = timezone(timedelta(hours=1), "CET")
 CEST = timezone(timedelta(hours=2), "CEST")
+
+
+def test_croniter_is_imported_only_for_a_cron_restart(tmp_path: Path) -> None:
+    """The daemon's modules and a config without `cron_restart` leave croniter (and dateutil)
+    unloaded; the first cron expression loads it."""
+    (tmp_path / "plain.toml").write_text('[apps.a]\ncommand = "sleep 1"\n')
+    (tmp_path / "cron.toml").write_text(
+        '[apps.a]\ncommand = "sleep 1"\ncron_restart = "0 4 * * *"\n')
+    probe = (
+        "import sys, procsup.daemon, procsup.config as c\n"
+        f"c.load({str(tmp_path / 'plain.toml')!r}, uid=0, environ={{}})\n"
+        "print('croniter' in sys.modules, 'dateutil' in sys.modules)\n"
+        f"c.load({str(tmp_path / 'cron.toml')!r}, uid=0, environ={{}})\n"
+        "print('croniter' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.split() == ["False", "False", "True"]
