@@ -83,10 +83,11 @@ class Run:
 
     @property
     def record(self) -> statefile.Record | None:
-        """The run's entry in the instance record, with the leader's start ticks; None once
-        the leader is gone. Read at the first call, not at the spawn: /proc/<pid>/stat waits
-        for the exec to finish (0.7 - 1.4 ms here), time a batch of spawns would spend one
-        after the other instead of letting the execs run beside the next spawn. Reading it
+        """The run's entry in the instance record, with the leader's start ticks; None if the
+        leader was reaped before the first call. Read at the first call, not at the spawn:
+        /proc/<pid>/stat waits for the exec to finish (0.7 - 1.4 ms here), time a batch of
+        spawns would spend one after the other instead of letting the execs run beside the
+        next spawn. Reading it
         before the leader is reaped is exact: until then its pid cannot be reused."""
         if not self._record_read and self.proc.returncode is None:
             self._record_read = True

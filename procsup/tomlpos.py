@@ -37,20 +37,23 @@ class Locator:
         lines alone (a sixth of `line`'s work on an apps file), unless a multi-line string
         could hold a line that looks like a header."""
         if self._headers is None:
-            if '"""' in self._text or "'''" in self._text:
-                return self.line(*path)
-            headers: dict[tuple[str, ...], int] = {}
-            number, last = 1, 0
-            for m in _HEADER_RE.finditer(self._text):
-                number += self._text.count("\n", last, m.start())
-                last = m.start()
-                end = self._text.find("\n", m.end())
-                parsed = parse_key(self._text[m.end():end if end >= 0 else None], 0)
-                if parsed is not None:
-                    headers.setdefault(parsed[0], number)
-            self._headers = headers
+            # (decided once: with a multi-line string no header is trusted, all go to `line`)
+            multiline = '"""' in self._text or "'''" in self._text
+            self._headers = {} if multiline else self._scan_headers()
         found = self._headers.get(path)
         return found if found is not None else self.line(*path)
+
+    def _scan_headers(self) -> dict[tuple[str, ...], int]:
+        headers: dict[tuple[str, ...], int] = {}
+        number, last = 1, 0
+        for m in _HEADER_RE.finditer(self._text):
+            number += self._text.count("\n", last, m.start())
+            last = m.start()
+            end = self._text.find("\n", m.end())
+            parsed = parse_key(self._text[m.end():end if end >= 0 else None], 0)
+            if parsed is not None:
+                headers.setdefault(parsed[0], number)
+        return headers
 
     def _scan(self) -> None:
         table: tuple[str, ...] = ()
