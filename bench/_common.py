@@ -100,26 +100,35 @@ def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
         os.environ.pop(var, None)
     QUIET["max_wait"] = args.quiet_wait
     if args.commit:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", args.commit],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        src = tempfile.mkdtemp(prefix="psb-src-", dir="/tmp")
-        atexit.register(shutil.rmtree, src, True)
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", rev, "procsup"], capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+        rev, src = extract(args.commit)
         os.environ["PYTHONPATH"] = os.pathsep.join(
             x for x in (src, os.environ.get("PYTHONPATH")) if x
         )
         sys.path.insert(0, src)
         SOURCE.update(rev=rev, dir=src)
-    package = os.path.join(SOURCE["dir"] or str(REPO), "procsup")
-    subprocess.run([PYTHON, "-m", "compileall", "-q", package], check=True, env=os.environ)
+    else:
+        package = str(REPO / "procsup")
+        subprocess.run([PYTHON, "-m", "compileall", "-q", package], check=True, env=os.environ)
     return args
+
+
+def extract(revision: str) -> tuple[str, str]:
+    """`git archive REV procsup` unpacked in a temp dir (removed at exit), compiled: the
+    revision's short hash and the directory to put first on PYTHONPATH."""
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", revision],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    src = tempfile.mkdtemp(prefix="psb-src-", dir="/tmp")
+    atexit.register(shutil.rmtree, src, True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "procsup"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    subprocess.run([PYTHON, "-m", "compileall", "-q", os.path.join(src, "procsup")], check=True)
+    return rev, src
 
 
 def begin(

@@ -30,6 +30,8 @@ class Supervisor:
         self.conf = self.dir / "conf"
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr = self.dir / "daemon.stderr"
+        #: The environment of the daemon (and of the clients a benchmark runs against it).
+        self.env = dict(session.env)
         session.daemons.append(self)
 
     @property
@@ -50,7 +52,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
-                env=self.session.env,
+                env=self.env,
                 start_new_session=True,
                 cwd=self.dir,
             )

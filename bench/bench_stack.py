@@ -14,12 +14,14 @@ a whole layer one after the other.
 
 Reread: --many apps (1000) of `sleep`, as --many / --depth chains of --depth, or with no
 `depends_on` at all (the same apps), one app's command changed; `procsup reread` from spawn to
-exit, --reps times each, alternating. Target: with dependencies within 10 % of without. (Run it
-with --commit of a revision before dependencies existed for the "before" figure of the same
-config without them: that revision refuses `depends_on`, and the column is skipped.)
+exit, --reps times each, alternating. With --before REV (default e5f5b55, the last revision
+before dependencies existed), a third daemon and its CLI run that revision of procsup/ on the
+config without `depends_on` (it refuses the key), in the same alternation: the reread of the
+day the issue was filed. Target: with dependencies within 10 % of that (`--before ''` compares
+with today's code without dependencies instead).
 
     .venv/bin/python bench/bench_stack.py [--width 10] [--depth 10] [--ready-ms 200]
-        [--runs 5] [--many 1000] [--reps 10]
+        [--runs 5] [--many 1000] [--reps 10] [--before REV]
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import PROCSUP, Results, Session, begin, fmt, median, parser, pct
+from _common import PROCSUP, Results, Session, begin, extract, fmt, median, parser, pct
 from _proc import exec_watch, wait_quiet
 from _subjects import SLEEP, Procsup
 
@@ -78,10 +80,16 @@ def one_start(s: Session, run: int, width: int, depth: int, ready_ms: int) -> di
             "link_median": median(links), "link_max": max(links)}
 
 
-def reread_setup(s: Session, tag: str, apps: dict[str, dict[str, Any]]) -> Procsup | None:
-    """A daemon running `apps`, its config file then saved with one app's command changed
-    (watch_config off, so only `reread` reads it); None if this revision refuses the config."""
+def reread_setup(
+    s: Session, tag: str, apps: dict[str, dict[str, Any]], source: str = ""
+) -> Procsup | None:
+    """A daemon running `apps` (with the procsup/ of `source`, a directory, if given), its
+    config file then saved with one app's command changed (watch_config off, so only `reread`
+    reads it); None if this revision refuses the config."""
     ps = Procsup(s, tag, apps, daemon={"watch_config": False})
+    if source:
+        ps.env["PYTHONPATH"] = os.pathsep.join(
+            x for x in (source, ps.env.get("PYTHONPATH")) if x)
     ps.launch()
     try:
         ps.wait_serving(timeout=60)
@@ -97,11 +105,11 @@ def reread_setup(s: Session, tag: str, apps: dict[str, dict[str, Any]]) -> Procs
     return ps
 
 
-def reread_once(s: Session, ps: Procsup) -> float:
+def reread_once(ps: Procsup) -> float:
+    """One `procsup reread` against `ps`, by the CLI of the daemon's own revision."""
     t0 = time.monotonic()
     r = subprocess.run([PROCSUP, "-s", ps.socket, "reread"], check=False, capture_output=True,
-                       text=True,
-                       env=s.env)
+                       text=True, env=ps.env)
     took = (time.monotonic() - t0) * 1000
     if r.returncode != 0 or "restart" not in r.stdout:
         raise RuntimeError(f"reread failed: {r.stdout}{r.stderr}")
@@ -117,6 +125,9 @@ def main() -> None:
     p.add_argument("--many", type=int, default=1000)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--skip", choices=("start", "reread"), default=None)
+    p.add_argument("--before", default="e5f5b55", metavar="REV",
+                   help="the revision whose reread without dependencies is the reference "
+                   "('' for none)")
     args = begin(p, "stacks: {width} chains {depth} deep; reread of {many} apps",
                  quick={"runs": 2, "reps": 4}, supervisord=False)
     res = Results("stack")
@@ -140,27 +151,40 @@ def main() -> None:
             width = max(1, args.many // args.depth)
             with_deps = chains(width, args.depth, 200)
             without = chains(width, args.depth, 200, deps=False)
+            before = extract(args.before) if args.before else None
             subjects = [reread_setup(s, "reread-deps", with_deps),
                         reread_setup(s, "reread-plain", without)]
-            times: list[list[float]] = [[], []]
+            if before is not None:
+                subjects.append(reread_setup(s, "reread-before", without, before[1]))
+            times: list[list[float]] = [[] for _ in subjects]
             for _ in range(args.reps):  # alternating, so that the machine's noise is shared
                 for k, ps in enumerate(subjects):
                     if ps is not None:
                         wait_quiet()
-                        times[k].append(reread_once(s, ps))
+                        times[k].append(reread_once(ps))
             for ps in subjects:
                 if ps is not None:
                     ps.stop(timeout=60)
-            a, b = (t if ps is not None else None for t, ps in zip(times, subjects, strict=True))
+            names = ("with", "without", "before")[:len(subjects)]
+            got = {name: t for name, t, ps in zip(names, times, subjects, strict=True)
+                   if ps is not None and t}
+            a, b, c = got.get("with"), got.get("without"), got.get("before")
+            ref = c if before is not None else b
             if b is not None:
                 res.add(f"reread, {len(without)} apps without depends_on", "ms", median(b), None)
                 print(f"   without: median {fmt(median(b))} p90 {fmt(pct(b, 90))} ms")
+            if c is not None and before is not None:
+                res.add(f"reread, {len(without)} apps without depends_on, at {before[0]} (before "
+                        "dependencies)", "ms", median(c), None)
+                print(f"   before:  median {fmt(median(c))} p90 {fmt(pct(c, 90))} ms "
+                      f"({before[0]})")
             if a is not None:
+                what = f"{before[0]} without" if before is not None else "without"
                 res.add(f"reread, {len(with_deps)} apps in chains of {args.depth}", "ms",
-                        median(a), None, target="within 10 % of without",
-                        met=b is not None and median(a) <= 1.1 * median(b))
+                        median(a), None, target=f"within 10 % of {what}",
+                        met=ref is not None and median(a) <= 1.1 * median(ref))
                 print(f"   with:    median {fmt(median(a))} p90 {fmt(pct(a, 90))} ms")
-            res.details["reread"] = {"with": a, "without": b}
+            res.details["reread"] = got
     print(res.summary())
     res.save(args.json)
 
