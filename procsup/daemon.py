@@ -21,7 +21,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, paths, pidfile, statefile, systemd
+from procsup import __version__, config, paths, pidfile, spawn, statefile, systemd
 from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
@@ -185,9 +185,13 @@ async def serve(
         loop.add_signal_handler(signal.SIGINT, applier.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, layer.reopen_logs)
         loop.add_signal_handler(signal.SIGHUP, applier.request_reload)
-        if os.getpid() == 1:  # a container's init: orphans are ours to reap
-            loop.add_signal_handler(signal.SIGCHLD, layer.reap_orphans)
-            signals.append(signal.SIGCHLD)
+        # Orphans of the apps are ours to reap and to stop: as a container's init, or as the
+        # child subreaper everywhere else (CONTRACT §3 Processes).
+        if os.getpid() != 1 and not spawn.become_subreaper():
+            logger.warning("cannot become a child subreaper (prctl refused): processes that "
+                           "apps leave outside their process group are re-parented to init")
+        loop.add_signal_handler(signal.SIGCHLD, layer.reap_orphans)
+        signals.append(signal.SIGCHLD)
         await applier.start(prepare)
         if engine.shutting_down:
             on_ready("stopped by a signal or `procsup shutdown` during start-up")

@@ -161,10 +161,13 @@ class SpawnFailed:
 @dataclass(frozen=True)
 class Exited:
     """The instance's process group is gone. `code` is the leader's exit code, `signal` the
-    signal that killed it; both None when the status is unknown (an adopted process)."""
+    signal that killed it; both None when the status is unknown (an adopted process).
+    `background`: the leader exited 0 leaving this process running outside its group (it put
+    itself in the background); the process layer has stopped it."""
 
     code: int | None
     signal: int | None
+    background: int | None = None
 
 
 @dataclass(frozen=True)
@@ -250,8 +253,8 @@ def step(inst: Instance, policy: Policy, event: Event, now: float) -> Step:
             return _on_spawned(inst, policy, pid, now)
         case SpawnFailed(reason=reason, transient=transient):
             return _on_spawn_failed(inst, policy, reason, transient, now)
-        case Exited(code=code, signal=sig):
-            return _on_exited(inst, policy, code, sig, now)
+        case Exited(code=code, signal=sig, background=bg):
+            return _on_exited(inst, policy, code, sig, now, background=bg)
         case Ready():
             return _on_ready(inst)
         case Recycle(reason=reason, unstable=how):
@@ -533,7 +536,8 @@ def _on_tick(inst: Instance, policy: Policy, now: float) -> Step:
 
 
 def _on_exited(
-    inst: Instance, policy: Policy, code: int | None, sig: int | None, now: float
+    inst: Instance, policy: Policy, code: int | None, sig: int | None, now: float, *,
+    background: int | None = None,
 ) -> Step:
     if inst.pid is None:
         return _nothing(inst)  # no process of ours is live: a stale report
@@ -560,6 +564,16 @@ def _on_exited(
             deadline=None,
         ), ()
     # STARTING/RUNNING: it ended on its own.
+    run = now - inst.started_at if inst.started_at is not None else 0.0
+    if background is not None and run < policy.min_uptime:
+        # It put itself in the background: every restart would do the same (and the copy it
+        # left was stopped by the process layer, not supervised). Say so, do not loop.
+        return replace(
+            _unchecked(inst), state=State.ERRORED, pid=None, ready=False, exit_code=exit_code,
+            deadline=None, then_start=False, failed_run=False,
+            reason=f"the command put itself in the background (pid {background}): run it in "
+                   "the foreground, or set pidfile",
+        ), ()
     return _ended(inst, policy, exit_code, exit_text(code, sig), now, failed=False)
 
 

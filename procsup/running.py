@@ -3,7 +3,8 @@
 `Processes` starts a run (the command, or for a cluster app the activation shell handed the
 daemon-held listening sockets; pipes into its log files; $NOTIFY_SOCKET in its environment),
 watches its leader exit (a pidfd, or polling where there is none), drains the rest of its process
-group, checks readiness (tcp/http probe, READY=1, a matching log line) and heartbeats
+group and the processes it left outside the group (`orphans`: re-parented to procsupd, the
+subreaper), checks readiness (tcp/http probe, READY=1, a matching log line) and heartbeats
 (WATCHDOG=1), moves live output to new log files, records the live runs in `state_dir`, runs
 health check commands as their instance runs (`run_check`), and stops what a previous daemon
 left.
@@ -26,10 +27,22 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from procsup import lifecycle, logs, notify, pipes, probes, sockets, spawn, statefile, units
+from procsup import (
+    lifecycle,
+    logs,
+    notify,
+    orphans,
+    pipes,
+    probes,
+    sockets,
+    spawn,
+    statefile,
+    units,
+)
 from procsup.model import AppSpec, ExecMode, InstanceId
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
@@ -77,6 +90,8 @@ class Run:
     heartbeat: asyncio.TimerHandle | None = None
     beaten: bool = False  # it has sent WATCHDOG=1 at least once
     stopping: bool = False  # the engine sent its kill signal: a stop, not a crash
+    background: int | None = None  # exited 0 leaving this process running (it daemonized)
+    signalled: int | None = None  # the latest signal of a stop, for strays found later
     released: bool = False
     _record: statefile.Record | None = None
     _record_read: bool = False
@@ -156,6 +171,9 @@ class Processes:
         self._runs: dict[int, Run] = {}  # live runs (not yet released) by pid = pgid
         self._checks: set[int] = set()  # health check commands not yet reaped
         self._readers: set[Capture] = set()  # every stream still being read
+        # What runs left outside their process group (re-parented to us), and whose.
+        self.orphans: orphans.Orphans[Run] = orphans.Orphans(marker, self._runs,
+                                                              self._by_instance)
         # Listening sockets of cluster apps, held for the app's life: per app ("shared") or
         # per instance slot ("reuseport", so a replacement gets the same socket). The key
         # includes the addresses and balance, so a changed `listen` binds anew.
@@ -190,6 +208,7 @@ class Processes:
         self.record(now=True)
         for run in list(self._runs.values()):
             self._release(run)
+        self._kill_strays()
         for cap in list(self._readers):
             if cap.reader is not None:
                 cap.reader.close()
@@ -313,7 +332,10 @@ class Processes:
         run = _own(handle)
         if not run.released:
             run.stopping = True
+            run.signalled = sig
             spawn.kill_group(run.pid, sig)
+            self.orphans.scan(self._checks)
+            self.orphans.signal(run, sig)
 
     def signal(self, handle: RunHandle, sig: int, *, leader: bool = False) -> bool:
         """`sig` to the run's process group, or its leader (before its exit is reaped, so the
@@ -327,6 +349,8 @@ class Processes:
         """shutdown_timeout passed: SIGKILL to every live process group."""
         for run in self._runs.values():
             spawn.kill_group(run.pid, signal.SIGKILL)
+        self.orphans.scan(self._checks)
+        self.orphans.kill_all()
 
     def live_pids(self) -> set[int]:
         return set(self._runs)
@@ -510,6 +534,10 @@ class Processes:
         # Reap now: a zombie leader would keep `killpg(pgid, 0)` succeeding and force a scan of
         # the process table on every exit; the pgid stays reserved while a member lives.
         spawn.reap(run.proc, status)
+        # Its children outside its group are ours now (subreaper): they are part of this run.
+        self._adopt(run)
+        if not run.stopping and status[0] == 0:
+            run.background = orphans.first_pid(self.orphans.of(run))
         self._drain(run)
 
     def _drain(self, run: Run) -> None:
@@ -520,20 +548,28 @@ class Processes:
         group is killed at once, as systemd does for a service's control group."""
         run.drain = None
         assert run.exit_status is not None
-        if spawn.live_members(run.pid):
+        self.reap_orphans()  # a stray that died is gone only once reaped
+        # A member of the group that dies re-parents its children outside the group to us:
+        # they are this run's, and a stop signals them too.
+        self._adopt(run)
+        if spawn.live_members(run.pid) or self.orphans.alive(run):
             if not run.stopping:
                 spawn.kill_group(run.pid, signal.SIGKILL)
+                self.orphans.signal(run, signal.SIGKILL)
             run.drain = self.loop.call_later(DRAIN_POLL, self._drain, run)
             return
         code, sig = run.exit_status
-        if not run.stopping:  # unplanned: say how, whatever happens next
+        if run.background is not None:
+            self.log.warning("%s: pid %d exited with code 0 and left pid %d running in the "
+                             "background (stopped)", run.id, run.pid, run.background)
+        elif not run.stopping:  # unplanned: say how, whatever happens next
             # A clean exit (a job, a one-shot) is news, not a problem; anything else warns.
             level = logging.INFO if code == 0 else logging.WARNING
             self.log.log(level, "%s: pid %d %s after %s", run.id, run.pid,
                          units.exit_text(code, sig),
                          units.format_duration(round(self.loop.time() - run.started, 3)))
         self._release(run)
-        self._report(run, lifecycle.Exited(code, sig))
+        self._report(run, lifecycle.Exited(code, sig, background=run.background))
 
     def _release(self, run: Run) -> None:
         """Forget the OS handles of the run (its readers finish on their own at EOF)."""
@@ -544,6 +580,7 @@ class Processes:
         run.drain = run.poll = run.probe = run.heartbeat = None
         if self._runs.get(run.pid) is run:
             del self._runs[run.pid]
+        self.orphans.forget(run)
         if run.pidfd is not None:
             self.loop.remove_reader(run.pidfd)
             os.close(run.pidfd)
@@ -569,6 +606,10 @@ class Processes:
             self._record_timer.cancel()
             self._record_timer = None
         records = tuple(rec for r in self._runs.values() if (rec := r.record) is not None)
+        if self.orphans.strays:  # what runs left outside their groups, found again on recovery
+            records += tuple(
+                statefile.Record(o.id.app, o.id.index, s.pid, s.pgid, s.start_ticks)
+                for s in self.orphans.strays.values() if (o := s.owner) is not None)
         if records == self._recorded:
             return
         self._recorded = None  # unknown until the write succeeded
@@ -579,9 +620,43 @@ class Processes:
             self.log.error("cannot record instances in %s: %s", self.state_dir, exc)
 
     def reap_orphans(self) -> None:
-        """SIGCHLD when procsupd is PID 1: reap re-parented orphans (never an instance leader,
-        whose status is read through its pidfd and which is reaped once its group is gone)."""
-        spawn.reap_orphans(set(self._runs) | self._checks)
+        """SIGCHLD: reap the orphans re-parented to procsupd (subreaper, or PID 1); never an
+        instance leader, whose status is read through its pidfd and which is reaped once its
+        group is gone, nor a health check."""
+        reaped = spawn.reap_children(self._runs.keys() | self._checks)
+        if reaped:
+            # A stray's children are re-parented to procsupd when it dies: they are its run's.
+            for owner in self.orphans.reaped(reaped):
+                if not owner.released:
+                    self.orphans.scan(self._checks, exiting=owner)
+
+    def _adopt(self, run: Run) -> None:
+        """Scan for strays after a process of `run` died (its orphans are ours now); those
+        found during a stop get the stop's signal at once."""
+        found = self.orphans.scan(self._checks, exiting=run)
+        if found and run.stopping and run.signalled is not None:
+            self.orphans.signal(run, run.signalled)
+
+    def _by_instance(self, app: str, index: int) -> Run | None:
+        for run in self._runs.values():
+            if run.id.app == app and run.id.index == index:
+                return run
+        return None
+
+    def _kill_strays(self) -> None:
+        """The daemon is closing: no process of an app may outlive it. SIGKILL whatever is
+        left outside the stopped groups, and reap it (bounded: a process in uninterruptible
+        sleep dies when it wakes, re-parented to init by then)."""
+        self.orphans.scan(self._checks)
+        if not self.orphans.kill_all():
+            return
+        self.log.warning("killed %d process(es) that apps left behind",
+                         len(self.orphans.strays))
+        for _ in range(50):
+            self.reap_orphans()
+            if not self.orphans.strays:
+                return
+            time.sleep(0.01)
 
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen every log file (after logrotate moved them)."""

@@ -298,19 +298,38 @@ def reap(proc: subprocess.Popen[bytes], status: ExitStatus) -> None:
     proc.returncode = code if code is not None else (-sig if sig is not None else -1)
 
 
-def reap_orphans(keep: Collection[int]) -> int:
-    """Reap zombie children that are not ours to watch: when procsupd is PID 1 (a container),
-    orphaned grandchildren of instances are re-parented to it and nobody else would. `keep`:
-    the pids whose status the caller still needs (instance leaders). Returns how many."""
-    me = os.getpid()
-    reaped = 0
-    for st in procfs.stats():
-        if st.ppid == me and st.dead and st.pid not in keep:
-            try:
-                os.waitpid(st.pid, os.WNOHANG)
-                reaped += 1
-            except ChildProcessError:
-                pass
+#: prctl(2) option that makes the caller the reaper of its orphaned descendants.
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make procsupd a child subreaper (Linux >= 3.4): a process that an instance leaves
+    behind (a double fork, a daemonizing program) is re-parented to procsupd instead of init,
+    so it stays in view, is reaped by us and can be stopped with its instance. Whether it
+    worked (a seccomp filter may refuse prctl)."""
+    import ctypes  # only here: one call at start-up
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_children(keep: Collection[int]) -> list[int]:
+    """Reap every ended child of procsupd that is not in `keep` (the pids whose status the
+    caller still needs: instance leaders, health checks): orphans re-parented to procsupd as
+    subreaper (or as PID 1). Returns the pids reaped."""
+    reaped: list[int] = []
+    for pid in procfs.children():
+        if pid in keep:
+            continue
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if done:
+            reaped.append(pid)
     return reaped
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "daemon_marker",
     "leader_start_ticks",
     "leftovers",
+    "marked",
     "marked_processes",
     "read",
     "read_checked",
@@ -329,18 +330,27 @@ def marked_processes(marker: str, *, exclude: Collection[int] = ()) -> list[Mark
     skip = set(exclude) | _self_and_ancestors()
     found: list[Marked] = []
     for pid in procfs.pids():
-        if pid in skip:
-            continue
-        env = procfs.environ(pid)
-        # The leading NUL makes the first entry match like the others; the kernel's environ
-        # ends every entry, the last too, with a NUL.
-        if env is None or needle not in b"\0" + env:
-            continue
-        stat = procfs.stat(pid)
-        if stat is None or stat.dead:
-            continue
-        found.append(Marked(pid, stat.pgrp, _app(env), _index(env)))
+        if pid not in skip and (m := _marked(pid, needle)) is not None:
+            found.append(m)
     return found
+
+
+def marked(pid: int, marker: str) -> Marked | None:
+    """`pid` as `marked_processes` would list it, or None (no such entry in its environ, gone,
+    a zombie, unreadable)."""
+    return _marked(pid, b"\0" + os.fsencode(f"{MARKER_VAR}={marker}") + b"\0")
+
+
+def _marked(pid: int, needle: bytes) -> Marked | None:
+    env = procfs.environ(pid)
+    # The leading NUL makes the first entry match like the others; the kernel's environ
+    # ends every entry, the last too, with a NUL.
+    if env is None or needle not in b"\0" + env:
+        return None
+    stat = procfs.stat(pid)
+    if stat is None or stat.dead:
+        return None
+    return Marked(pid, stat.pgrp, _app(env), _index(env))
 
 
 def _self_and_ancestors() -> set[int]:

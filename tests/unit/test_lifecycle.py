@@ -538,6 +538,36 @@ def test_exit_is_recorded_with_a_human_reason(
     )
 
 
+BACKGROUND = ("the command put itself in the background (pid 77): run it in the foreground, "
+              "or set pidfile")
+
+
+@pytest.mark.parametrize(
+    ("name", "before", "autorestart", "event", "state", "reason"),
+    [
+        # exited 0 within min_uptime, leaving a process: errored at once, whatever the policy
+        ("starting, always", STARTING, RestartPolicy.ALWAYS, Exited(0, None, background=77),
+         State.ERRORED, BACKGROUND),
+        ("starting, never", STARTING, RestartPolicy.NEVER, Exited(0, None, background=77),
+         State.ERRORED, BACKGROUND),
+        # it lived min_uptime: an ordinary exit (the process layer stopped what it left)
+        ("running long", RUNNING, RestartPolicy.NEVER, Exited(0, None, background=77),
+         State.EXITED, "exited with code 0"),
+        ("no background", STARTING, RestartPolicy.NEVER, Exited(0, None), State.EXITED,
+         "exited with code 0"),
+        # a stop that completes is a stop, even if the stop also ended a stray
+        ("stopping", STOPPING, RestartPolicy.ALWAYS, Exited(0, None, background=77),
+         State.STOPPED, None),
+    ],
+)
+def test_a_command_that_put_itself_in_the_background(  # noqa: PLR0917 (a table's columns)
+    name: str, before: Instance, autorestart: RestartPolicy, event: Exited, state: State,
+    reason: str | None,
+) -> None:
+    got, effects = step(before, policy(autorestart=autorestart), event, AT_100)
+    assert (got.state, got.reason, got.pid, effects) == (state, reason, None, ()), name
+
+
 @pytest.mark.parametrize(
     ("autorestart", "code", "sig", "restarted"),
     [

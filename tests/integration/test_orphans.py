@@ -1,0 +1,180 @@
+"""No process escapes (issue 13): procsupd as child subreaper. Real programs that leave
+processes outside their process group (tests/apps/daemonizer.py: a fork and setsid, a double
+fork, a setsid'ed grandchild, with and without their environment), a real procsupd, the real
+CLI; what survives is read from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from .conftest import Daemon, app_cmd, pid_alive, wait_for
+
+REASON = re.compile(
+    r"the command put itself in the background \(pid (\d+)\): run it in the foreground, "
+    r"or set pidfile")
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("mode", ["fork-exit", "double"])
+@pytest.mark.parametrize("clear", [False, True], ids=["env", "no-env"])
+def test_a_program_that_puts_itself_in_the_background_is_errored_and_stopped(
+        daemon: Daemon, tmp_path: Path, mode: str, clear: bool) -> None:
+    """memcached -d, redis --daemonize yes: the command exits 0 leaving its server running.
+    Without pidfile that is `errored` with a reason that says so, at once (a restart would do
+    the same), and the process it left is stopped, even when it lost its environment."""
+    pids = tmp_path / "pids"
+    args = ("--clear-env",) if clear else ()
+    daemon.write(f"""
+        [apps.bg]
+        command = {app_cmd("daemonizer", mode, str(pids), *args)}
+        min_uptime = "3s"
+        """)
+    daemon.start()
+    rows = daemon.wait_states("bg", "errored", 1, timeout=15)
+    m = REASON.fullmatch(rows[0]["reason"] or "")
+    assert m, rows[0]
+    assert rows[0]["restarts"] == 0, rows[0]
+    left = _pids(pids)
+    assert left, "the program never left its process"
+    assert int(m.group(1)) in left, (m.group(1), left)
+    wait_for(lambda: not any(pid_alive(p) for p in left), 5, "the process it left stopped")
+    assert "left pid" in daemon.daemon_log()
+    assert daemon.stop_daemon() == 0
+
+
+def test_a_setsid_grandchild_is_stopped_with_its_instance(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """The program stays in the foreground; a child of it calls setsid (out of the process
+    group the stop signals). `stop` ends it too: its parent dies first, the subreaper gets
+    it, and the stop's signal follows it."""
+    pids = tmp_path / "pids"
+    daemon.write(f"""
+        [apps.fg]
+        command = {app_cmd("daemonizer", "setsid", str(pids), "--clear-env")}
+        min_uptime = "100ms"
+        kill_timeout = "3s"
+        """)
+    daemon.start()
+    leader = daemon.wait_states("fg", "running", 1)[0]["pid"]
+    child = wait_for(lambda: _pids(pids), 10, "the setsid'ed child")[0]
+    assert pid_alive(child) and _ppid(child) == leader
+    r = daemon.cli("stop", "fg")
+    assert r.returncode == 0, r.stderr
+    assert not pid_alive(leader)
+    wait_for(lambda: not pid_alive(child), 5, "the setsid'ed child stopped")
+    assert daemon.instances("fg")[0]["state"] == "stopped"
+    assert daemon.stop_daemon() == 0
+
+
+def test_shutdown_leaves_no_process_behind(daemon: Daemon, tmp_path: Path) -> None:
+    """Processes outside every group, owned and not: `procsup shutdown` leaves none of them,
+    and the orphans of a crash are reaped (no zombie child of procsupd)."""
+    pids = tmp_path / "pids"
+    daemon.write(f"""
+        [apps.fg]
+        command = {app_cmd("daemonizer", "setsid", str(pids))}
+        instances = 2
+        min_uptime = "100ms"
+
+        [apps.plain]
+        command = ["sh", "-c", "sleep 1000 & sleep 1000"]
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    daemon.wait_states("fg", "running", 2)
+    daemon.wait_states("plain", "running", 1)
+    children = wait_for(lambda: len(_pids(pids)) == 2 and _pids(pids), 10, "both children")
+    assert daemon.proc is not None
+    me = daemon.proc.pid
+    r = daemon.cli("shutdown")
+    assert r.returncode == 0, r.stderr
+    assert daemon.proc.wait(30) == 0
+    wait_for(lambda: not any(pid_alive(p) for p in children), 5, "every child gone")
+    assert daemon.app_processes() == []
+    assert not any(_ppid(p) == me for p in children)
+
+
+def test_a_crashed_leader_s_orphans_are_killed_and_reaped(daemon: Daemon, tmp_path: Path) -> None:
+    """The leader is SIGKILLed; the setsid'ed child it leaves is re-parented to procsupd,
+    killed as the rest of a crashed run, and reaped: no zombie; the instance restarts."""
+    pids = tmp_path / "pids"
+    daemon.write(f"""
+        [apps.fg]
+        command = {app_cmd("daemonizer", "setsid", str(pids))}
+        min_uptime = "100ms"
+        restart_delay = "0s"
+        """)
+    daemon.start()
+    leader = daemon.wait_states("fg", "running", 1)[0]["pid"]
+    child = wait_for(lambda: _pids(pids), 10, "the child")[0]
+    os.kill(leader, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(child), 5, "the orphan killed")
+    wait_for(lambda: _ppid(child) is None, 5, "the orphan reaped")
+    wait_for(lambda: [r["pid"] for r in daemon.instances("fg")
+                      if r["state"] == "running" and r["pid"] != leader], 10, "a restart")
+    again = wait_for(lambda: _pids(pids)[1:], 10, "the new run's child")
+    assert daemon.stop_daemon() == 0  # SIGTERM: the new run's child goes with it
+    assert not any(pid_alive(p) for p in again)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _program(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        pytest.skip(f"{name} is not installed (.ci/run installs it)")
+    return path
+
+
+@pytest.mark.parametrize("program", ["memcached", "redis-server"])
+def test_a_real_daemonizing_server_is_errored_with_the_reason_and_stopped(
+        daemon: Daemon, tmp_path: Path, program: str) -> None:
+    """The issue's case with Debian's programs: `memcached -d` and `redis-server --daemonize
+    yes` exit 0 and their server lives on; it used to keep serving after `shutdown`, and the
+    instance ended "errored: each run was shorter than min_uptime". Now the reason says what
+    happened and the server is stopped (redis rewrites its environment: the marker is gone)."""
+    exe = _program(program)
+    port = _free_port()
+    if program == "memcached":
+        argv = [exe, "-d", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root"]
+    else:
+        argv = [exe, "--daemonize", "yes", "--port", str(port), "--bind", "127.0.0.1",
+                "--save", "", "--dir", str(tmp_path),
+                "--pidfile", str(tmp_path / "redis.pid"), "--logfile", ""]
+    daemon.write(f"""
+        [apps.srv]
+        command = {json.dumps(argv)}
+        min_uptime = "3s"
+        """)
+    daemon.start()
+    rows = daemon.wait_states("srv", "errored", 1, timeout=15)
+    m = REASON.fullmatch(rows[0]["reason"] or "")
+    assert m, rows[0]
+    server = int(m.group(1))
+    wait_for(lambda: not pid_alive(server), 5, f"{program} stopped")
+
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", port))  # nothing serves
+    assert daemon.stop_daemon() == 0
