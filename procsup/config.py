@@ -530,6 +530,17 @@ def _app_spec(
         for key in ("health_interval", "health_timeout", "health_failures"):
             if key in values:
                 raise error(f"{key!r} is only used with health", key)
+    pidfile = None
+    if "pidfile" in values:
+        if mode is ExecMode.CLUSTER:
+            raise error('pidfile is only used with exec_mode = "fork" (a cluster instance must '
+                        "use the sockets it is handed, in the foreground)", "pidfile")
+        if instances > 1:
+            raise error("pidfile names one process: with instances > 1 the instances would "
+                        "share it; define one app per instance", "pidfile")
+        if not values["pidfile"]:
+            raise error("must not be empty", "pidfile")
+        pidfile = os.path.normpath(os.path.join(base, values["pidfile"]))
 
     direct = {k: values[k] for k in _DIRECT_FIELDS if k in values}
     return AppSpec(
@@ -542,6 +553,7 @@ def _app_spec(
         error_file=log_file("error_file", "error"),
         watch=watch,
         listen=listen,
+        pidfile=pidfile,
         source=src.path,
         line=src.locator.table_line("apps", name),
         **direct,

@@ -183,6 +183,7 @@ _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
     "health_failures": lambda a: _health_only(a, a.health_failures),
     "reload_signal": lambda a: (None if a.reload_signal is None
                                 else units.signal_name(a.reload_signal)),
+    "pidfile": lambda a: a.pidfile,  # absolute already
     "listen": lambda a: _cluster_only(a, list(a.listen)),
     "balance": lambda a: _cluster_only(a, a.balance),
 }

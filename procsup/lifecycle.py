@@ -168,6 +168,17 @@ class Exited:
     code: int | None
     signal: int | None
     background: int | None = None
+    #: the run failed for this reason, whatever its exit code (a `pidfile` that never named
+    #: a process of the instance)
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """The command put itself in the background and its `pidfile` named `pid`, a process of
+    the instance: from now on that process is the instance's (its exit is the instance's)."""
+
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,8 @@ class Health:
     error: str | None = None
 
 
-Event = (Start | Wait | Stop | Restart | Spawned | SpawnFailed | Exited | Ready | Recycle | Tick
+Event = (Start | Wait | Stop | Restart | Spawned | SpawnFailed | Exited | Adopted | Ready | Recycle
+         | Tick
          | Health)
 
 
@@ -253,8 +265,12 @@ def step(inst: Instance, policy: Policy, event: Event, now: float) -> Step:
             return _on_spawned(inst, policy, pid, now)
         case SpawnFailed(reason=reason, transient=transient):
             return _on_spawn_failed(inst, policy, reason, transient, now)
-        case Exited(code=code, signal=sig, background=bg):
-            return _on_exited(inst, policy, code, sig, now, background=bg)
+        case Exited(code=code, signal=sig, background=bg, failure=failure):
+            return _on_exited(inst, policy, code, sig, now, background=bg, failure=failure)
+        case Adopted(pid=pid):
+            if inst.pid is None or inst.state not in (*_LIVE_RUN, State.STOPPING):
+                return _nothing(inst)  # no run of ours: a stale report
+            return replace(inst, pid=pid), ()
         case Ready():
             return _on_ready(inst)
         case Recycle(reason=reason, unstable=how):
@@ -537,7 +553,7 @@ def _on_tick(inst: Instance, policy: Policy, now: float) -> Step:
 
 def _on_exited(
     inst: Instance, policy: Policy, code: int | None, sig: int | None, now: float, *,
-    background: int | None = None,
+    background: int | None = None, failure: str | None = None,
 ) -> Step:
     if inst.pid is None:
         return _nothing(inst)  # no process of ours is live: a stale report
@@ -564,6 +580,8 @@ def _on_exited(
             deadline=None,
         ), ()
     # STARTING/RUNNING: it ended on its own.
+    if failure is not None:
+        return _ended(inst, policy, exit_code, failure, now, failed=True)
     run = now - inst.started_at if inst.started_at is not None else 0.0
     if background is not None and run < policy.min_uptime:
         # It put itself in the background: every restart would do the same (and the copy it

@@ -115,6 +115,8 @@ class AppSpec:
     health_timeout: float = 2.0
     health_failures: int = 3
     reload_signal: int | None = None  # `reload` sends this in place instead of replacing
+    #: absolute; the command daemonizes and writes its server's pid here (procsup supervises it)
+    pidfile: str | None = None
     listen: tuple[str, ...] = ()
     balance: str = "shared"
     source: str | None = dataclasses.field(default=None, compare=False)

@@ -19,7 +19,7 @@ from types import TracebackType
 
 from procsup.errors import ProcsupError
 
-__all__ = ["PidFile"]
+__all__ = ["PidFile", "read_app_pid"]
 
 
 class PidFile:
@@ -126,6 +126,22 @@ class PidFile:
 
     def __repr__(self) -> str:
         return f"PidFile({self.path!r}, held={self.held})"
+
+
+def read_app_pid(path: str) -> int | str:
+    """The pid an app's daemonized server wrote to `path` (its `pidfile`), or why there is
+    none yet: "missing", or what is wrong with the file. Not locked: the file is the app's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return "missing"
+        return f"cannot read it: {exc.strerror or exc}"
+    try:
+        pid = _read_pid(fd)
+    finally:
+        os.close(fd)
+    return pid if pid is not None else "it holds no pid"
 
 
 def _read_pid(fd: int) -> int | None:

@@ -18,6 +18,7 @@ callback of the loop, never from inside a call the engine made. Only this module
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -36,8 +37,10 @@ from procsup import (
     logs,
     notify,
     orphans,
+    pidfile,
     pipes,
     probes,
+    procfs,
     sockets,
     spawn,
     statefile,
@@ -49,6 +52,8 @@ from procsup.model import AppSpec, ExecMode, InstanceId
 DRAIN_POLL = 0.02
 #: Exit polling interval where pidfds are unavailable.
 _EXIT_POLL = 0.05
+#: How often a daemonized command's pidfile is looked for until it names its process.
+_PIDFILE_POLL = 0.05
 #: How long after a spawn its leader is recorded at the latest (the exec has finished by then,
 #: so reading its start does not wait for it; the spawns of a batch share one write).
 _RECORD_DELAY = 0.003
@@ -92,6 +97,12 @@ class Run:
     stopping: bool = False  # the engine sent its kill signal: a stop, not a crash
     background: int | None = None  # exited 0 leaving this process running (it daemonized)
     signalled: int | None = None  # the latest signal of a stop, for strays found later
+    # With `pidfile`: the process it names once adopted (the instance's from then on), its
+    # pidfd, and the poll for the file between the command's exit and the adoption.
+    main: int | None = None
+    main_fd: int | None = None
+    pidfile_poll: asyncio.TimerHandle | None = None
+    failure: str | None = None  # why the run failed, whatever its exit code (its pidfile)
     released: bool = False
     _record: statefile.Record | None = None
     _record_read: bool = False
@@ -116,6 +127,11 @@ class Run:
     def pid(self) -> int:
         """The leader's pid, which is also the process group id."""
         return self.proc.pid
+
+    @property
+    def target(self) -> int:
+        """The process that is the instance: the adopted `pidfile` process, else the leader."""
+        return self.main if self.main is not None else self.proc.pid
 
     @property
     def log_health(self) -> tuple[logs.LogHealth, ...]:
@@ -341,6 +357,11 @@ class Processes:
         """`sig` to the run's process group, or its leader (before its exit is reaped, so the
         pid is its own); whether it was delivered."""
         run = _own(handle)
+        if run.main is not None:  # the adopted process: it, or it and the strays' groups
+            if run.released or run.main_fd is None:
+                return False
+            return spawn.signal_pid(run.main, sig) if leader else bool(
+                self.orphans.signal(run, sig))
         if run.released or (leader and run.exit_status is not None):
             return False
         return spawn.signal_pid(run.pid, sig) if leader else spawn.kill_group(run.pid, sig)
@@ -537,7 +558,85 @@ class Processes:
         # Its children outside its group are ours now (subreaper): they are part of this run.
         self._adopt(run)
         if not run.stopping and status[0] == 0:
+            if run.spec.pidfile is not None:  # it put itself in the background, as declared
+                self._await_pidfile(run)
+                return
             run.background = orphans.first_pid(self.orphans.of(run))
+        self._drain(run)
+
+    def _await_pidfile(self, run: Run) -> None:
+        """The command exited 0: wait (until its ready_timeout, counted from the spawn) for its
+        pidfile to name a live process of this run (one it left outside its group, or in it),
+        then make that process the instance's. Else the run fails, and what it left is
+        stopped."""
+        run.pidfile_poll = None
+        path = run.spec.pidfile
+        assert path is not None
+        if run.released:
+            return
+        if run.stopping:  # a stop came while it was starting in the background
+            self._drain(run)
+            return
+        got = pidfile.read_app_pid(path)
+        why = None
+        if isinstance(got, int):
+            self._adopt(run)
+            st = procfs.stat(got)
+            mine = self.orphans.strays.get(got)
+            if st is None or st.dead:
+                why = f"pidfile {path} names pid {got}, which is not running"
+            elif (mine is None or mine.owner is not run) and st.pgrp != run.pid:
+                why = f"pidfile {path} names pid {got}, which is not a process of this instance"
+            else:
+                self._adopt_main(run, got)
+                return
+        elif got != "missing":
+            why = f"pidfile {path}: {got}"
+        # A stale file (a pid of an earlier run) or a half-written one may still be replaced
+        # by the server: only the deadline makes what is wrong with it final.
+        if self.loop.time() < run.started + run.spec.ready_timeout:
+            run.pidfile_poll = self.loop.call_later(_PIDFILE_POLL, self._await_pidfile, run)
+            return
+        if why is None:
+            why = (f"the command exited with code 0 and its pidfile {path} did not appear "
+                   f"within ready_timeout {units.format_duration(run.spec.ready_timeout)}")
+        self.log.warning("%s: %s", run.id, why)
+        run.failure = why
+        self._drain(run)
+
+    def _adopt_main(self, run: Run, pid: int) -> None:
+        """`pid`, named by the run's pidfile, is the instance from now on."""
+        fd = spawn.pidfd(pid)
+        run.main = pid
+        run.main_fd = fd
+        if fd is not None:
+            self.loop.add_reader(fd, self._on_main_exit, run)
+        else:
+            run.poll = self.loop.call_later(_EXIT_POLL, self._on_main_exit, run)
+        self.log.info("%s: supervising pid %d from pidfile %s", run.id, pid, run.spec.pidfile)
+        self._report(run, lifecycle.Adopted(pid))
+
+    def _on_main_exit(self, run: Run) -> None:
+        """The adopted process ended (its pidfd is readable; it is our child, re-parented to
+        procsupd, so its status is ours to read, unless it was another process's child)."""
+        run.poll = None
+        if run.released or run.main is None:
+            return
+        if run.main_fd is None and spawn.pid_alive(run.main):
+            run.poll = self.loop.call_later(_EXIT_POLL, self._on_main_exit, run)
+            return
+        status = spawn.exit_status(run.main, run.main_fd)
+        if status is None:  # not reaped, not a zombie of ours: another's child that ended
+            status = (None, None)
+        if run.main_fd is not None:
+            self.loop.remove_reader(run.main_fd)
+            os.close(run.main_fd)
+            run.main_fd = None
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(run.main, os.WNOHANG)
+        self.orphans.reaped([run.main])
+        run.exit_status = status
+        self._adopt(run)
         self._drain(run)
 
     def _drain(self, run: Run) -> None:
@@ -565,19 +664,24 @@ class Processes:
         elif not run.stopping:  # unplanned: say how, whatever happens next
             # A clean exit (a job, a one-shot) is news, not a problem; anything else warns.
             level = logging.INFO if code == 0 else logging.WARNING
-            self.log.log(level, "%s: pid %d %s after %s", run.id, run.pid,
+            self.log.log(level, "%s: pid %d %s after %s", run.id, run.target,
                          units.exit_text(code, sig),
                          units.format_duration(round(self.loop.time() - run.started, 3)))
         self._release(run)
-        self._report(run, lifecycle.Exited(code, sig, background=run.background))
+        self._report(run, lifecycle.Exited(code, sig, background=run.background,
+                                           failure=run.failure))
 
     def _release(self, run: Run) -> None:
         """Forget the OS handles of the run (its readers finish on their own at EOF)."""
         run.released = True
-        for handle in (run.drain, run.poll, run.probe, run.heartbeat):
+        for handle in (run.drain, run.poll, run.probe, run.heartbeat, run.pidfile_poll):
             if handle is not None:
                 handle.cancel()
-        run.drain = run.poll = run.probe = run.heartbeat = None
+        run.drain = run.poll = run.probe = run.heartbeat = run.pidfile_poll = None
+        if run.main_fd is not None:
+            self.loop.remove_reader(run.main_fd)
+            os.close(run.main_fd)
+            run.main_fd = None
         if self._runs.get(run.pid) is run:
             del self._runs[run.pid]
         self.orphans.forget(run)
@@ -623,7 +727,9 @@ class Processes:
         """SIGCHLD: reap the orphans re-parented to procsupd (subreaper, or PID 1); never an
         instance leader, whose status is read through its pidfd and which is reaped once its
         group is gone, nor a health check."""
-        reaped = spawn.reap_children(self._runs.keys() | self._checks)
+        keep = self._runs.keys() | self._checks
+        keep |= {r.main for r in self._runs.values() if r.main is not None}
+        reaped = spawn.reap_children(keep)
         if reaped:
             # A stray's children are re-parented to procsupd when it dies: they are its run's.
             for owner in self.orphans.reaped(reaped):

@@ -602,6 +602,10 @@ APP_KEYS: Mapping[str, Key] = _rows(
         "failed checks in a row that restart the instance"),
     Key("reload_signal", (str, int), 'signal: "SIGHUP", "HUP" or a number', None, _signal,
         "`reload` sends this signal to each instance (in place) instead of replacing it"),
+    Key("pidfile", _S, _PATH_DOC, None, _text,
+        "the command puts itself in the background and writes its server's pid here "
+        "(relative to cwd): procsup waits for it after the command exits 0, then supervises "
+        "that process", default_doc="none: the command runs in the foreground"),
     Key("listen", (str, list), "string or array of strings (addresses)", (), _listen,
         'cluster only: "tcp://HOST:PORT", "tcp://[::]:PORT", "unix:/path"'),
     Key("balance", _S, '"shared" or "reuseport"', "shared", _balance,

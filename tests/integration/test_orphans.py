@@ -178,3 +178,99 @@ def test_a_real_daemonizing_server_is_errored_with_the_reason_and_stopped(
     with socket.socket() as s, pytest.raises(ConnectionRefusedError):
         s.connect(("127.0.0.1", port))  # nothing serves
     assert daemon.stop_daemon() == 0
+
+
+# --- pidfile -------------------------------------------------------------------------------
+
+
+def test_pidfile_supervises_the_process_the_command_left(daemon: Daemon, tmp_path: Path) -> None:
+    """With pidfile, the command's exit 0 is the start of the server it left: status shows
+    that process, its death is the instance's (restarted by policy), stop stops it."""
+    pids = tmp_path / "pids"
+    pid_path = tmp_path / "srv.pid"
+    daemon.write(f"""
+        [apps.bg]
+        command = {app_cmd("daemonizer", "fork-exit", str(pids), "--pidfile", str(pid_path))}
+        pidfile = "{pid_path}"
+        min_uptime = "200ms"
+        restart_delay = "0s"
+        """)
+    daemon.start()
+    row = daemon.wait_states("bg", "running", 1)[0]
+    server = _pids(pids)[0]
+    wait_for(lambda: daemon.instances("bg")[0]["pid"] == server, 5, "the server's pid shown")
+    assert pid_alive(server)
+    assert "supervising pid" in daemon.daemon_log()
+    # its death is the instance's: restarted
+    os.kill(server, signal.SIGKILL)
+    again = wait_for(lambda: len(_pids(pids)) == 2 and _pids(pids)[1], 10, "a new server")
+    wait_for(lambda: daemon.instances("bg")[0]["pid"] == again
+             and daemon.instances("bg")[0]["state"] == "running", 10, "the new server shown")
+    assert daemon.instances("bg")[0]["restarts"] == row["restarts"] + 1
+    assert _ppid(server) is None  # reaped
+    r = daemon.cli("stop", "bg")
+    assert r.returncode == 0, r.stderr
+    assert not pid_alive(again)
+    assert daemon.instances("bg")[0]["state"] == "stopped"
+    assert daemon.stop_daemon() == 0
+
+
+def test_a_pidfile_that_never_names_a_process_of_the_instance_fails_the_run(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """A pidfile that stays missing, or names another process: the run fails at
+    ready_timeout with the reason, and what the command left is stopped."""
+    pids = tmp_path / "pids"
+    other = tmp_path / "other.pid"
+    other.write_text(f"{os.getpid()}\n")  # the test itself: alive, not the instance's
+    daemon.write(f"""
+        [apps.missing]
+        command = {app_cmd("daemonizer", "fork-exit", str(pids))}
+        pidfile = "{tmp_path / 'never.pid'}"
+        ready_timeout = "1s"
+        autorestart = false
+
+        [apps.foreign]
+        command = {app_cmd("daemonizer", "fork-exit", str(tmp_path / "pids2"))}
+        pidfile = "{other}"
+        ready_timeout = "1s"
+        autorestart = false
+        """)
+    daemon.start()
+    rows = daemon.wait_states("missing", "exited", 1, timeout=15)
+    assert rows[0]["reason"] == (
+        f"the command exited with code 0 and its pidfile {tmp_path / 'never.pid'} did not "
+        "appear within ready_timeout 1s"), rows[0]
+    rows = daemon.wait_states("foreign", "exited", 1, timeout=15)
+    assert rows[0]["reason"] == (
+        f"pidfile {other} names pid {os.getpid()}, which is not a process of this instance"
+    ), rows[0]
+    left = _pids(pids) + _pids(tmp_path / "pids2")
+    assert len(left) == 2
+    wait_for(lambda: not any(pid_alive(p) for p in left), 5, "the processes they left stopped")
+    assert daemon.stop_daemon() == 0
+
+
+def test_memcached_with_its_pidfile_is_supervised(daemon: Daemon, tmp_path: Path) -> None:
+    """Debian's memcached -d -P: supervised through its pidfile, serving, stopped by stop."""
+    exe = _program("memcached")
+    port = _free_port()
+    pid_path = tmp_path / "memcached.pid"
+    argv = [exe, "-d", "-P", str(pid_path), "-l", "127.0.0.1", "-p", str(port), "-U", "0",
+            "-u", "root"]
+    daemon.write(f"""
+        [apps.cache]
+        command = {json.dumps(argv)}
+        pidfile = "{pid_path}"
+        ready = "tcp://127.0.0.1:{port}"
+        """)
+    daemon.start()
+    daemon.wait_states("cache", "running", 1, timeout=15)
+    server = wait_for(lambda: pid_path.exists() and int(pid_path.read_text().split()[0]), 5,
+                      "memcached's pidfile")
+    wait_for(lambda: daemon.instances("cache")[0]["pid"] == server, 5, "memcached's pid")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"version\r\n")
+        assert s.recv(100).startswith(b"VERSION")
+    assert daemon.cli("stop", "cache").returncode == 0
+    assert not pid_alive(server)
+    assert daemon.stop_daemon() == 0

@@ -205,6 +205,11 @@ APP_INVALID = [
     ('health = "tcp://h:1"\nhealth_failures = 0', "health_failures", ">= 1"),
     ('health = "tcp://h:1"\nhealth_timeout = 0', "health_timeout", "greater than zero"),
     ('reload_signal = "SIGNOPE"', "reload_signal", "signal"),
+    ('pidfile = ""', "pidfile", "must not be empty"),
+    ("pidfile = 1", "pidfile", "expected string (path)"),
+    ('instances = 2\npidfile = "x.pid"', "pidfile", "define one app per instance"),
+    ('exec_mode = "cluster"\nlisten = "tcp://h:1"\npidfile = "x.pid"', "pidfile",
+     'only used with exec_mode = "fork"'),
     ('depends_on = "db"', "depends_on", "expected array"),
     ('depends_on = { db = "up" }', "depends_on", 'expected one of "started"'),
     ('depends_on = { db = 1 }', "depends_on", "got integer"),
@@ -247,6 +252,15 @@ def test_app_key_invalid(tmp_path: Path, snippet: str, key: str, message: str | 
     expected = next(i for i, ln in enumerate(lines, 1) if re.match(rf"{key}\s*=", ln))
     assert err.line == expected, str(err)
     assert str(err).startswith(f"{err.file}:{err.line}: app 'a', key '{key}': ")
+
+
+def test_pidfile_is_relative_to_cwd(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    got = load_text(tmp_path, '[apps.a]\ncommand = "x"\ncwd = "run"\npidfile = "a.pid"\n'
+                    '[apps.b]\ncommand = "x"\npidfile = "/abs/b.pid"\n[apps.c]\ncommand = "x"\n')
+    assert got.apps["a"].pidfile == str(tmp_path / "run" / "a.pid")
+    assert got.apps["b"].pidfile == "/abs/b.pid"
+    assert got.apps["c"].pidfile is None
 
 
 def test_missing_command_points_at_the_app_table(tmp_path: Path) -> None:
@@ -1185,6 +1199,7 @@ APP_DEFAULTS: dict[str, tuple[str | None, object]] = {
     "health_timeout": ('"2s"', 2.0),
     "health_failures": ("3", 3),
     "reload_signal": (None, None),
+    "pidfile": (None, None),
     "listen": ("[]", ()),  # required in cluster mode, refused in fork mode: checked below
     "balance": ('"shared"', "shared"),  # cluster only: checked below
 }

@@ -134,10 +134,15 @@ reload_signal = "HUP"
 [apps.once]
 command = "true"
 autorestart = false
+[apps.bg]
+command = "x"
+pidfile = "/run/bg.pid"
 """
     original, _ = round_trip(tmp_path, text, profile="p")
     data = tomllib.loads(dump(original))
-    assert set(data["apps"]["full"]) == set(schema.APP_KEYS) - MERGED_APP_KEYS
+    # (pidfile is for fork apps: from the second one)
+    keys = set(data["apps"]["full"]) | ({"pidfile"} & set(data["apps"]["bg"]))
+    assert keys == set(schema.APP_KEYS) - MERGED_APP_KEYS
     assert set(data["procsup"]) == set(schema.DAEMON_KEYS) - MERGED_DAEMON_KEYS
 
 
