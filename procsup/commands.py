@@ -327,6 +327,7 @@ class Commands:
                     health=health.status_of(v.inst, v.spec.health is not None),
                     disabled=v.id.app in self.applier.disabled,
                     log_errors=tuple(h.to_json() for h in v.log_health),
+                    warning=v.warning,
                 ).to_json()
             )
         a = self.applier

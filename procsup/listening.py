@@ -21,7 +21,7 @@ import struct
 
 from procsup import procfs
 
-__all__ = ["held", "parse_inet", "parse_unix"]
+__all__ = ["group_sockets", "held", "parse_inet", "parse_unix"]
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
 _ACCEPTCON = 0x10000  # __SO_ACCEPTCON in the Flags column of /proc/net/unix
@@ -32,6 +32,15 @@ def held(pgid: int) -> tuple[str, ...] | None:
     """The listening addresses (`127.0.0.1:8081`, `[::]:80`, `unix:/run/app.sock`,
     `unix:@name`) the live processes of group `pgid` hold, sorted, each once; `()` when none
     (or the group is gone); None when a member's fds could not be read."""
+    got = group_sockets(pgid)
+    if got is None:
+        return None
+    return tuple(sorted({addr for addr in got[1].values()}))
+
+
+def group_sockets(pgid: int) -> tuple[set[int], dict[int, str]] | None:
+    """The socket inodes the live processes of group `pgid` hold, and of those the ones in
+    listening state with their addresses; None when a member's fds could not be read."""
     members = [st.pid for st in procfs.stats() if st.pgrp == pgid and not st.dead]
     inodes: set[int] = set()
     readable = False
@@ -44,18 +53,18 @@ def held(pgid: int) -> tuple[str, ...] | None:
         readable = True
         inodes |= found
     if not inodes or not readable:
-        return ()
+        return set(), {}
     leader = pgid if pgid in members else members[0]  # the group's network namespace
-    out: set[str] = set()
+    out: dict[int, str] = {}
     for name in ("tcp", "tcp6"):
         data = procfs.read(leader, f"net/{name}")
         if data is not None:
-            out.update(addr for inode, addr in parse_inet(data, v6=name == "tcp6")
+            out.update((inode, addr) for inode, addr in parse_inet(data, v6=name == "tcp6")
                        if inode in inodes)
     data = procfs.read(leader, "net/unix")
     if data is not None:
-        out.update(addr for inode, addr in parse_unix(data) if inode in inodes)
-    return tuple(sorted(out))
+        out.update((inode, addr) for inode, addr in parse_unix(data) if inode in inodes)
+    return inodes, out
 
 
 def _socket_inodes(pid: int) -> set[int] | None:

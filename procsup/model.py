@@ -199,6 +199,8 @@ class InstanceView:
     #: its log files that refused writes: path, error (None once writing resumed), since,
     #: dropped_lines, dropped_bytes
     log_errors: tuple[dict[str, object], ...] = ()
+    #: what its current run does wrong, e.g. a cluster instance that does not use its socket
+    warning: str | None = None
 
     def to_json(self) -> dict[str, object]:
         d = dataclasses.asdict(self)

@@ -112,6 +112,8 @@ def format_status(result: object, *, filtered: bool = False) -> str:
         headers = (*STATUS_HEADERS[:4], HEALTH_HEADER, *STATUS_HEADERS[4:])
     out.append(format_table(headers, rows))
     out.extend(_log_errors(instances))
+    out.extend(f"{_instance_name(i)}: warning: {i['warning']}\n" for i in instances
+               if i.get("warning"))
     return "".join(out)
 
 

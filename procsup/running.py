@@ -34,6 +34,7 @@ from typing import Protocol
 
 from procsup import (
     lifecycle,
+    listening,
     logs,
     notify,
     orphans,
@@ -54,6 +55,9 @@ DRAIN_POLL = 0.02
 _EXIT_POLL = 0.05
 #: How often a daemonized command's pidfile is looked for until it names its process.
 _PIDFILE_POLL = 0.05
+#: A cluster instance is checked for the use of its sockets this long after its spawn (or
+#: min_uptime, if longer): a server has bound or closed what it will by then.
+_SOCKET_CHECK_DELAY = 1.0
 #: How long after a spawn its leader is recorded at the latest (the exec has finished by then,
 #: so reading its start does not wait for it; the spawns of a batch share one write).
 _RECORD_DELAY = 0.003
@@ -103,6 +107,8 @@ class Run:
     main_fd: int | None = None
     pidfile_poll: asyncio.TimerHandle | None = None
     failure: str | None = None  # why the run failed, whatever its exit code (its pidfile)
+    warning: str | None = None  # shown in status: a cluster instance ignores its sockets
+    socket_check: asyncio.TimerHandle | None = None
     released: bool = False
     _record: statefile.Record | None = None
     _record_read: bool = False
@@ -150,6 +156,8 @@ class RunHandle(Protocol):
     def status(self) -> str | None: ...
     @property
     def log_health(self) -> tuple[logs.LogHealth, ...]: ...
+    @property
+    def warning(self) -> str | None: ...
 
 
 #: report(run, event): what a run did, for the engine's event queue.
@@ -262,7 +270,8 @@ class Processes:
                     found = shutil.which(exe, path=path) is not None
                 if not found:
                     raise spawn.SpawnError(f"executable not found: {exe}")
-                fds = [s.fileno() for s in self._listeners_for(spec, iid.index)]
+                held = self._listeners_for(spec, iid.index)
+                fds = [s.fileno() for s in held]
                 argv, extra = sockets.activation_argv(
                     spec.command, fds, sockets.fd_names(spec.listen))
                 pass_fds = tuple(fds)
@@ -312,6 +321,10 @@ class Processes:
         self._readers.update(captures)
         self._runs[proc.pid] = run
         self._watch_exit(run)
+        if spec.exec_mode is ExecMode.CLUSTER:
+            inherited = [os.fstat(fd).st_ino for fd in fds]
+            run.socket_check = self.loop.call_later(
+                max(spec.min_uptime, _SOCKET_CHECK_DELAY), self._check_sockets, run, inherited)
         if spec.ready.startswith(("tcp://", "http://")):
             run.probe = self.loop.create_task(self._probe(run))
         elif watch is not None:  # no output is read before the loop runs again
@@ -674,10 +687,12 @@ class Processes:
     def _release(self, run: Run) -> None:
         """Forget the OS handles of the run (its readers finish on their own at EOF)."""
         run.released = True
-        for handle in (run.drain, run.poll, run.probe, run.heartbeat, run.pidfile_poll):
+        for handle in (run.drain, run.poll, run.probe, run.heartbeat, run.pidfile_poll,
+                       run.socket_check):
             if handle is not None:
                 handle.cancel()
         run.drain = run.poll = run.probe = run.heartbeat = run.pidfile_poll = None
+        run.socket_check = None
         if run.main_fd is not None:
             self.loop.remove_reader(run.main_fd)
             os.close(run.main_fd)
@@ -742,6 +757,29 @@ class Processes:
         found = self.orphans.scan(self._checks, exiting=run)
         if found and run.stopping and run.signalled is not None:
             self.orphans.signal(run, run.signalled)
+
+    def _check_sockets(self, run: Run, inherited: list[int]) -> None:
+        """A while after a cluster instance started: does it use the listening sockets it was
+        handed (fd 3, 4, ...)? A server without socket activation closes them, or keeps fd 3
+        open unused and binds a port of its own; either way the app's port hangs. Said in
+        status (the run's `warning`) and the daemon log; nothing is restarted for it."""
+        run.socket_check = None
+        if run.released or run.stopping or run.exit_status is not None:
+            return
+        got = listening.group_sockets(run.pid)
+        if got is None:
+            return  # its fds cannot be read (another user's, for a non-root daemon)
+        inodes, listening_here = got
+        own = sorted({a for i, a in listening_here.items() if i not in inherited})
+        for n, inode in enumerate(inherited):
+            if inode in inodes and not own:
+                continue
+            detail = (f"it listens on {', '.join(own)} itself" if own
+                      else "no process of it holds that socket")
+            run.warning = (f"does not use its listening socket fd {3 + n} ({detail}): the "
+                           "server needs socket activation support, see docs/cluster.md")
+            self.log.warning("%s: %s", run.id, run.warning)
+            return
 
     def _by_instance(self, app: str, index: int) -> Run | None:
         for run in self._runs.values():

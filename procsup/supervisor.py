@@ -102,7 +102,8 @@ class Supervisor:
     def _view(slot: Slot) -> View:
         return View(slot.ref, slot.id, slot.spec, slot.inst, slot.role, slot.generation,
                     slot.retiring, slot.note, slot.run.status if slot.run else None,
-                    slot.run.log_health if slot.run else ())
+                    slot.run.log_health if slot.run else (),
+                    slot.run.warning if slot.run else None)
 
     def snapshot(self) -> list[View]:
         """Every instance: the table in app order, then replacements, then outgoing ones."""

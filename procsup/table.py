@@ -92,6 +92,7 @@ class View:
     note: str | None
     status: str | None  # the last STATUS= of its current run
     log_health: tuple[logs.LogHealth, ...] = ()  # its current run's log files that refused writes
+    warning: str | None = None  # what its current run does wrong (a socket it does not use)
 
     @property
     def state(self) -> State:

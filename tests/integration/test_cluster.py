@@ -516,3 +516,48 @@ def test_a_balance_change_stops_every_instance_then_binds_anew(
     assert not new & old
     assert len(_socket_inodes(new)) == (1 if after == "shared" else 2)
     assert _all_answer(port)
+
+
+def test_an_instance_that_does_not_use_its_socket_is_reported(daemon: Daemon) -> None:
+    """The issue's case: `python3 -m http.server` in cluster mode ignores fd 3 and binds a
+    port of its own, so the app's port accepts connections nobody answers. status says so
+    (and so does one that closes its socket); a server that uses fd 3 gets no warning."""
+    port, own, closer, good = (_free_port() for _ in range(4))
+    daemon.write(f"""
+        [apps.ignorer]
+        command = ["{sys.executable}", "-m", "http.server", "--bind", "127.0.0.1", "{own}"]
+        exec_mode = "cluster"
+        listen = ["tcp://127.0.0.1:{port}"]
+        min_uptime = "100ms"
+
+        [apps.closer]
+        command = ["/bin/sh", "-c", "exec 3>&-; exec sleep 1000"]
+        exec_mode = "cluster"
+        listen = ["tcp://127.0.0.1:{closer}"]
+        min_uptime = "100ms"
+
+        [apps.good]
+        command = {app_cmd("activated_http")}
+        exec_mode = "cluster"
+        listen = ["tcp://127.0.0.1:{good}"]
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    for app in ("ignorer", "closer", "good"):
+        daemon.wait_states(app, "running", 1)
+
+    def warnings() -> dict[str, str | None] | None:
+        got = {i["app"]: i["warning"] for i in daemon.instances()}
+        return got if got["ignorer"] and got["closer"] else None
+
+    got = wait_for(warnings, 10, "the warnings")
+    tail = ": the server needs socket activation support, see docs/cluster.md"
+    assert got["ignorer"] == (
+        f"does not use its listening socket fd 3 (it listens on 127.0.0.1:{own} itself){tail}")
+    assert got["closer"] == (
+        f"does not use its listening socket fd 3 (no process of it holds that socket){tail}")
+    assert got["good"] is None
+    text = daemon.cli("status").stdout
+    assert f"ignorer:0: warning: {got['ignorer']}\n" in text, text
+    assert "good:0: warning" not in text
+    assert daemon.stop_daemon() == 0

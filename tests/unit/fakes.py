@@ -72,6 +72,7 @@ class FakeRun:
     killed: list[int] = dataclasses.field(default_factory=list)
     ended: bool = False
     log_health: tuple[LogHealth, ...] = ()
+    warning: str | None = None
 
 
 class FakeProcesses:
