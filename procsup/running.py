@@ -208,6 +208,8 @@ class Processes:
         self._recorded: tuple[statefile.Record, ...] | None = None
         self._record_timer: asyncio.TimerHandle | None = None
         self._last_spawn = -_RECORD_DELAY  # the loop's clock at the newest spawn
+        # The previous daemon's record is read by `recover`: nothing overwrites it before.
+        self._recovered = False
 
     def start_notify(self, path: str) -> None:
         """The $NOTIFY_SOCKET every instance gets, beside the control socket."""
@@ -717,6 +719,8 @@ class Processes:
         """Record the live runs in the state dir, unless that is what it holds already. With a
         run spawned less than _RECORD_DELAY ago (its exec may be finishing) the write is made
         by a timer at the end of that delay instead; `now`: at once (the daemon is closing)."""
+        if not self._recovered and not self._runs:
+            return  # the previous daemon's record is still to be read by `recover`
         if not now and self.loop.time() - self._last_spawn < _RECORD_DELAY:
             if self._record_timer is None:
                 self._record_timer = self.loop.call_later(_RECORD_DELAY, self._record_due)
@@ -817,21 +821,29 @@ class Processes:
         then SIGKILL after the app's kill_timeout (`apps`: the definitions to take them from).
         A process forked (or exec'ing) during a scan can be missed by it, so scan again until a
         scan finds nothing (a few rounds at most)."""
-        records = statefile.leftovers(statefile.read(self.state_dir))
+        recorded = statefile.read(self.state_dir)
+        records = statefile.leftovers(recorded)
         for _ in range(3):
-            if not await self._recover_once(records, apps):
+            if not await self._recover_once(records, recorded, apps):
                 break
             records = []
         statefile.write(self.state_dir, (), os.getpid())
         self._recorded = ()
+        self._recovered = True
 
     async def _recover_once(
-        self, records: list[statefile.Record], apps: Mapping[str, AppSpec]
+        self, records: list[statefile.Record], recorded: list[statefile.Record],
+        apps: Mapping[str, AppSpec],
     ) -> bool:
-        """One round of `recover`; whether it found anything to stop."""
+        """One round of `recover` (`records`: the recorded leaders still alive, `recorded`: all
+        the records); whether it found anything to stop."""
         groups: dict[int, str] = {}  # pgid -> app
         for rec in records:
             groups[rec.pgid] = rec.app
+        # What is left of a recorded group or session whose leader is gone (a child that made
+        # a group of its own, in the leader's session), found by the record alone.
+        for rec, st in statefile.members_left(recorded):
+            groups.setdefault(st.pgrp, rec.app)
         # Every instance carries the marker in its environment, and so do its children: that
         # also finds what the record missed (a daemon killed before it wrote it) and the
         # children of a leader that is gone, without ever matching an unrelated process.

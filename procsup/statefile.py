@@ -53,6 +53,7 @@ __all__ = [
     "leftovers",
     "marked",
     "marked_processes",
+    "members_left",
     "read",
     "read_checked",
     "read_disabled",
@@ -332,6 +333,29 @@ def marked_processes(marker: str, *, exclude: Collection[int] = ()) -> list[Mark
     for pid in procfs.pids():
         if pid not in skip and (m := _marked(pid, needle)) is not None:
             found.append(m)
+    return found
+
+
+def members_left(records: Iterable[Record]) -> list[tuple[Record, procfs.Stat]]:
+    """Live processes of the recorded groups and sessions whose leader is gone: a process with
+    a recorded pgid as its group or session, started no earlier than that leader (a pgid
+    number is not reused while a process of the group lives, and a later group of the same
+    number would be led by a later process). Found by what was recorded, whatever their
+    environment says (nginx and redis overwrite it). One scan of the process table; skips the
+    caller and its ancestors."""
+    by_id: dict[int, Record] = {}
+    for rec in records:
+        by_id.setdefault(rec.pgid, rec)
+    if not by_id:
+        return []
+    skip = _self_and_ancestors()
+    found: list[tuple[Record, procfs.Stat]] = []
+    for st in procfs.stats():
+        if st.dead or st.pid in skip:
+            continue
+        got = by_id.get(st.pgrp) or by_id.get(st.session)
+        if got is not None and st.start_ticks >= got.start_ticks:
+            found.append((got, st))
     return found
 
 

@@ -8,6 +8,8 @@ MODE:
   double      fork; the child calls setsid, forks again and exits; the grandchild lives on
   setsid      the program stays in the foreground and starts a child that calls setsid (a
               grandchild that leaves the group, as some wrappers do)
+  setpgid     the same with a child that makes a process group of its own (setpgid), in
+              the program's session
 
 The process that lives on appends its pid to PIDS_FILE (one line), writes it to --pidfile
 if given, and sleeps; the program exits (fork-exit, double) only after that, so the process
@@ -58,9 +60,12 @@ def main() -> None:
             os._exit(0)
         os.read(r, 1)
         os._exit(0)
-    if mode == "setsid":
+    if mode in ("setsid", "setpgid"):
         if os.fork() == 0:
-            os.setsid()
+            if mode == "setsid":
+                os.setsid()
+            else:
+                os.setpgid(0, 0)
             live_on(pids_file, clear, pidfile, w)
         os.read(r, 1)
         print("in the foreground", flush=True)

@@ -274,3 +274,68 @@ def test_memcached_with_its_pidfile_is_supervised(daemon: Daemon, tmp_path: Path
     assert daemon.cli("stop", "cache").returncode == 0
     assert not pid_alive(server)
     assert daemon.stop_daemon() == 0
+
+
+# --- recovery ------------------------------------------------------------------------------
+
+
+def test_recovery_finds_a_group_left_in_a_recorded_session_without_its_marker(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """procsupd is SIGKILLed; the leader dies too; its child, in a group of its own in the
+    leader's session and without its environment (no marker), lives on under init. The next
+    procsupd finds it by the recorded session and stops it before starting the app again."""
+    pids = tmp_path / "pids"
+    daemon.write(f"""
+        [apps.fg]
+        command = {app_cmd("daemonizer", "setpgid", str(pids), "--clear-env")}
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    leader = daemon.wait_states("fg", "running", 1)[0]["pid"]
+    child = wait_for(lambda: _pids(pids), 10, "the child")[0]
+    wait_for(lambda: (daemon.state_dir / "instances.json").exists()
+             and str(leader) in (daemon.state_dir / "instances.json").read_text(), 5,
+             "the leader recorded")
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    os.kill(leader, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(leader), 5, "the leader gone")
+    assert pid_alive(child)
+    try:
+        daemon.start()
+        wait_for(lambda: not pid_alive(child), 10, "the child stopped by the new procsupd")
+        daemon.wait_states("fg", "running", 1)
+        assert "stopping what a previous procsupd left running" in daemon.daemon_log()
+        assert daemon.stop_daemon() == 0
+    finally:
+        if pid_alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_recovery_finds_a_recorded_leader_without_its_marker(daemon: Daemon) -> None:
+    """A leader that lost its environment (env -i, as a program that rewrites it) is found by
+    the record alone after procsupd is SIGKILLed: the new procsupd reads the record before it
+    writes its own (it used to overwrite it with an empty one first, leaving the marker as the
+    only way to find leftovers)."""
+    daemon.write("""
+        [apps.bare]
+        command = ["env", "-i", "sleep", "1000"]
+        min_uptime = "100ms"
+        """)
+    daemon.start()
+    old = daemon.wait_states("bare", "running", 1)[0]["pid"]
+    wait_for(lambda: str(old) in (daemon.state_dir / "instances.json").read_text(), 5,
+             "the leader recorded")
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    try:
+        daemon.start()
+        wait_for(lambda: not pid_alive(old), 10, "the old leader stopped")
+        new = daemon.wait_states("bare", "running", 1)[0]["pid"]
+        assert new != old
+        assert daemon.stop_daemon() == 0
+    finally:
+        if pid_alive(old):
+            os.kill(old, signal.SIGKILL)
