@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import PY, Daemon, app_cmd, pid_alive, wait_for
+from .test_deps import events, stack
 
 
 def test_sigterm_during_recovery_leaves_nothing_running(daemon: Daemon, tmp_path: Path) -> None:
@@ -196,3 +197,35 @@ def test_pid1_reaps_orphaned_grandchildren(daemon: Daemon, tmp_path: Path) -> No
                 os.close(release)
             daemon.cli("shutdown")
             ns.wait(20)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to run procsupd as PID 1 of a pid namespace")
+def test_pid1_sigterm_stops_the_stack_in_dependency_order_and_exits_0(daemon: Daemon) -> None:
+    """A container's `procsupd -n` as PID 1: SIGTERM (docker stop) stops dependents before
+    their dependencies, as the programs themselves record, and procsupd exits 0."""
+    log = daemon.root / "stack.log"
+    daemon.write(stack(log))
+    with subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", PY, "-m", "procsup.daemon", "-n",
+         "-c", str(daemon.config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=daemon.env,
+    ) as ns:
+        try:
+            wait_for(daemon.ping, 15, "procsupd in a pid namespace")
+            daemon.wait_states("worker", "running", 1, timeout=20)
+            [host_pid] = map(int, Path(
+                f"/proc/{ns.pid}/task/{ns.pid}/children").read_text().split())
+            assert Path(f"/proc/{host_pid}/status").read_text().count("NSpid:") == 1
+            nspid = next(ln for ln in Path(f"/proc/{host_pid}/status").read_text().splitlines()
+                         if ln.startswith("NSpid:")).split()
+            assert nspid[-1] == "1", nspid  # PID 1 of its namespace
+            os.kill(host_pid, signal.SIGTERM)
+            assert ns.wait(30) == 0  # unshare returns procsupd's exit status
+        finally:
+            if ns.poll() is None:
+                daemon.cli("shutdown")
+                ns.wait(20)
+    stops = [e for e in events(log) if e.startswith("stop")]
+    assert stops == ["stop worker", "stop web", "stop web", "stop db"]
