@@ -339,3 +339,68 @@ def test_recovery_finds_a_recorded_leader_without_its_marker(daemon: Daemon) -> 
     finally:
         if pid_alive(old):
             os.kill(old, signal.SIGKILL)
+
+
+def _nginx_conf(prefix: Path, port: int) -> Path:
+    (prefix / "logs").mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log notice;
+worker_processes 2;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+""")
+    return conf
+
+
+@pytest.mark.parametrize("with_pidfile", [False, True], ids=["no-pidfile", "pidfile"])
+def test_debian_nginx_without_daemon_off(
+        daemon: Daemon, tmp_path: Path, with_pidfile: bool) -> None:
+    """nginx without `daemon off;` forks its master and exits 0. It used to restart every
+    2.5 s forever (the failing copy retried bind() longer than min_uptime) and the first
+    master survived shutdown. Without pidfile: errored with the reason, the master and its
+    workers stopped. With pidfile: the master is supervised, serves, and stop ends it all."""
+    nginx = _program("nginx")
+    port = _free_port()
+    prefix = tmp_path / "nginx"
+    conf = _nginx_conf(prefix, port)
+    extra = f'pidfile = "{prefix}/nginx.pid"' if with_pidfile else ""
+    daemon.write(f"""
+        [apps.nginx]
+        command = ["{nginx}", "-p", "{prefix}", "-c", "{conf}"]
+        min_uptime = "1s"
+        {extra}
+        """)
+    daemon.start()
+    if not with_pidfile:
+        rows = daemon.wait_states("nginx", "errored", 1, timeout=15)
+        m = REASON.fullmatch(rows[0]["reason"] or "")
+        assert m, rows[0]
+        master = int(m.group(1))
+        wait_for(lambda: not pid_alive(master), 5, "nginx's master stopped")
+        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", port))
+        assert daemon.stop_daemon() == 0
+        return
+    daemon.wait_states("nginx", "running", 1, timeout=15)
+    master = int((prefix / "nginx.pid").read_text().split()[0])
+    wait_for(lambda: daemon.instances("nginx")[0]["pid"] == master, 5, "the master's pid")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert b"200 OK" in s.recv(200)
+    workers = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    assert len(workers) == 2
+    assert daemon.stop_daemon() == 0  # SIGTERM: shutdown stops the master and its workers
+    assert not any(pid_alive(p) for p in [master, *workers])
