@@ -59,10 +59,14 @@ class Orphans(Generic[Owner]):
         # after the stray itself is gone (then re-parented to us, found by this).
         self._groups: dict[int, Owner] = {}
 
-    def scan(self, skip: Collection[int] = (), exiting: Owner | None = None) -> list[Stray[Owner]]:
+    def scan(
+        self, skip: Collection[int] = (), exiting: Owner | None = None, *, every: bool = False
+    ) -> list[Stray[Owner]]:
         """Find the children of procsupd that are neither run leaders nor in `skip` (health
         checks) nor known: attribute each (see the module's rules; `exiting`, the run whose
-        leader just exited, takes those nothing else names). The new strays."""
+        leader just exited, takes those nothing else names). A child nothing names is left for
+        a later scan that can tell (its exiting run's), unless `every` (the daemon closes: all
+        are taken, unowned). The new strays."""
         found: list[Stray[Owner]] = []
         for pid in procfs.children():
             if pid in self._runs or pid in skip or pid in self.strays:
@@ -73,6 +77,8 @@ class Orphans(Generic[Owner]):
             owner = self._owner(st)
             if owner is None:
                 owner = exiting
+            if owner is None and not every:
+                continue
             stray = Stray(pid, st.pgrp, st.start_ticks, owner)
             self.strays[pid] = stray
             if owner is not None and st.pgrp not in self._runs:

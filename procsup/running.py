@@ -29,7 +29,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Protocol
 
 from procsup import (
@@ -164,6 +164,16 @@ class RunHandle(Protocol):
 Report = Callable[[RunHandle, lifecycle.Event], None]
 
 
+class _Keep:
+    """The children `spawn.reap_children` must not reap, without building their union."""
+
+    def __init__(self, *parts: Collection[int]) -> None:
+        self.parts = parts
+
+    def __contains__(self, pid: object) -> bool:
+        return any(pid in part for part in self.parts)
+
+
 def _own(run: RunHandle) -> Run:
     assert isinstance(run, Run), run  # the engine hands back only what spawn returned
     return run
@@ -210,6 +220,13 @@ class Processes:
         self._last_spawn = -_RECORD_DELAY  # the loop's clock at the newest spawn
         # The previous daemon's record is read by `recover`: nothing overwrites it before.
         self._recovered = False
+        # Work on orphans is done once per loop turn, for all the exits, stops and SIGCHLDs of
+        # the turn (a scan reads the list of procsupd's children: once, not once per exit).
+        self._batch: asyncio.Handle | None = None
+        self._exited: list[Run] = []  # leaders reaped this turn, awaiting `_after_exit`
+        self._scan_wanted = False
+        self._reap_wanted = False
+        self._mains: set[int] = set()  # adopted pidfile processes: reaped by their runs
 
     def start_notify(self, path: str) -> None:
         """The $NOTIFY_SOCKET every instance gets, beside the control socket."""
@@ -365,8 +382,9 @@ class Processes:
             run.stopping = True
             run.signalled = sig
             spawn.kill_group(run.pid, sig)
-            self.orphans.scan(self._checks)
-            self.orphans.signal(run, sig)
+            self.orphans.signal(run, sig)  # the strays known; those not yet: in the batch
+            self._scan_wanted = True
+            self._soon()
 
     def signal(self, handle: RunHandle, sig: int, *, leader: bool = False) -> bool:
         """`sig` to the run's process group, or its leader (before its exit is reaped, so the
@@ -385,7 +403,7 @@ class Processes:
         """shutdown_timeout passed: SIGKILL to every live process group."""
         for run in self._runs.values():
             spawn.kill_group(run.pid, signal.SIGKILL)
-        self.orphans.scan(self._checks)
+        self.orphans.scan(self._checks, every=True)
         self.orphans.kill_all()
 
     def live_pids(self) -> set[int]:
@@ -570,9 +588,42 @@ class Processes:
         # Reap now: a zombie leader would keep `killpg(pgid, 0)` succeeding and force a scan of
         # the process table on every exit; the pgid stays reserved while a member lives.
         spawn.reap(run.proc, status)
-        # Its children outside its group are ours now (subreaper): they are part of this run.
-        self._adopt(run)
-        if not run.stopping and status[0] == 0:
+        # Its children outside its group are ours now (subreaper): they are part of this run,
+        # found by the batch's scan, which then goes on with `_after_exit`.
+        self._exited.append(run)
+        self._soon()
+
+    def _soon(self) -> None:
+        if self._batch is None:
+            self._batch = self.loop.call_soon(self._run_batch)
+
+    def _run_batch(self) -> None:
+        """The orphan work of one loop turn: reap what ended (SIGCHLD), one scan of procsupd's
+        children for the leaders that exited and the stops that began (a child nothing else
+        names goes to an exited leader's run), the stop signal to the strays
+        found of a stopping run, then what follows each exit."""
+        self._batch = None
+        exited, self._exited = self._exited, []
+        if self._reap_wanted:
+            self._reap_wanted = False
+            self._reap()
+        if exited or self._scan_wanted:
+            self._scan_wanted = False
+            # Several leaders that exited in one turn cannot be told apart for a child nothing
+            # else names: the first takes it (it is stopped either way: with a stop, or as the
+            # rest of a run that ended).
+            found = self.orphans.scan(self._checks, exiting=exited[0] if exited else None)
+            for owner in {id(o): o for st in found if (o := st.owner) is not None}.values():
+                if owner.stopping and owner.signalled is not None and not owner.released:
+                    self.orphans.signal(owner, owner.signalled)
+        for run in exited:
+            if not run.released:
+                self._after_exit(run)
+
+    def _after_exit(self, run: Run) -> None:
+        """The leader exited and the strays it left are known: what follows."""
+        assert run.exit_status is not None
+        if not run.stopping and run.exit_status[0] == 0:
             if run.spec.pidfile is not None:  # it put itself in the background, as declared
                 self._await_pidfile(run)
                 return
@@ -624,6 +675,7 @@ class Processes:
         fd = spawn.pidfd(pid)
         run.main = pid
         run.main_fd = fd
+        self._mains.add(pid)
         if fd is not None:
             self.loop.add_reader(fd, self._on_main_exit, run)
         else:
@@ -649,6 +701,7 @@ class Processes:
             run.main_fd = None
         with contextlib.suppress(ChildProcessError):
             os.waitpid(run.main, os.WNOHANG)
+        self._mains.discard(run.main)
         self.orphans.reaped([run.main])
         run.exit_status = status
         self._adopt(run)
@@ -662,10 +715,7 @@ class Processes:
         group is killed at once, as systemd does for a service's control group."""
         run.drain = None
         assert run.exit_status is not None
-        self.reap_orphans()  # a stray that died is gone only once reaped
-        # A member of the group that dies re-parents its children outside the group to us:
-        # they are this run's, and a stop signals them too.
-        self._adopt(run)
+        # (A stray that dies is reaped on SIGCHLD, and its own orphans found then: `_reap`.)
         if spawn.live_members(run.pid) or self.orphans.alive(run):
             if not run.stopping:
                 spawn.kill_group(run.pid, signal.SIGKILL)
@@ -699,6 +749,8 @@ class Processes:
             self.loop.remove_reader(run.main_fd)
             os.close(run.main_fd)
             run.main_fd = None
+        if run.main is not None:
+            self._mains.discard(run.main)
         if self._runs.get(run.pid) is run:
             del self._runs[run.pid]
         self.orphans.forget(run)
@@ -743,12 +795,16 @@ class Processes:
             self.log.error("cannot record instances in %s: %s", self.state_dir, exc)
 
     def reap_orphans(self) -> None:
-        """SIGCHLD: reap the orphans re-parented to procsupd (subreaper, or PID 1); never an
-        instance leader, whose status is read through its pidfd and which is reaped once its
-        group is gone, nor a health check."""
-        keep = self._runs.keys() | self._checks
-        keep |= {r.main for r in self._runs.values() if r.main is not None}
-        reaped = spawn.reap_children(keep)
+        """SIGCHLD: reap the orphans re-parented to procsupd (subreaper, or PID 1), in this
+        loop turn's batch (however many SIGCHLDs it brought)."""
+        self._reap_wanted = True
+        self._soon()
+
+    def _reap(self) -> None:
+        """Reap the ended children that are no instance leader (their status is read through
+        their pidfd; each is reaped once its group is gone), no health check and no adopted
+        pidfile process (reaped by its run)."""
+        reaped = spawn.reap_children(_Keep(self._runs, self._checks, self._mains))
         if reaped:
             # A stray's children are re-parented to procsupd when it dies: they are its run's.
             for owner in self.orphans.reaped(reaped):
@@ -795,13 +851,13 @@ class Processes:
         """The daemon is closing: no process of an app may outlive it. SIGKILL whatever is
         left outside the stopped groups, and reap it (bounded: a process in uninterruptible
         sleep dies when it wakes, re-parented to init by then)."""
-        self.orphans.scan(self._checks)
+        self.orphans.scan(self._checks, every=True)
         if not self.orphans.kill_all():
             return
         self.log.warning("killed %d process(es) that apps left behind",
                          len(self.orphans.strays))
         for _ in range(50):
-            self.reap_orphans()
+            self._reap()
             if not self.orphans.strays:
                 return
             time.sleep(0.01)

@@ -20,7 +20,7 @@ import resource
 import shutil
 import signal
 import subprocess
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from procsup import procfs
 from procsup.errors import ProcsupError
@@ -316,7 +316,7 @@ def become_subreaper() -> bool:
         return False
 
 
-def reap_children(keep: Collection[int]) -> list[int]:
+def reap_children(keep: Container[int]) -> list[int]:
     """Reap every ended child of procsupd that is not in `keep` (the pids whose status the
     caller still needs: instance leaders, health checks): orphans re-parented to procsupd as
     subreaper (or as PID 1). Returns the pids reaped."""

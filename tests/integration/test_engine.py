@@ -43,9 +43,11 @@ def test_instances_run_with_their_identity_and_status_json(daemon: Daemon) -> No
             "health",
             "disabled",
             "log_errors",
+            "warning",
         }
         assert r["health"] is None  # no health check
         assert r["log_errors"] == []
+        assert r["warning"] is None
         assert pid_alive(r["pid"])
         assert os.getpgid(r["pid"]) == r["pid"]  # its own process group
         assert os.getsid(r["pid"]) == r["pid"]  # and its own session
