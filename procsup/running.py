@@ -42,6 +42,7 @@ from procsup import (
     pipes,
     probes,
     procfs,
+    recovery,
     sockets,
     spawn,
     statefile,
@@ -872,74 +873,8 @@ class Processes:
         return self.sinks.follow(path, callback)
 
     async def recover(self, apps: Mapping[str, AppSpec]) -> None:
-        """Processes recorded by a previous daemon that are still alive cannot be adopted (their
-        stdout/stderr pipes died with that daemon), so they are stopped: kill_signal to the group,
-        then SIGKILL after the app's kill_timeout (`apps`: the definitions to take them from).
-        A process forked (or exec'ing) during a scan can be missed by it, so scan again until a
-        scan finds nothing (a few rounds at most)."""
-        recorded = statefile.read(self.state_dir)
-        records = statefile.leftovers(recorded)
-        for _ in range(3):
-            if not await self._recover_once(records, recorded, apps):
-                break
-            records = []
-        statefile.write(self.state_dir, (), os.getpid())
+        """Stop what a previous daemon left (`recovery.recover`), then allow the record to be
+        written (`apps`: the definitions to take stop signals and timeouts from)."""
+        await recovery.recover(self.state_dir, self.marker, apps, self.log)
         self._recorded = ()
         self._recovered = True
-
-    async def _recover_once(
-        self, records: list[statefile.Record], recorded: list[statefile.Record],
-        apps: Mapping[str, AppSpec],
-    ) -> bool:
-        """One round of `recover` (`records`: the recorded leaders still alive, `recorded`: all
-        the records); whether it found anything to stop."""
-        groups: dict[int, str] = {}  # pgid -> app
-        for rec in records:
-            groups[rec.pgid] = rec.app
-        # What is left of a recorded group or session whose leader is gone (a child that made
-        # a group of its own, in the leader's session), found by the record alone.
-        for rec, st in statefile.members_left(recorded):
-            groups.setdefault(st.pgrp, rec.app)
-        # Every instance carries the marker in its environment, and so do its children: that
-        # also finds what the record missed (a daemon killed before it wrote it) and the
-        # children of a leader that is gone, without ever matching an unrelated process.
-        strays: list[int] = []
-        for m in statefile.marked_processes(self.marker):
-            if m.pgid == m.pid or m.pgid in groups:
-                groups.setdefault(m.pgid, m.app or "?")
-            else:
-                strays.append(m.pid)
-        if not groups and not strays:
-            return False
-        self.log.warning(
-            "stopping what a previous procsupd left running: %s",
-            ", ".join(f"{app} (process group {g})" for g, app in groups.items())
-            + (f", {len(strays)} more process(es)" if strays else ""),
-        )
-        await asyncio.gather(
-            *(self._stop_leftover(pgid, apps.get(app)) for pgid, app in groups.items()),
-            self._stop_pids(strays),
-        )
-        return True
-
-    async def _stop_leftover(self, pgid: int, spec: AppSpec | None) -> None:
-        sig = spec.kill_signal if spec else signal.SIGTERM
-        timeout = spec.kill_timeout if spec else 5.0
-        spawn.kill_group(pgid, sig)
-        deadline = self.loop.time() + timeout
-        while spawn.live_members(pgid):
-            if self.loop.time() >= deadline:
-                spawn.kill_group(pgid, signal.SIGKILL)
-                deadline = float("inf")
-            await asyncio.sleep(DRAIN_POLL)
-
-    async def _stop_pids(self, pids: list[int]) -> None:
-        """Marked processes outside any recorded group (they called setsid): SIGTERM, then
-        SIGKILL after 5 s."""
-        spawn.signal_pids(pids, signal.SIGTERM)
-        deadline = self.loop.time() + 5.0
-        while pids := [p for p in pids if spawn.pid_alive(p)]:
-            if self.loop.time() >= deadline:
-                spawn.signal_pids(pids, signal.SIGKILL)
-                deadline = float("inf")
-            await asyncio.sleep(DRAIN_POLL)
