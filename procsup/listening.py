@@ -21,7 +21,7 @@ import struct
 
 from procsup import procfs
 
-__all__ = ["group_sockets", "held", "parse_inet", "parse_unix"]
+__all__ = ["group_sockets", "held", "parse_inet", "parse_unix", "unused_socket"]
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
 _ACCEPTCON = 0x10000  # __SO_ACCEPTCON in the Flags column of /proc/net/unix
@@ -36,6 +36,26 @@ def held(pgid: int) -> tuple[str, ...] | None:
     if got is None:
         return None
     return tuple(sorted({addr for addr in got[1].values()}))
+
+
+def unused_socket(pgid: int, inherited: list[int]) -> str | None:
+    """Whether group `pgid` (a cluster instance) uses the listening sockets it was handed
+    (their inodes, fd 3, 4, ... in order): None when it does (or its fds cannot be read),
+    else what it does instead. A server without socket activation closes them, or keeps fd 3
+    open unused and binds a port of its own; either way the app's port hangs."""
+    got = group_sockets(pgid)
+    if got is None:
+        return None
+    inodes, listening_here = got
+    own = sorted({a for i, a in listening_here.items() if i not in inherited})
+    for n, inode in enumerate(inherited):
+        if inode in inodes and not own:
+            continue
+        detail = (f"it listens on {', '.join(own)} itself" if own
+                  else "no process of it holds that socket")
+        return (f"does not use its listening socket fd {3 + n} ({detail}): the server needs "
+                "socket activation support, see docs/cluster.md")
+    return None
 
 
 def group_sockets(pgid: int) -> tuple[set[int], dict[int, str]] | None:

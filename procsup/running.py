@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -34,6 +33,7 @@ from typing import Protocol
 
 from procsup import (
     lifecycle,
+    listeners,
     listening,
     logs,
     notify,
@@ -65,8 +65,6 @@ _RECORD_DELAY = 0.003
 #: A log file that cannot be opened for these reasons may open later (space, fds come back).
 _LOG_TRANSIENT_ERRNOS = spawn.TRANSIENT_ERRNOS | {errno.ENOSPC, errno.EDQUOT}
 
-#: app, instance index (reuseport) or None (shared), address, balance
-ListenerKey = tuple[str, int | None, str, str]
 
 
 @dataclasses.dataclass(eq=False)
@@ -209,10 +207,7 @@ class Processes:
         # What runs left outside their process group (re-parented to us), and whose.
         self.orphans: orphans.Orphans[Run] = orphans.Orphans(marker, self._runs,
                                                               self._by_instance)
-        # Listening sockets of cluster apps, held for the app's life: per app ("shared") or
-        # per instance slot ("reuseport", so a replacement gets the same socket). The key
-        # includes the addresses and balance, so a changed `listen` binds anew.
-        self.listeners: dict[ListenerKey, socket.socket] = {}
+        self.listeners = listeners.Listeners()  # of cluster apps, held for the app's life
         # What instances.json holds now: a change of state that does not change the records
         # (ready, stopping, ...) writes nothing, so a rolling reload's step from READY=1 to
         # the next spawn does no file I/O.
@@ -246,9 +241,7 @@ class Processes:
         if self.notify is not None:
             self.notify.close()
             self.notify = None
-        for sock in self.listeners.values():
-            sockets.release(sock)
-        self.listeners.clear()
+        self.listeners.release_all()
         self.record(now=True)
         for run in list(self._runs.values()):
             self._release(run)
@@ -290,7 +283,7 @@ class Processes:
                     found = shutil.which(exe, path=path) is not None
                 if not found:
                     raise spawn.SpawnError(f"executable not found: {exe}")
-                held = self._listeners_for(spec, iid.index)
+                held = self.listeners.get(spec, iid.index)
                 fds = [s.fileno() for s in held]
                 argv, extra = sockets.activation_argv(
                     spec.command, fds, sockets.fd_names(spec.listen))
@@ -470,45 +463,12 @@ class Processes:
         self._report(run, lifecycle.Recycle(
             f"no WATCHDOG=1 within heartbeat_timeout {timeout}", unstable))
 
-    def _listeners_for(self, spec: AppSpec, index: int) -> list[socket.socket]:
-        """The cluster app's listening sockets for instance `index`, in `listen` order, bound
-        on first use and held for the app's life (per slot with balance = "reuseport").
-        Sockets are kept per address, so a `listen` change keeps the addresses it did not
-        touch (their old instances still hold them). SpawnError names an address that cannot
-        be bound."""
-        reuseport = spec.balance == "reuseport"
-        socks = []
-        for address in spec.listen:
-            key = (spec.name, index if reuseport else None, address, spec.balance)
-            sock = self.listeners.get(key)
-            if sock is None:
-                try:
-                    sock = sockets.bind(address, reuseport=reuseport)
-                except sockets.BindError as exc:
-                    raise spawn.SpawnError(
-                        str(exc), transient=exc.errno in spawn.TRANSIENT_ERRNOS) from None
-                self.listeners[key] = sock
-            socks.append(sock)
-        return socks
-
     def close_listeners(
         self, users: Iterable[tuple[AppSpec, int]], specs: Mapping[str, AppSpec]
     ) -> None:
-        """Close the sockets nobody can use any more (app removed, an address or `balance`
-        changed, reuseport slot scaled away): `users` are the instances that may still use
-        theirs (spec, index), `specs` the applied definition of every app (instances not
-        started yet keep a shared socket too). Running processes keep their own copies, and
-        a socket no process accepts on would make clients hang instead of being refused."""
-        wanted: set[ListenerKey] = set()
-        for spec, index in users:
-            if spec.exec_mode is ExecMode.CLUSTER:
-                slot = index if spec.balance == "reuseport" else None
-                wanted.update((spec.name, slot, a, spec.balance) for a in spec.listen)
-        for name, spec in specs.items():
-            if spec.exec_mode is ExecMode.CLUSTER and spec.balance != "reuseport":
-                wanted.update((name, None, a, spec.balance) for a in spec.listen)
-        for key in [k for k in self.listeners if k not in wanted]:
-            sockets.release(self.listeners.pop(key))
+        """The engine's call: close the listening sockets nobody can use any more
+        (`listeners.Listeners.close_unused`)."""
+        self.listeners.close_unused(users, specs)
 
     def _watch_exit(self, run: Run) -> None:
         fd = spawn.pidfd(run.pid)
@@ -827,20 +787,9 @@ class Processes:
         run.socket_check = None
         if run.released or run.stopping or run.exit_status is not None:
             return
-        got = listening.group_sockets(run.pid)
-        if got is None:
-            return  # its fds cannot be read (another user's, for a non-root daemon)
-        inodes, listening_here = got
-        own = sorted({a for i, a in listening_here.items() if i not in inherited})
-        for n, inode in enumerate(inherited):
-            if inode in inodes and not own:
-                continue
-            detail = (f"it listens on {', '.join(own)} itself" if own
-                      else "no process of it holds that socket")
-            run.warning = (f"does not use its listening socket fd {3 + n} ({detail}): the "
-                           "server needs socket activation support, see docs/cluster.md")
+        run.warning = listening.unused_socket(run.pid, inherited)
+        if run.warning is not None:
             self.log.warning("%s: %s", run.id, run.warning)
-            return
 
     def _by_instance(self, app: str, index: int) -> Run | None:
         for run in self._runs.values():
