@@ -26,7 +26,7 @@ from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
 from procsup.errors import ConfigError, ExitCode, ProcsupError
-from procsup.model import Desired
+from procsup.model import STDIO, Desired
 from procsup.running import Processes, Report
 from procsup.supervisor import Supervisor
 
@@ -121,7 +121,9 @@ def socket_gid(desired: Desired) -> int | None:
 def setup_logging(desired: Desired, foreground: bool) -> logging.Logger:
     """The daemon's log: stderr with -n, else <log_dir>/procsupd.log. Installed on the root
     logger so that every module's messages (and asyncio's) land there too: after DaemonContext
-    stderr is /dev/null, and a diagnostic that goes nowhere is how things die silently."""
+    stderr is /dev/null, and a diagnostic that goes nowhere is how things die silently. With -n
+    and stderr going to the journal (under systemd), each line carries the sd-daemon priority
+    prefix (`<3>` error ... `<7>` debug) and no date: the journal stamps it."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -130,10 +132,23 @@ def setup_logging(desired: Desired, foreground: bool) -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
     else:
         handler = logging.handlers.WatchedFileHandler(desired.daemon.daemon_log)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if foreground and systemd.stderr_to_journal():
+        handler.setFormatter(systemd.PriorityFormatter("%(levelname)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return logging.getLogger("procsupd")
+
+
+def stdio_warnings(desired: Desired) -> list[str]:
+    """Apps that log to procsupd's stdout/stderr ("-"), which a daemonized procsupd points at
+    /dev/null: their output would be lost (it is discarded; run `procsupd -n` for that)."""
+    return [f'{app.source}: app {name!r}: {key} = "-" writes to procsupd\'s {stream}, which is '
+            "/dev/null unless procsupd runs in the foreground (-n): that output is discarded"
+            for name, app in desired.apps.items()
+            for key, stream in (("out_file", "stdout"), ("error_file", "stderr"))
+            if getattr(app, key) == STDIO]
 
 
 def read_disabled(state_dir: str) -> frozenset[str]:
@@ -356,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"procsupd: cannot read config: {exc}", file=sys.stderr)
         return ExitCode.FAILED
-    for warning in desired.warnings:
+    for warning in (*desired.warnings, *([] if args.foreground else stdio_warnings(desired))):
         print(f"procsupd: warning: {warning}", file=sys.stderr)
     if args.check:
         print(config.describe(desired), end="")  # its text ends with the newline
