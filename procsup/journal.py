@@ -61,6 +61,8 @@ def encode(fields: Iterable[tuple[str, bytes]]) -> bytes:
 class JournalOutlet(Outlet):
     """The journal's socket, shared by every stream logging to it."""
 
+    item_is_line = True  # one entry per line
+
     def __init__(self, loop: asyncio.AbstractEventLoop, path: str,
                  report: Report | None = None) -> None:
         self.path = path

@@ -63,6 +63,9 @@ class Outlet:
     """A non-blocking destination shared by many streams. Subclasses say how one item is sent
     (`_send`: the bytes taken, or BlockingIOError / OSError) and which fd to wait on."""
 
+    #: Each item is one line, whatever newlines it holds (a journal entry's fields).
+    item_is_line = False
+
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str, fd: int,
                  report: Report | None = None) -> None:
         self.loop = loop
@@ -93,7 +96,7 @@ class Outlet:
         if not item:
             return
         if self._closed:
-            self._ledger.drop(item, time.time())
+            self._drop(memoryview(item))
             return
         if self._queue:
             self._enqueue(memoryview(item))
@@ -124,7 +127,7 @@ class Outlet:
         if self._queue:
             lost = sum(len(item) for item in self._queue)
             for item in self._queue:
-                self._ledger.drop(item, time.time())
+                self._drop(item)
             self._queue.clear()
             self._queued = 0
             self._report(logging.ERROR, f"{self.name}: {lost} bytes of app output not written "
@@ -194,7 +197,10 @@ class Outlet:
         if self._ledger.fail(error, time.time()):
             self._report(logging.ERROR, f"{self.name}: {error}; app output sent there is "
                                         "dropped (counted in status) until a write works again")
-        self._ledger.drop(lost, time.time())
+        self._drop(lost)
+
+    def _drop(self, item: memoryview) -> None:
+        self._ledger.drop(item, time.time(), lines=1 if self.item_is_line else None)
 
 
 def stdio_key(fd: int) -> tuple[int, int] | None:
