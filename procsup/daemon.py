@@ -21,7 +21,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, paths, pidfile, statefile, systemd
+from procsup import __version__, config, logtargets, paths, pidfile, statefile, systemd
 from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
@@ -129,7 +129,7 @@ def setup_logging(desired: Desired, foreground: bool) -> logging.Logger:
         root.removeHandler(h)
     handler: logging.Handler
     if foreground:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logtargets.DaemonLogHandler()  # (routed through the apps' outlet: serve)
     else:
         handler = logging.handlers.WatchedFileHandler(desired.daemon.daemon_log)
     if foreground and systemd.stderr_to_journal():
@@ -177,6 +177,10 @@ async def serve(
     processes = _Layer(loop, logger, state_dir)
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
     layer = processes.layer
+    own_log = [h for h in logging.getLogger().handlers
+               if isinstance(h, logtargets.DaemonLogHandler)]
+    for h in own_log:  # a stalled reader of stderr must not stall the loop through our log
+        h.route(layer.targets)
     applier = Applier(engine, desired, profile_override=profile, disabled=disabled,
                       check_command=layer.run_check)
     if disabled:
@@ -222,6 +226,8 @@ async def serve(
     finally:
         await server.close()
         applier.close()
+        for h in own_log:
+            h.route(None)
         layer.close()
         for sig in signals:
             loop.remove_signal_handler(sig)

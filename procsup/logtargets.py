@@ -15,6 +15,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
+import select
+import sys
+import threading
 from collections.abc import Callable, Mapping
 
 from procsup import journal, logs, outlets, paths
@@ -22,7 +26,7 @@ from procsup.drops import LogHealth
 from procsup.model import JOURNAL, STDIO, AppSpec
 from procsup.pipes import Valve
 
-__all__ = ["Framed", "Target", "Targets", "json_line"]
+__all__ = ["DaemonLogHandler", "Framed", "Target", "Targets", "json_line"]
 
 _NL = b"\n"
 #: The fd and the name of procsupd's stream that a "-" target of each stream writes to.
@@ -143,12 +147,17 @@ class Targets:
     def close(self) -> None:
         """Daemon exit: flush and close every outlet (each waits at most
         outlets.FLUSH_TIMEOUT for its reader)."""
-        for outlet in {id(o): o for o in self._stdio.values()}.values():
+        stdio, self._stdio = self._stdio, {}  # (what a close reports goes to stderr directly)
+        for outlet in {id(o): o for o in stdio.values()}.values():
             outlet.close()
-        self._stdio.clear()
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+    def stderr_outlet(self) -> outlets.StdioOutlet | None:
+        """The outlet on the file procsupd's stderr is open on, if apps write there."""
+        key = outlets.stdio_key(2)
+        return None if key is None else self._stdio.get(key)
 
     def _stdio_outlet(self, stream: str) -> outlets.StdioOutlet:
         fd, name = _STDIO[stream]
@@ -165,3 +174,42 @@ class Targets:
         if self._journal is None:
             self._journal = journal.JournalOutlet(self.loop, self._journal_path, self._report)
         return self._journal
+
+
+class DaemonLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """procsupd's own log on its stderr (-n). While apps write to that file too (`"-"`, or
+    procsupd's stdout when it is the same file as its stderr), a line logged on the loop
+    thread joins their outlet's queue instead of a blocking write(2): a stalled reader must
+    not stall the loop through a daemon log line either, and the line cannot land inside one
+    of theirs. Elsewhere (other threads, before the loop, after the outlets closed) it is
+    written to stderr as usual, except that once apps have shared that file a line waits at
+    most STALL_WAIT seconds for room in it, and is dropped after that: a reader that stopped
+    must not hold procsupd's exit (or a worker thread) forever."""
+
+    STALL_WAIT = 1.0
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.targets: Targets | None = None
+        self._thread: int | None = None
+        self._shared = False  # apps have written to our stderr's file through an outlet
+
+    def route(self, targets: Targets | None) -> None:
+        """Send the loop thread's lines (the caller's thread) through `targets` from now on;
+        None: write them to stderr again."""
+        self.targets = targets
+        self._thread = threading.get_ident() if targets is not None else None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        outlet = (self.targets.stderr_outlet() if self.targets is not None
+                  and threading.get_ident() == self._thread else None)
+        if outlet is None:
+            if self._shared and not select.select([], [self.stream], [], self.STALL_WAIT)[1]:
+                return  # stalled: dropped rather than waited for
+            super().emit(record)
+            return
+        self._shared = True
+        try:
+            outlet.put((self.format(record) + "\n").encode("utf-8", "replace"))
+        except Exception:
+            self.handleError(record)

@@ -9,10 +9,12 @@ import fcntl
 import json
 import os
 import re
+import select
 import socket
 import struct
 import subprocess
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +61,25 @@ def _start(daemon: Daemon, *, env: dict[str, str] | None = None,
     return daemon.proc, LineReader(daemon.proc.stdout.fileno())
 
 
+def _stop_reading(proc: subprocess.Popen[bytes], reader: LineReader) -> int:
+    """SIGTERM procsupd and read its stdout to the end (it flushes what it holds), checking
+    that every line is whole: a counter line or a line of procsupd's own log."""
+    proc.terminate()
+    deadline = time.monotonic() + 30
+    tail = reader.buffer
+    while time.monotonic() < deadline:
+        if not select.select([reader.fd], [], [], deadline - time.monotonic())[0]:
+            break
+        chunk = os.read(reader.fd, 1 << 16)
+        if not chunk:
+            break
+        tail += chunk
+    assert tail.endswith(b"\n") or not tail, tail[-200:]
+    for line in tail.decode(errors="replace").splitlines():
+        assert COUNTED.fullmatch(line) or re.match(r"\d{4}-\d\d-\d\d ", line), repr(line)
+    return proc.wait(10)
+
+
 def _unread(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf)
@@ -95,7 +116,39 @@ def test_two_flooding_instances_on_stdout_never_mix_and_lose_nothing(daemon: Dae
     assert all(r["restarts"] == 0 and not r.get("log_errors") for r in rows), rows
     read(20000)
     assert min(nxt.values()) > 0, nxt  # both instances were read
-    assert daemon.stop_daemon() == 0
+    assert _stop_reading(proc, reader) == 0
+
+
+def test_own_log_on_the_same_stalled_pipe_does_not_stall_the_daemon(daemon: Daemon) -> None:
+    """procsupd -n 2>&1 (one pipe for both): while nobody reads it, the apps are held back,
+    and a line the daemon logs (an apply error) neither blocks the loop nor cuts a line."""
+    daemon.write(f"""
+        [apps.c]
+        command = {app_cmd("counter", "0", "120")}
+        instances = 2
+        out_file = "-"
+        error_file = false
+        """)
+    proc, reader = _start(daemon, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    capacity = fcntl.fcntl(fd, 1032)  # F_GETPIPE_SZ
+    wait_for(lambda: _unread(fd) > capacity - 4096, 10, "procsupd's stdout pipe to fill")
+    daemon.config.write_text(daemon.config.read_text() + "\n[apps.broken]\ncommand = 1\n")
+    r = daemon.cli("update", timeout=10)  # answered: the error line did not block the loop
+    assert r.returncode == 1 and "broken" in r.stderr, r
+    nxt = {"0": 0, "1": 0}
+    seen_error = False
+    while not (seen_error and min(nxt.values()) > 1000):
+        line = reader.line(10, "a line on procsupd's stdout and stderr")
+        m = COUNTED.fullmatch(line)
+        if m is None:  # procsupd's own log: a whole line of its own
+            assert re.match(r"\d{4}-\d\d-\d\d \S+ (INFO|WARNING|ERROR) ", line), repr(line)
+            seen_error = seen_error or "config not applied" in line
+            continue
+        assert int(m.group(3)) == nxt[m.group(2)], (line, nxt)
+        nxt[m.group(2)] += 1
+    assert _stop_reading(proc, reader) == 0
 
 
 def test_a_partial_last_line_goes_out_whole_at_exit(daemon: Daemon) -> None:
