@@ -42,6 +42,16 @@ def _close_pipes() -> Iterator[None]:
                 pipe.close()
 
 
+#: Two instances writing numbered 120-byte lines to procsupd's stdout as fast as they can.
+FLOODERS = f"""
+    [apps.c]
+    command = {app_cmd("counter", "0", "120")}
+    instances = 2
+    out_file = "-"
+    error_file = false
+    """
+
+
 def _start(daemon: Daemon, *, env: dict[str, str] | None = None,
            stderr: int | None = None) -> tuple[subprocess.Popen[bytes], LineReader]:
     """`procsupd -n` with its stdout on a pipe read by the returned reader; its stderr on a
@@ -80,6 +90,22 @@ def _stop_reading(proc: subprocess.Popen[bytes], reader: LineReader) -> int:
     return proc.wait(10)
 
 
+def _wait_full(fd: int) -> None:
+    """Until the pipe read by `fd` is full: more than half its capacity unread (pieces of
+    whole lines up to PIPE_BUF leave the end of each page empty, a short line a page almost
+    empty) and nothing more arriving for 0.2 s."""
+    capacity = fcntl.fcntl(fd, 1032)  # F_GETPIPE_SZ
+    seen = {"size": -1, "since": time.monotonic()}
+
+    def full() -> bool:
+        size, now = _unread(fd), time.monotonic()
+        if size != seen["size"]:
+            seen.update(size=size, since=now)
+        return size > capacity // 2 and now - seen["since"] >= 0.2
+
+    wait_for(full, 10, "procsupd's stdout pipe to fill")
+
+
 def _unread(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf)
@@ -87,13 +113,7 @@ def _unread(fd: int) -> int:
 
 
 def test_two_flooding_instances_on_stdout_never_mix_and_lose_nothing(daemon: Daemon) -> None:
-    daemon.write(f"""
-        [apps.c]
-        command = {app_cmd("counter", "0", "120")}
-        instances = 2
-        out_file = "-"
-        error_file = false
-        """)
+    daemon.write(FLOODERS)
     proc, reader = _start(daemon)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -109,9 +129,7 @@ def test_two_flooding_instances_on_stdout_never_mix_and_lose_nothing(daemon: Dae
 
     read(20000)
     # A reader that stops: the pipe fills, the apps are held back, the daemon still serves.
-    capacity = fcntl.fcntl(fd, 1032)  # F_GETPIPE_SZ
-    # (full: pieces of whole lines up to PIPE_BUF fill every page but its last bytes)
-    wait_for(lambda: _unread(fd) > capacity - 4096, 10, "procsupd's stdout pipe to fill")
+    _wait_full(fd)
     rows = daemon.wait_states("c", "running", 2)  # min_uptime passes: the loop goes on
     assert all(r["restarts"] == 0 and not r.get("log_errors") for r in rows), rows
     read(20000)
@@ -122,18 +140,11 @@ def test_two_flooding_instances_on_stdout_never_mix_and_lose_nothing(daemon: Dae
 def test_own_log_on_the_same_stalled_pipe_does_not_stall_the_daemon(daemon: Daemon) -> None:
     """procsupd -n 2>&1 (one pipe for both): while nobody reads it, the apps are held back,
     and a line the daemon logs (an apply error) neither blocks the loop nor cuts a line."""
-    daemon.write(f"""
-        [apps.c]
-        command = {app_cmd("counter", "0", "120")}
-        instances = 2
-        out_file = "-"
-        error_file = false
-        """)
+    daemon.write(FLOODERS)
     proc, reader = _start(daemon, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
-    capacity = fcntl.fcntl(fd, 1032)  # F_GETPIPE_SZ
-    wait_for(lambda: _unread(fd) > capacity - 4096, 10, "procsupd's stdout pipe to fill")
+    _wait_full(fd)
     daemon.config.write_text(daemon.config.read_text() + "\n[apps.broken]\ncommand = 1\n")
     r = daemon.cli("update", timeout=10)  # answered: the error line did not block the loop
     assert r.returncode == 1 and "broken" in r.stderr, r
