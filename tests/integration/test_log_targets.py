@@ -10,6 +10,8 @@ import json
 import os
 import re
 import select
+import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -17,6 +19,7 @@ import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -52,16 +55,21 @@ FLOODERS = f"""
     """
 
 
+def _stderr_file(daemon: Daemon) -> IO[bytes]:
+    """The file procsupd's stderr goes to: the daemon's log, as `Daemon.start` has it."""
+    if not hasattr(daemon, "_stderr"):
+        daemon._stderr = open(daemon.stderr_path, "ab")  # noqa: SIM115
+    return daemon._stderr  # type: ignore[no-any-return]
+
+
 def _start(daemon: Daemon, *, env: dict[str, str] | None = None,
            stderr: int | None = None) -> tuple[subprocess.Popen[bytes], LineReader]:
     """`procsupd -n` with its stdout on a pipe read by the returned reader; its stderr on a
     pipe too with `stderr=subprocess.PIPE`, else in the daemon's log file."""
-    if not hasattr(daemon, "_stderr"):
-        daemon._stderr = open(daemon.stderr_path, "ab")  # noqa: SIM115
     daemon.proc = subprocess.Popen(
         [PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=daemon._stderr if stderr is None else stderr, env=env or daemon.env)
+        stderr=_stderr_file(daemon) if stderr is None else stderr, env=env or daemon.env)
     _PIPES.append(daemon.proc)
     assert daemon.proc.stdout is not None
     os.set_blocking(daemon.proc.stdout.fileno(), False)
@@ -313,3 +321,46 @@ def test_own_log_under_systemd_carries_priority_prefixes(daemon: Daemon) -> None
     assert any(ln.startswith("<6>INFO procsupd") and "serving" in ln for ln in lines), lines
     assert any(ln.startswith("<3>ERROR ") and "config not applied" in ln for ln in lines), lines
     assert all(re.match(r"<[3467]>", ln) for ln in lines), lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to run procsupd as PID 1 of a pid namespace")
+def test_container_pid1_logs_to_stdout_and_stops_in_dependency_order(daemon: Daemon) -> None:
+    """procsupd -n as PID 1 of a pid namespace, as a container runs it: the apps' lines reach
+    its stdout, and SIGTERM stops the dependent app before its dependency, then exits 0."""
+    trap = "trap 'echo {0} stopping; exit 0' TERM; echo {0} up; while :; do sleep 0.05; done"
+    daemon.write(f"""
+        [apps.db]
+        command = "{trap.format("db")}"
+        shell = true
+        out_file = "-"
+        min_uptime = "100ms"
+
+        [apps.web]
+        command = "{trap.format("web")}"
+        shell = true
+        out_file = "-"
+        min_uptime = "100ms"
+        depends_on = ["db"]
+        """)
+    ns = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", PY, "-m", "procsup.daemon", "-n",
+         "-c", str(daemon.config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=_stderr_file(daemon),
+        env=daemon.env)
+    _PIPES.append(ns)
+    assert ns.stdout is not None
+    reader = LineReader(ns.stdout.fileno())
+    try:
+        assert {reader.line(15, "an app up"), reader.line(15, "the other app up")} == {
+            "db:0 | db up", "web:0 | web up"}
+        daemon.wait_states("web", "running", 1)
+        [procsupd] = map(int, Path(f"/proc/{ns.pid}/task/{ns.pid}/children").read_text().split())
+        os.kill(procsupd, signal.SIGTERM)
+        assert reader.line(15, "web stopping") == "web:0 | web stopping"
+        assert reader.line(15, "db stopping") == "db:0 | db stopping"
+        assert ns.wait(20) == 0
+    finally:
+        if ns.poll() is None:
+            daemon.cli("shutdown")
+            ns.wait(20)
