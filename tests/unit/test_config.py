@@ -1575,3 +1575,20 @@ def test_depends_on_forms() -> None:
         ("db", Condition.READY), ("cache", Condition.READY))
     assert schema.check(schema.APP_KEYS["depends_on"], {"db": "healthy", "m": "completed"}) == (
         ("db", Condition.HEALTHY), ("m", Condition.COMPLETED))
+
+
+def test_journal_target_needs_a_journal_socket(tmp_path: Path) -> None:
+    text = '[apps.a]\ncommand = "x"\ninstances = 2\nout_file = "journal"\nerror_file = "-"\n'
+    here = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(here)
+        app = load_text(tmp_path, text, environ={"PROCSUP_JOURNAL_SOCKET": here}).apps["a"]
+    # Not files: no log_dir, no per-instance suffix.
+    assert app.log_paths(1) == ("journal", "-")
+    missing = str(tmp_path / "gone.sock")
+    err = load_error(tmp_path, text, environ={"PROCSUP_JOURNAL_SOCKET": missing})
+    assert (err.app, err.key, err.line) == ("a", "out_file", 4)
+    assert f"no journal socket at {missing}" in err.message
+    os.mkfifo(tmp_path / "fifo")  # something else at the path is no journal either
+    err = load_error(tmp_path, text, environ={"PROCSUP_JOURNAL_SOCKET": str(tmp_path / "fifo")})
+    assert err.key == "out_file"
