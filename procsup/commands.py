@@ -19,7 +19,7 @@ from typing import Any
 from procsup import __version__, deps, dump, health, lifecycle, logs, metrics, rollout, units
 from procsup.apply import Applier
 from procsup.errors import ConfigError, RemoteError, WireError
-from procsup.model import InstanceView, RestartPolicy, State
+from procsup.model import LOG_TARGETS, InstanceView, RestartPolicy, State
 from procsup.protocol import VERSION
 from procsup.supervisor import Ref, Supervisor, View
 
@@ -402,15 +402,16 @@ class Commands:
     # ------------------------------------------------------------------ logs
 
     def log_files(self, app: str | None, stream: str) -> list[LogFile]:
-        """(app, instance or None for a shared file, stream, path) of the selected logs."""
+        """(app, instance or None for a shared file, stream, path) of the selected logs that
+        are files (not "-" or "journal": `procsup logs` has nothing to read there)."""
         seen: dict[str, LogFile] = {}
         for v in self.select([app] if app else ["all"]):
             out, err = v.spec.log_paths(v.id.index)
             per_instance = v.spec.instances > 1 and not v.spec.merge_logs
             idx = v.id.index if per_instance else None
             for name, path in (("out", out), ("err", err)):
-                if path is None or stream not in (name, "both"):
-                    continue
+                if path is None or path in LOG_TARGETS or stream not in (name, "both"):
+                    continue  # discarded, or not a file: procsupd's stdio, the journal
                 seen.setdefault(path, (v.id.app, idx, "both" if out == err else name, path))
         return list(seen.values())
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from procsup import deps, globs, paths, schema, shellsyntax, tomlpos, units
 from procsup.errors import ConfigError, ConfigErrors
-from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode
+from procsup.model import JOURNAL, LOG_TARGETS, AppSpec, DaemonSpec, Desired, ExecMode
 
 _TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
 _TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
@@ -33,7 +33,7 @@ _TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
 _DIRECT_FIELDS = (
     "shell", "exec_mode", "inherit_env", "user", "group", "umask", "autorestart",
     "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "kill_signal",
-    "kill_timeout", "merge_logs", "log_date_format", "log_max_size", "log_retain",
+    "kill_timeout", "merge_logs", "log_date_format", "log_max_size", "log_retain", "log_format",
     "max_memory_restart", "ignore_watch", "cron_restart", "ready", "ready_timeout",
     "heartbeat_timeout", "balance", "depends_on", "health", "health_interval",
     "health_timeout", "health_failures", "reload_signal",
@@ -229,6 +229,7 @@ def load(
                 owners[p.app].data["apps"][p.app].get("depends_on"), dict) else ()
             errors.append(owners[p.app].error(p.message, "apps", p.app, "depends_on", *sub,
                                               app=p.app, key="depends_on"))
+    errors.extend(_journal_problems(apps, owners, paths.journal_socket(environ)))
     try:
         _raise_all(errors)
     except ConfigError as exc:
@@ -237,6 +238,21 @@ def load(
         raise
     return Desired(daemon=daemon, apps=apps, profile=active, files=tuple(s.path for s in sources),
                    warnings=(*warnings, *_warnings(sources)))
+
+
+def _journal_problems(apps: Mapping[str, AppSpec], owners: Mapping[str, _Source],
+                      socket: str) -> list[ConfigError]:
+    """A "journal" log target where there is no journal socket (not a systemd host)."""
+    try:
+        there = stat.S_ISSOCK(os.stat(socket).st_mode)
+    except OSError:
+        there = False
+    return [] if there else [
+        owners[name].error(f'{key} = "journal", but there is no journal socket at {socket} '
+                           "(systemd-journald is not running here)", "apps", name, key,
+                           app=name, key=key)
+        for name, app in apps.items() for key in ("out_file", "error_file")
+        if getattr(app, key) == JOURNAL]
 
 
 def _included(
@@ -500,7 +516,9 @@ def _app_spec(
         if key not in values:
             return os.path.join(daemon.log_dir, f"{name}-{suffix}.log")
         value = values[key]
-        return None if value is None else os.path.normpath(os.path.join(daemon.log_dir, value))
+        if value is None or value in LOG_TARGETS:  # discard, "-", "journal": not a file
+            return value  # type: ignore[no-any-return]
+        return os.path.normpath(os.path.join(daemon.log_dir, value))
 
     watch_value = values.get("watch", False)
     if watch_value is True:
@@ -526,6 +544,9 @@ def _app_spec(
     if "heartbeat_timeout" in values and values.get("ready", "started") != "notify":
         raise error('heartbeat_timeout is only used with ready = "notify"', "heartbeat_timeout")
 
+    if values.get("log_format") == "json" and "log_date_format" in values:
+        raise error('log_date_format is not used with log_format = "json" (its "time" is ISO '
+                    "8601)", "log_date_format")
     if "health" not in values:
         for key in ("health_interval", "health_timeout", "health_failures"):
             if key in values:

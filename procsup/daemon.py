@@ -21,12 +21,12 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, paths, pidfile, spawn, statefile, systemd
+from procsup import __version__, config, logtargets, paths, pidfile, spawn, statefile, systemd
 from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
 from procsup.errors import ConfigError, ExitCode, ProcsupError
-from procsup.model import Desired
+from procsup.model import STDIO, Desired
 from procsup.running import Processes, Report
 from procsup.supervisor import Supervisor
 
@@ -121,19 +121,34 @@ def socket_gid(desired: Desired) -> int | None:
 def setup_logging(desired: Desired, foreground: bool) -> logging.Logger:
     """The daemon's log: stderr with -n, else <log_dir>/procsupd.log. Installed on the root
     logger so that every module's messages (and asyncio's) land there too: after DaemonContext
-    stderr is /dev/null, and a diagnostic that goes nowhere is how things die silently."""
+    stderr is /dev/null, and a diagnostic that goes nowhere is how things die silently. With -n
+    and stderr going to the journal (under systemd), each line carries the sd-daemon priority
+    prefix (`<3>` error ... `<7>` debug) and no date: the journal stamps it."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     handler: logging.Handler
     if foreground:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logtargets.DaemonLogHandler()  # (routed through the apps' outlet: serve)
     else:
         handler = logging.handlers.WatchedFileHandler(desired.daemon.daemon_log)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if foreground and systemd.stderr_to_journal():
+        handler.setFormatter(systemd.PriorityFormatter("%(levelname)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return logging.getLogger("procsupd")
+
+
+def stdio_warnings(desired: Desired) -> list[str]:
+    """Apps that log to procsupd's stdout/stderr ("-"), which a daemonized procsupd points at
+    /dev/null: their output would be lost (it is discarded; run `procsupd -n` for that)."""
+    return [f'{app.source}: app {name!r}: {key} = "-" writes to procsupd\'s {stream}, which is '
+            "/dev/null unless procsupd runs in the foreground (-n): that output is discarded"
+            for name, app in desired.apps.items()
+            for key, stream in (("out_file", "stdout"), ("error_file", "stderr"))
+            if getattr(app, key) == STDIO]
 
 
 def read_disabled(state_dir: str) -> frozenset[str]:
@@ -162,6 +177,10 @@ async def serve(
     processes = _Layer(loop, logger, state_dir)
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
     layer = processes.layer
+    own_log = [h for h in logging.getLogger().handlers
+               if isinstance(h, logtargets.DaemonLogHandler)]
+    for h in own_log:  # a stalled reader of stderr must not stall the loop through our log
+        h.route(layer.targets)
     applier = Applier(engine, desired, profile_override=profile, disabled=disabled,
                       check_command=layer.run_check)
     if disabled:
@@ -211,6 +230,8 @@ async def serve(
     finally:
         await server.close()
         applier.close()
+        for h in own_log:
+            h.route(None)
         layer.close()
         for sig in signals:
             loop.remove_signal_handler(sig)
@@ -360,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"procsupd: cannot read config: {exc}", file=sys.stderr)
         return ExitCode.FAILED
-    for warning in desired.warnings:
+    for warning in (*desired.warnings, *([] if args.foreground else stdio_warnings(desired))):
         print(f"procsupd: warning: {warning}", file=sys.stderr)
     if args.check:
         print(config.describe(desired), end="")  # its text ends with the newline

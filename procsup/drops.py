@@ -79,16 +79,19 @@ class Ledger:
         self.episode.kinds.add(error)
         return True
 
-    def drop(self, chunk: bytes | memoryview, now: float, *, cut: bool | None = None) -> None:
+    def drop(self, chunk: bytes | memoryview, now: float, *, cut: bool | None = None,
+             lines: int | None = None) -> None:
         """`chunk` (whole lines, or the unwritten rest of a chunk) was not written. `cut`: the
-        kernel took the start of that chunk, and whether what it took ends inside a line."""
+        kernel took the start of that chunk, and whether what it took ends inside a line.
+        `lines`: how many lines it holds, when that is not its newlines (a journal entry)."""
         if self.episode is None:  # nothing failed: the sink has no file (closed under it)
             self.episode = Episode("the log file is not open", "the log file is not open", now)
         if cut is not None:
             self.episode.midline = cut
         if not chunk:
             return
-        lines = bytes(chunk).count(_NL)
+        if lines is None:
+            lines = bytes(chunk).count(_NL)
         self.lines += lines
         self.size += len(chunk)
         self.episode.lines += lines

@@ -168,6 +168,7 @@ _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
     "log_date_format": lambda a: a.log_date_format,
     "log_max_size": lambda a: _size(a.log_max_size),
     "log_retain": lambda a: a.log_retain,
+    "log_format": lambda a: a.log_format,
     "max_memory_restart": lambda a: _size(a.max_memory_restart),
     # Absolute paths, so `true` (= cwd) is written as the list it resolved to.
     "watch": lambda a: list(a.watch) if a.watch else False,

@@ -94,12 +94,15 @@ class AppSpec:
     exp_backoff_restart_delay: float | None = None
     kill_signal: int = 15
     kill_timeout: float = 5.0
-    out_file: str | None = None  # absolute path (before the per-instance suffix); None = discard
-    error_file: str | None = None  # absolute path; None = discard
+    #: absolute path (before the per-instance suffix), STDIO ("-": procsupd's stdout), JOURNAL
+    #: ("journal"), or None = discard
+    out_file: str | None = None
+    error_file: str | None = None  # as out_file ("-": procsupd's stderr)
     merge_logs: bool = False
     log_date_format: str | None = None
     log_max_size: int | None = None
     log_retain: int = 5
+    log_format: str = "text"  # "text" | "json": one JSON object per line
     max_memory_restart: int | None = None
     watch: tuple[str, ...] = ()  # absolute paths; empty = off
     ignore_watch: tuple[str, ...] = ("*.log", ".git", "__pycache__", "node_modules")
@@ -127,7 +130,8 @@ class AppSpec:
 
         With `instances > 1` and `merge_logs = false` each instance gets its own files, "-<i>"
         inserted before the last suffix: web.out.log -> web.out-0.log, web-out.log -> web-out-0.log.
-        The same path for both streams means one file that receives both.
+        The same path for both streams means one file that receives both. STDIO and JOURNAL
+        are returned as they are (not files: `log_files` of `procsup logs` skips them).
         """
         per_instance = self.instances > 1 and not self.merge_logs
         return (
@@ -136,9 +140,15 @@ class AppSpec:
         )
 
 
+#: The log targets that are not files: procsupd's own stdout/stderr, and the systemd journal.
+STDIO = "-"
+JOURNAL = "journal"
+LOG_TARGETS = frozenset({STDIO, JOURNAL})
+
+
 def _instance_path(path: str | None, index: int) -> str | None:
-    if path is None:
-        return None
+    if path is None or path in LOG_TARGETS:  # one stream shared by every instance
+        return path
     head, tail = os.path.split(path)
     stem, dot, suffix = tail.rpartition(".")
     if not dot or not stem:  # no suffix ("web") or a dotfile (".web")

@@ -39,7 +39,7 @@ from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from procsup import cron, metrics, statefile, units, watch
-from procsup.model import AppSpec, DaemonSpec
+from procsup.model import LOG_TARGETS, AppSpec, DaemonSpec
 
 __all__ = ["Leader", "Monitors", "Recycle"]
 
@@ -147,7 +147,7 @@ class Monitors:
     @staticmethod
     def _own_files(specs: Mapping[str, AppSpec], daemon: DaemonSpec | None) -> list[str]:
         own = [p for spec in specs.values() for i in range(max(spec.instances, 1))
-               for p in spec.log_paths(i) if p is not None]
+               for p in spec.log_paths(i) if p is not None and p not in LOG_TARGETS]
         if daemon is not None:
             own += [daemon.daemon_log, daemon.pidfile, daemon.socket,
                     os.path.join(daemon.state_dir, statefile.FILENAME)]

@@ -130,7 +130,9 @@ def _log_errors(instances: list[dict[str, Any]]) -> list[str]:
                 seen.setdefault(key, []).append(_instance_name(inst))
     lines = []
     for (path, error, since, n, size), names in seen.items():
-        lines.append(f"{', '.join(names)}: log file {path}: {error} (since {since}; "
+        # not a file: procsupd's "stdout"/"stderr" ("-"), "the journal"
+        where = f"log file {path}" if str(path).startswith("/") else f"logging to {path}"
+        lines.append(f"{', '.join(names)}: {where}: {error} (since {since}; "
                      f"{_text(_int(n))} lines, {format_size(_int(size))} dropped)\n")
     return lines
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "JOURNAL_SOCKET",
     "ROOT_CONFIG",
     "ROOT_LOG_DIR",
     "ROOT_PIDFILE",
@@ -33,6 +34,7 @@ __all__ = [
     "default_socket_path",
     "environ_or_own",
     "find_socket",
+    "journal_socket",
     "runtime_dir",
     "socket_from_file",
     "state_base",
@@ -44,6 +46,14 @@ ROOT_SOCKET = "/run/procsup/procsup.sock"
 ROOT_PIDFILE = "/run/procsup/procsupd.pid"
 ROOT_LOG_DIR = "/var/log/procsup"
 ROOT_STATE_DIR = "/var/lib/procsup"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+"""journald's native protocol socket (log target "journal")."""
+
+
+def journal_socket(environ: Mapping[str, str]) -> str:
+    """The journal's socket: `$PROCSUP_JOURNAL_SOCKET` (meant for tests, which point procsupd
+    at a fake journal), else JOURNAL_SOCKET."""
+    return environ.get("PROCSUP_JOURNAL_SOCKET") or JOURNAL_SOCKET
 
 
 def uid_or_own(uid: int | None) -> int:

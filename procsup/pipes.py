@@ -2,7 +2,10 @@
 sink (layer 2 leaf, below `logs`).
 
 Creates the pipes (`open_pipe`) and reads them (`PipeReader`); what becomes of the lines is the
-sink's business (`logs.LogSink` writes them to a file). A reader can also show its whole lines to
+sink's business (`logs.LogSink` writes them to a file). A sink that cannot take more for now (a
+slow reader of procsupd's stdout, a busy journal) shuts its `Valve`: its readers stop reading
+until it opens again, so the children block on their full pipes instead of the daemon queueing
+without bound or dropping lines. A reader can also show its whole lines to
 a `LineMatch` (`ready = "log:REGEX"`) until that matched once. Everything runs on the
 supervisor's one asyncio loop thread; it imports nothing from procsup.
 """
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["BIG_READ_SIZE", "LINE_MAX", "PIPE_SIZE", "READ_SIZE", "LineMatch", "PipeReader", "Sink",
-           "open_pipe", "pattern"]
+           "Valve", "open_pipe", "pattern"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,6 +58,28 @@ class Sink(Protocol):
 
     def write(self, data: bytes | memoryview, head: bytes = b"") -> None:
         """Write `head + data`, whole lines only (each ends with a newline)."""
+
+
+class Valve:
+    """The back-pressure of one sink shared by many readers: while `shut`, a reader that just
+    wrote into the sink stops reading its pipe and waits (`hold`) until the sink calls `open`.
+    A sink without a valve (a log file: writes are synchronous) never holds a reader."""
+
+    def __init__(self) -> None:
+        self.shut = False
+        self._held: list[Callable[[], None]] = []
+
+    def hold(self, resume: Callable[[], None]) -> None:
+        """Call `resume()` at the next `open`."""
+        self._held.append(resume)
+
+    def open(self) -> None:
+        """The sink can take more: every held reader reads again (from the loop's next turn:
+        `resume` only registers the reader)."""
+        self.shut = False
+        held, self._held = self._held, []
+        for resume in held:
+            resume()
 
 
 @functools.lru_cache(maxsize=256)
@@ -104,6 +129,8 @@ class PipeReader:
     appended, the fd is closed, and `on_eof()` is called once.
 
     `sink = None` discards the output but still drains the pipe, so the child never blocks.
+    A sink with a `valve` (see `Valve`) that is shut after a write pauses the reader until the
+    valve opens; `close` still drains the pipe into the sink.
     `watch` sees every whole line too (also with no sink) until it is done: the reader then
     forgets it. The reader owns `fd` from construction on and starts reading at once.
     """
@@ -123,6 +150,7 @@ class PipeReader:
         self._watch = watch
         self._partial = b""
         self._closed = False
+        self._paused = False
         try:
             loop.add_reader(fd, self._on_readable)
         except BaseException:
@@ -162,6 +190,8 @@ class PipeReader:
         self._finish()
 
     def _on_readable(self) -> None:
+        if self._paused:
+            return
         sink = self._sink
         size = BIG_READ_SIZE if sink is not None and sink.date_format is None else READ_SIZE
         try:
@@ -176,6 +206,16 @@ class PipeReader:
             self._on_eof()
             return
         self._feed(data)
+        valve: Valve | None = getattr(self._sink, "valve", None)
+        if valve is not None and valve.shut and not self._closed:
+            self._paused = True
+            self._loop.remove_reader(self._fd)
+            valve.hold(self._resume)
+
+    def _resume(self) -> None:
+        if self._paused and not self._closed:
+            self._paused = False
+            self._loop.add_reader(self._fd, self._on_readable)
 
     def _feed(self, data: bytes) -> None:
         sink = self._sink

@@ -98,6 +98,7 @@ RESTART_DAEMON_KEYS = frozenset({"socket", "socket_mode", "socket_group", "pidfi
 #: restarts an app; a change of any other key restarts it.
 LIVE_FIELDS = frozenset({
     "out_file", "error_file", "merge_logs", "log_date_format", "log_max_size", "log_retain",
+    "log_format",
     "autorestart", "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay",
     "kill_signal", "kill_timeout",
     "max_memory_restart", "watch", "ignore_watch", "cron_restart",

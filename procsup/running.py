@@ -48,6 +48,7 @@ from procsup import (
     statefile,
     units,
 )
+from procsup.logtargets import Target, Targets
 from procsup.model import AppSpec, ExecMode, InstanceId
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
@@ -75,7 +76,7 @@ class Capture:
 
     stream: str  # "out" | "err"
     reader: pipes.PipeReader | None = None
-    sink: logs.LogSink | None = None
+    sink: Target | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -141,8 +142,8 @@ class Run:
     @property
     def log_health(self) -> tuple[logs.LogHealth, ...]:
         """The run's log files that refused writes (each file once), for status."""
-        sinks = {id(c.sink): c.sink for c in self.captures if c.sink is not None}
-        return tuple(h for sink in sinks.values() if (h := sink.health) is not None)
+        found = (c.sink.health for c in self.captures if c.sink is not None)
+        return tuple({h.path: h for h in found if h is not None}.values())
 
 
 class RunHandle(Protocol):
@@ -200,6 +201,7 @@ class Processes:
         self.marker = marker
         self.state_dir = state_dir
         self.sinks = logs.LogSinks(report=self.log.log)
+        self.targets = Targets(loop, self.sinks, self.log.log, environ)
         self.notify: notify.NotifyServer | None = None
         self._runs: dict[int, Run] = {}  # live runs (not yet released) by pid = pgid
         self._checks: set[int] = set()  # health check commands not yet reaped
@@ -250,6 +252,7 @@ class Processes:
             if cap.reader is not None:
                 cap.reader.close()
         self.sinks.close_all()
+        self.targets.close()
 
     # ------------------------------------------------------------------ one run
 
@@ -299,7 +302,8 @@ class Processes:
                 if path is None and watch is None:
                     continue  # discarded: the child writes to /dev/null, no pipe at all
                 # (a discarded stream is still read for ready = "log:...", into no file)
-                cap = Capture(stream, sink=None if path is None else self._acquire(spec, path))
+                cap = Capture(stream, sink=None if path is None
+                              else self._acquire(spec, iid.index, stream, path))
                 captures.append(cap)
                 r, w = pipes.open_pipe()
                 write_ends.append(w)
@@ -481,12 +485,9 @@ class Processes:
                 os.close(fd)
         run.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, run)
 
-    def _acquire(self, spec: AppSpec, path: str) -> logs.LogSink:
+    def _acquire(self, spec: AppSpec, index: int, stream: str, path: str) -> Target:
         try:
-            return self.sinks.acquire(
-                path, date_format=spec.log_date_format, max_size=spec.log_max_size,
-                retain=spec.log_retain,
-            )
+            return self.targets.acquire(spec, index, stream, path)
         except OSError as exc:
             # A full disk or fd table comes back; a permission or a path problem does not.
             if exc.errno in _LOG_TRANSIENT_ERRNOS:
@@ -503,7 +504,7 @@ class Processes:
         cap.reader = None
         self._readers.discard(cap)
         if cap.sink is not None:
-            self.sinks.release(cap.sink)
+            self.targets.release(cap.sink)
             cap.sink = None
 
     def retarget(self, handle: RunHandle, spec: AppSpec) -> None:
@@ -513,9 +514,9 @@ class Processes:
         run = _own(handle)
         old, run.spec = run.spec, spec
         index = run.id.index
-        if (old.log_paths(index), old.log_date_format, old.log_max_size, old.log_retain) == (
-                spec.log_paths(index), spec.log_date_format, spec.log_max_size,
-                spec.log_retain):
+        if (old.log_paths(index), old.log_date_format, old.log_max_size, old.log_retain,
+                old.log_format) == (spec.log_paths(index), spec.log_date_format,
+                                    spec.log_max_size, spec.log_retain, spec.log_format):
             return
         paths = dict(zip(("out", "err"), spec.log_paths(index), strict=True))
         for cap in run.captures:
@@ -523,14 +524,14 @@ class Processes:
                 continue
             path = paths[cap.stream]
             try:
-                new = None if path is None else self._acquire(spec, path)
+                new = None if path is None else self._acquire(spec, index, cap.stream, path)
             except spawn.SpawnError as exc:
                 self.log.error("%s: keeps its old log file: %s", run.id, exc.reason)
                 continue
             was, cap.sink = cap.sink, new
             cap.reader.sink = new
             if was is not None:
-                self.sinks.release(was)
+                self.targets.release(was)
 
     def _on_leader_exit(self, run: Run) -> None:
         run.poll = None

@@ -273,12 +273,20 @@ def _autorestart(value: object) -> RestartPolicy:
 
 
 def _log_file(value: object) -> str | None:
-    """A path, or false (discard) -> None. `true` has no meaning here."""
+    """A path, "-" (procsupd's stdout/stderr), "journal", or false (discard) -> None. `true`
+    has no meaning here. (A file named "-" or "journal" is written "./-", "./journal".)"""
     if value is False:
         return None
     if value is True:
         raise ValueProblem("true is not allowed: give a path, or false to discard the stream")
     return _text(value)
+
+
+def _log_format(value: object) -> str:
+    if value not in ("text", "json"):
+        raise ValueProblem(f'expected "text" or "json", got {value!r}')
+    assert isinstance(value, str)
+    return value
 
 
 def _watch(value: object) -> bool | tuple[str, ...]:
@@ -554,11 +562,13 @@ APP_KEYS: Mapping[str, Key] = _rows(
         "signal sent to the process group to stop it"),
     Key("kill_timeout", _DUR, _DUR_DOC, "5s", _duration,
         "then SIGKILL to the whole process group"),
-    Key("out_file", (str, bool), "string (path) or false", None, _log_file,
-        "stdout log: relative to log_dir; false = discard",
+    Key("out_file", (str, bool), 'string (path), "-", "journal" or false', None, _log_file,
+        'stdout log: relative to log_dir; false = discard; "-" = procsupd\'s stdout (lines '
+        'prefixed "<app>:<i> | "); "journal" = the systemd journal',
         default_doc="<log_dir>/<app>-out.log"),
-    Key("error_file", (str, bool), "string (path) or false", None, _log_file,
-        "stderr log: relative to log_dir; false = discard; = out_file: one file",
+    Key("error_file", (str, bool), 'string (path), "-", "journal" or false', None, _log_file,
+        'stderr log: relative to log_dir; false = discard; = out_file: one file; "-" = '
+        'procsupd\'s stderr; "journal" = the systemd journal (PRIORITY 3)',
         default_doc="<log_dir>/<app>-error.log"),
     Key("merge_logs", _B, "boolean", False, _identity,
         'false and instances > 1: one file per instance ("-<i>" before the suffix)'),
@@ -568,6 +578,9 @@ APP_KEYS: Mapping[str, Key] = _rows(
         "rotate a log file when it passes this size; absent = never"),
     Key("log_retain", _I, "integer >= 0", 5, _non_negative_int,
         "rotated files kept: <file>.1 (newest) ... <file>.N"),
+    Key("log_format", _S, '"text" or "json"', "text", _log_format,
+        'json: each line written as one JSON object {"time", "app", "instance", "stream", '
+        '"message"} (not to the journal, whose entries have those fields)'),
     Key("max_memory_restart", (str, int), _SIZE_DOC, None, _positive_size,
         "restart an instance whose RSS (with its children) passes this"),
     Key("watch", (bool, list), "boolean or array of strings (paths)", False, _watch,

@@ -6,15 +6,20 @@ courtesy that must never take the daemon down, so every function here reports fa
 False instead of raising.
 
 (The other direction, the `$NOTIFY_SOCKET` procsupd offers its instances, is `notify.py`.)
+
+Also the sd-daemon priority prefixes of procsupd's own log when its stderr goes to the journal
+(`stderr_to_journal`, `PriorityFormatter`): `<3>` on an error line makes it an error for
+`journalctl -p err`, where an unprefixed line would be info.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
 
-__all__ = ["notify", "ready", "status", "stopping"]
+__all__ = ["PriorityFormatter", "notify", "ready", "status", "stderr_to_journal", "stopping"]
 
 # A service manager that does not read its socket must not stall the daemon's loop for long.
 _SEND_TIMEOUT = 1.0
@@ -59,3 +64,40 @@ def stopping(environ: Mapping[str, str] | None = None) -> bool:
 def status(text: str, environ: Mapping[str, str] | None = None) -> bool:
     """Set the one-line status `systemctl status` shows: `STATUS=<text>`."""
     return notify("STATUS=" + text.replace("\n", " "), environ)
+
+
+def stderr_to_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:
+    """True when `fd` (stderr) is systemd's journal stream: `$JOURNAL_STREAM` ("DEV:INODE",
+    set by systemd for StandardError=journal) names what `fd` is open on; or, without it,
+    `$INVOCATION_ID` says that systemd started us (a unit whose stderr is the journal by
+    default). A redirected stderr (`procsupd -n 2>file` in a unit) does not match the stream."""
+    env = os.environ if environ is None else environ
+    stream = env.get("JOURNAL_STREAM", "")
+    if stream:
+        dev, _, ino = stream.partition(":")
+        try:
+            st = os.fstat(fd)
+            return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+        except (OSError, ValueError):
+            return False
+    return bool(env.get("INVOCATION_ID"))
+
+
+def _priority(levelno: int) -> int:
+    """The syslog priority of a logging level: err, warning, info, debug."""
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+class PriorityFormatter(logging.Formatter):
+    """A formatter that puts the sd-daemon prefix `<N>` before every line of a record (a
+    traceback's lines too: the journal reads each line as an entry of its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))

@@ -654,3 +654,13 @@ def test_status_finds_the_socket_without_the_config_machinery(tmp_path: Path) ->
     )
     assert proc.stdout == "3 []\n"
     assert str(tmp_path / "x.sock") in proc.stderr  # the socket named by the broken file
+
+
+def test_format_status_names_a_stream_that_is_not_a_file() -> None:
+    gone = {"path": "stdout", "error": "cannot write: Broken pipe", "since": "2026-12-02T07:20",
+            "dropped_lines": 2, "dropped_bytes": 20}
+    row = {"app": "web", "instance": 0, "pid": 4242, "state": "running", "uptime": 5,
+           "restarts": 0, "log_errors": [gone]}
+    assert output.format_status({"instances": [row]}).endswith(
+        "web:0: logging to stdout: cannot write: Broken pipe (since 2026-12-02T07:20; "
+        "2 lines, 20B dropped)\n")

@@ -87,6 +87,12 @@ APP_VALID = [
     ("out_file = false", "out_file", None),
     ('error_file = "sub/e.log"', "error_file", "/var/log/procsup/sub/e.log"),
     ("error_file = false", "error_file", None),
+    ('out_file = "-"', "out_file", "-"),  # procsupd's stdout: not a file in log_dir
+    ('error_file = "-"', "error_file", "-"),
+    ('out_file = "./-"', "out_file", "/var/log/procsup/-"),  # a file named "-"
+    ('out_file = "./journal"', "out_file", "/var/log/procsup/journal"),
+    ('log_format = "json"', "log_format", "json"),
+    ('log_format = "text"', "log_format", "text"),
     ("merge_logs = true", "merge_logs", True),
     ('log_date_format = "%H:%M"', "log_date_format", "%H:%M"),
     ('log_max_size = "50M"', "log_max_size", 50 * 1024 * 1024),
@@ -176,7 +182,9 @@ APP_INVALID = [
     ("kill_signal = 0", "kill_signal", "invalid signal"),
     ("kill_timeout = true", "kill_timeout", "got boolean"),
     ("out_file = true", "out_file", "true is not allowed"),
-    ("out_file = 1", "out_file", "expected string (path) or false"),
+    ("out_file = 1", "out_file", 'expected string (path), "-", "journal" or false'),
+    ('log_format = "xml"', "log_format", 'expected "text" or "json"'),
+    ('log_format = "json"\nlog_date_format = "%H"', "log_date_format", "not used with"),
     ("error_file = true", "error_file", "true is not allowed"),
     ('merge_logs = "no"', "merge_logs", "expected boolean"),
     ("log_date_format = 1", "log_date_format", "expected string"),
@@ -1185,6 +1193,7 @@ APP_DEFAULTS: dict[str, tuple[str | None, object]] = {
     "log_date_format": (None, None),
     "log_max_size": (None, None),
     "log_retain": ("5", 5),
+    "log_format": ('"text"', "text"),
     "max_memory_restart": (None, None),
     "watch": ("false", ()),
     "ignore_watch": ('["*.log", ".git", "__pycache__", "node_modules"]',
@@ -1581,3 +1590,20 @@ def test_depends_on_forms() -> None:
         ("db", Condition.READY), ("cache", Condition.READY))
     assert schema.check(schema.APP_KEYS["depends_on"], {"db": "healthy", "m": "completed"}) == (
         ("db", Condition.HEALTHY), ("m", Condition.COMPLETED))
+
+
+def test_journal_target_needs_a_journal_socket(tmp_path: Path) -> None:
+    text = '[apps.a]\ncommand = "x"\ninstances = 2\nout_file = "journal"\nerror_file = "-"\n'
+    here = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(here)
+        app = load_text(tmp_path, text, environ={"PROCSUP_JOURNAL_SOCKET": here}).apps["a"]
+    # Not files: no log_dir, no per-instance suffix.
+    assert app.log_paths(1) == ("journal", "-")
+    missing = str(tmp_path / "gone.sock")
+    err = load_error(tmp_path, text, environ={"PROCSUP_JOURNAL_SOCKET": missing})
+    assert (err.app, err.key, err.line) == ("a", "out_file", 4)
+    assert f"no journal socket at {missing}" in err.message
+    os.mkfifo(tmp_path / "fifo")  # something else at the path is no journal either
+    err = load_error(tmp_path, text, environ={"PROCSUP_JOURNAL_SOCKET": str(tmp_path / "fifo")})
+    assert err.key == "out_file"

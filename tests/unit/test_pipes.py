@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Callable
 
-from procsup.pipes import LINE_MAX, LineMatch, PipeReader, open_pipe, pattern
+from procsup.pipes import LINE_MAX, LineMatch, PipeReader, Valve, open_pipe, pattern
 
 DEADLINE = 10.0  # seconds; every wait here is bounded by it
 
@@ -126,5 +126,35 @@ def test_a_partial_last_line_at_eof_and_a_cut_long_line_are_lines_too() -> None:
         os.close(w)
         await asyncio.wait_for(eof, DEADLINE)
         assert hits == ["x"]
+
+    _run(scenario)
+
+
+class Held(Collect):
+    """A sink whose valve the test shuts and opens."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.valve = Valve()
+
+
+def test_a_shut_valve_pauses_the_reader_until_it_opens() -> None:
+    async def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        r, w = open_pipe()
+        sink = Held()
+        reader = PipeReader(loop, r, sink, lambda: None)
+        try:
+            sink.valve.shut = True
+            os.write(w, b"first\n")
+            await _until(lambda: b"first" in sink.data)  # read, then the reader holds
+            os.write(w, b"second\n")
+            for _ in range(20):  # 20 loop turns with data waiting: nothing is read
+                await asyncio.sleep(0)
+            assert b"second" not in sink.data
+            sink.valve.open()
+            await _until(lambda: b"second" in sink.data)
+        finally:
+            reader.close()
+            os.close(w)
 
     _run(scenario)

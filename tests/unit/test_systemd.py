@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -75,3 +76,33 @@ def test_unreachable_socket_is_false_not_an_error(tmp_path: Path) -> None:
     assert not systemd.notify("READY=1", {"NOTIFY_SOCKET": "@procsup-nobody-listens-here"})
     assert not systemd.notify("READY=1", {"NOTIFY_SOCKET": "/bad\0path"})
     assert not systemd.notify("STATUS=\udcff", {"NOTIFY_SOCKET": str(regular)})
+
+
+def test_stderr_to_journal_matches_the_stream_or_the_invocation(tmp_path: Path) -> None:
+    path = tmp_path / "stderr"
+    with open(path, "w") as f:
+        st = os.fstat(f.fileno())
+        stream = f"{st.st_dev}:{st.st_ino}"
+        cases = [
+            ({"JOURNAL_STREAM": stream}, True),
+            ({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}, False),  # redirected
+            ({"JOURNAL_STREAM": "garbage"}, False),
+            ({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}", "INVOCATION_ID": "x"}, False),
+            ({"INVOCATION_ID": "0123"}, True),
+            ({}, False),
+        ]
+        for env, expected in cases:
+            assert systemd.stderr_to_journal(env, fd=f.fileno()) is expected, env
+
+
+PRIORITIES = [
+    (logging.CRITICAL, "<3>"), (logging.ERROR, "<3>"), (logging.WARNING, "<4>"),
+    (logging.INFO, "<6>"), (logging.DEBUG, "<7>"),
+]
+
+
+@pytest.mark.parametrize(("level", "prefix"), PRIORITIES)
+def test_priority_prefix_on_every_line(level: int, prefix: str) -> None:
+    record = logging.LogRecord("procsupd", level, __file__, 1, "one\ntwo", None, None)
+    text = systemd.PriorityFormatter("%(message)s").format(record)
+    assert text == f"{prefix}one\n{prefix}two"
