@@ -121,6 +121,9 @@ env = { A = "1" }
 user = "u"
 group = "g"
 umask = "077"
+limits = { nofile = 4096, core = [0, "unlimited"], as = "1G" }
+nice = 5
+oom_score_adjust = -100
 exp_backoff_restart_delay = "1s"
 log_date_format = "%H"
 log_max_size = "1M"
