@@ -21,7 +21,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, paths, pidfile, statefile, systemd
+from procsup import __version__, config, paths, pidfile, spawn, statefile, systemd
 from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
@@ -69,6 +69,18 @@ def raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError):
             pass
+
+
+def attribute_warnings(desired: Desired) -> list[str]:
+    """`limits`, `nice` or `oom_score_adjust` that this procsupd (its user, its hard limits)
+    cannot give: a valid config (as root it may be fine), but those instances would not start."""
+    out: list[str] = []
+    for name, spec in desired.apps.items():
+        where = f"{spec.source}:{spec.line}: " if spec.line else (
+            f"{spec.source}: " if spec.source else "")
+        out.extend(f"{where}app {name!r}: {problem}: its instances will not start (errored)"
+                   for problem in spawn.problems(spec))
+    return out
 
 
 def prepare_dirs(desired: Desired) -> None:
@@ -269,6 +281,7 @@ def run(
 ) -> int:
     """Everything after the process is what it will stay (foreground, or daemonized)."""
     try:
+        spawn.remember_limits()  # the instances' default: what we were started with
         raise_nofile()
         prepare_dirs(desired)
         logger = setup_logging(desired, foreground)
@@ -356,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"procsupd: cannot read config: {exc}", file=sys.stderr)
         return ExitCode.FAILED
-    for warning in desired.warnings:
+    for warning in (*desired.warnings, *attribute_warnings(desired)):
         print(f"procsupd: warning: {warning}", file=sys.stderr)
     if args.check:
         print(config.describe(desired), end="")  # its text ends with the newline
