@@ -156,6 +156,7 @@ class Identity:
 
 #: No attribute of its own: procsupd's original limits, its nice and OOM score.
 _DEFAULT_ATTRIBUTES = limits.Wanted()
+_NOTHING = limits.Plan()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,17 +256,28 @@ def _nr_open() -> int:
 def room_below(limit: int) -> bool:
     """Whether procsupd's open fds leave FORK_HEADROOM free below `limit`: the kernel gives the
     lowest free fd, so with fewer than `limit - FORK_HEADROOM` open, the next FORK_HEADROOM
-    opens of any thread get numbers below `limit`. Counts at most up to the bound."""
+    opens of any thread get numbers below `limit`. The number of the fd opened to count is the
+    lowest free one (every fd below it is open): a quick no for a daemon that holds many;
+    else the count stops at the bound."""
     bound = limit - limits.FORK_HEADROOM
     if bound <= 0:
         return False
-    count = 0
-    with os.scandir("/proc/self/fd") as it:
-        for _entry in it:
-            count += 1
-            if count > bound:
-                return False
-    return True
+    try:
+        fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if fd >= bound:
+            return False
+        count = 0
+        with os.scandir(fd) as it:
+            for _entry in it:
+                count += 1
+                if count > bound:
+                    return False
+        return True
+    finally:
+        os.close(fd)
 
 
 def _helper(name: str) -> str | None:
@@ -290,6 +302,11 @@ def plan(launch: Launch) -> limits.Plan:
     """How `launch` gets its attributes (see limits.plan); raises SpawnError when procsupd
     cannot give them (`limits.problems`)."""
     want = launch.attributes
+    if want is _DEFAULT_ATTRIBUTES or want == _DEFAULT_ATTRIBUTES:
+        # The common case, cheaply: nothing to do unless procsupd raised its open-files limit.
+        original = _ORIGINAL.get("nofile")
+        if original is None or _pair(resource.getrlimit(resource.RLIMIT_NOFILE)) == original:
+            return _NOTHING
     have = inherited(want)
     trouble = limits.problems(want, have)
     if trouble:
