@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -179,3 +180,30 @@ def test_unprivileged_procsupd_cannot_lower_nice_or_the_oom_score(daemon: Daemon
     assert row["reason"].startswith(f"nice: {own_nice - 1} is below procsupd's own nice"), row
     (row,) = daemon.wait_states("oom", "errored", 1)
     assert row["reason"].startswith("oom_score_adjust: -1000 is below procsupd's own"), row
+
+
+def test_a_cluster_instance_behind_the_helpers_keeps_its_socket_activation_pid(
+        daemon: Daemon) -> None:
+    """The helpers exec the activation shell, which execs the program: LISTEN_PID, the shell's
+    $$, is still the instance's pid, and the inherited socket is still fd 3."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon.write(f"""
+        [apps.web]
+        command = ["sleep", "1000"]
+        exec_mode = "cluster"
+        listen = "tcp://127.0.0.1:{port}"
+        limits = {{ core = 0, nofile = [300, 400] }}
+        oom_score_adjust = {min(1000, oom_of(os.getpid()) + 1)}
+        """)
+    daemon.start()
+    (row,) = daemon.wait_states("web", "running", 1)
+    pid = row["pid"]
+    wait_for(lambda: program_of(pid) == "sleep", 5, "the program's exec")
+    env = dict(item.split("=", 1) for item in
+               Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+    assert env["LISTEN_PID"] == str(pid)
+    assert env["LISTEN_FDS"] == "1"
+    assert os.readlink(f"/proc/{pid}/fd/3").startswith("socket:")
+    assert limits_of(pid)["Max open files"] == ("300", "400")
