@@ -64,9 +64,15 @@ class ExecWatch:
         self.forks: dict[int, int] = {}
         self.exits: dict[int, int] = {}
         self.track_exits: set[int] = set()
+        #: the exec that counts is a child's n-th (2: one helper such as prlimit execs first)
+        self.execs_needed = 1
+        #: where exec counts are not seen (polling): the comm of the program that counts
+        self.program: str | None = None
+        self._exec_counts: dict[int, int] = {}
 
     def reset(self) -> None:
         """Forget what was seen (events already queued are dropped)."""
+        self._exec_counts.clear()
         self.execs.clear()
         self.forks.clear()
         self.exits.clear()
@@ -167,7 +173,9 @@ class NetlinkWatch(ExecWatch):
                     self.forks[c] = ts
             elif what == _PROC_EVENT_EXEC:
                 if a in self.forks and a not in self.execs:
-                    self.execs[a] = ts
+                    n = self._exec_counts[a] = self._exec_counts.get(a, 0) + 1
+                    if n >= self.execs_needed:
+                        self.execs[a] = ts
             elif what == _PROC_EVENT_EXIT and a == b and a in self.track_exits:
                 self.exits[a] = ts
             off += (length + 3) & ~3
@@ -229,7 +237,7 @@ class PollWatch(ExecWatch):
                 self._pending.discard(pid)
                 continue
             self.forks.setdefault(pid, now)
-            if comm != self.parent_comm():
+            if comm != self.parent_comm() and self.program in (None, comm):
                 self.execs[pid] = now
                 self._pending.discard(pid)
             else:

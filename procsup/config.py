@@ -31,7 +31,8 @@ _TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
 
 # AppSpec fields taken from the converted value as is (the rest are resolved below).
 _DIRECT_FIELDS = (
-    "shell", "exec_mode", "inherit_env", "user", "group", "umask", "autorestart",
+    "shell", "exec_mode", "inherit_env", "user", "group", "umask", "limits", "nice",
+    "oom_score_adjust", "autorestart",
     "max_restarts", "min_uptime", "restart_delay", "exp_backoff_restart_delay", "kill_signal",
     "kill_timeout", "merge_logs", "log_date_format", "log_max_size", "log_retain", "log_format",
     "max_memory_restart", "ignore_watch", "cron_restart", "ready", "ready_timeout",

@@ -71,6 +71,18 @@ def raise_nofile() -> None:
             pass
 
 
+def attribute_warnings(desired: Desired) -> list[str]:
+    """`limits`, `nice` or `oom_score_adjust` that this procsupd (its user, its hard limits)
+    cannot give: a valid config (as root it may be fine), but those instances would not start."""
+    out: list[str] = []
+    for name, spec in desired.apps.items():
+        where = f"{spec.source}:{spec.line}: " if spec.line else (
+            f"{spec.source}: " if spec.source else "")
+        out.extend(f"{where}app {name!r}: {problem}: its instances will not start (errored)"
+                   for problem in spawn.problems(spec))
+    return out
+
+
 def prepare_dirs(desired: Desired) -> None:
     d = desired.daemon
     for key, path, mode in (("log_dir", d.log_dir, 0o755), ("state_dir", d.state_dir, 0o700)):
@@ -294,6 +306,7 @@ def run(
 ) -> int:
     """Everything after the process is what it will stay (foreground, or daemonized)."""
     try:
+        spawn.remember_limits()  # the instances' default: what we were started with
         raise_nofile()
         prepare_dirs(desired)
         logger = setup_logging(desired, foreground)
@@ -381,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"procsupd: cannot read config: {exc}", file=sys.stderr)
         return ExitCode.FAILED
-    for warning in (*desired.warnings, *([] if args.foreground else stdio_warnings(desired))):
+    for warning in (*desired.warnings, *attribute_warnings(desired),
+                    *([] if args.foreground else stdio_warnings(desired))):
         print(f"procsupd: warning: {warning}", file=sys.stderr)
     if args.check:
         print(config.describe(desired), end="")  # its text ends with the newline

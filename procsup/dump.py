@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import tomli_w
 
-from procsup import schema, units
+from procsup import limits, schema, units
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode, RestartPolicy
 
 #: Keys that `dump` never writes: their effect is already merged into other keys.
@@ -114,6 +114,14 @@ def _command(app: AppSpec) -> str | list[str]:
     return app.command[2]
 
 
+def _limits(app: AppSpec) -> dict[str, object] | None:
+    def value(n: int) -> int | str:
+        return "unlimited" if n == limits.UNLIMITED else n
+
+    return {name: value(soft) if soft == hard else [value(soft), value(hard)]
+            for name, soft, hard in app.limits} or None
+
+
 def _autorestart(policy: RestartPolicy) -> bool | str:
     if policy is RestartPolicy.ALWAYS:
         return True
@@ -155,6 +163,9 @@ _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
     "user": lambda a: a.user,
     "group": lambda a: a.group,
     "umask": lambda a: _mode(a.umask),
+    "limits": _limits,
+    "nice": lambda a: a.nice,
+    "oom_score_adjust": lambda a: a.oom_score_adjust,
     "autorestart": lambda a: _autorestart(a.autorestart),
     "max_restarts": lambda a: a.max_restarts,
     "min_uptime": lambda a: _duration(a.min_uptime),

@@ -87,6 +87,11 @@ class AppSpec:
     user: str | None = None
     group: str | None = None
     umask: int | None = None
+    #: (resource, soft, hard) in `limits.RESOURCES` order, -1 (RLIM_INFINITY) = unlimited; only
+    #: the resources the app names (the others, and nofile when absent, are as procsupd's own)
+    limits: tuple[tuple[str, int, int], ...] = ()
+    nice: int | None = None  # None: procsupd's own
+    oom_score_adjust: int | None = None  # None: procsupd's own
     autorestart: RestartPolicy = RestartPolicy.ALWAYS
     max_restarts: int = 15
     min_uptime: float = 1.0

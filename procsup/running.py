@@ -316,6 +316,7 @@ class Processes:
                 spawn.Launch(
                     argv=argv, env=env, cwd=spec.cwd, identity=ident, umask=spec.umask,
                     stdout=out_fds["out"], stderr=out_fds["err"], pass_fds=pass_fds,
+                    attributes=spawn.wanted(spec),
                 )
             )
         except (spawn.SpawnError, OSError) as exc:
@@ -359,7 +360,8 @@ class Processes:
         try:
             ident = spawn.Identity.resolve(spec.user, spec.group)
             launch = spawn.Launch(argv=argv, env=self._env(iid, spec, ident, {
-                "PROCSUP_PID": str(pid)}), cwd=spec.cwd, identity=ident, umask=spec.umask)
+                "PROCSUP_PID": str(pid)}), cwd=spec.cwd, identity=ident, umask=spec.umask,
+                attributes=spawn.wanted(spec))
             done = await spawn.run_bounded(launch, spec.health_timeout, running=self._checks)
         except spawn.SpawnError as exc:
             return f"cannot run the check: {exc.reason}"

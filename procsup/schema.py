@@ -18,7 +18,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 
-from procsup import cron, units
+from procsup import cron, limits, units
 from procsup.model import Condition, ExecMode, RestartPolicy
 
 #: App names: `[apps.NAME]`. "all" is reserved for `procsup start all`. The name is part of
@@ -196,6 +196,60 @@ def _mode(value: object) -> int:
 
 def _signal(value: object) -> int:
     return units.parse_signal(value)
+
+
+def _limit_value(name: str, value: object) -> int:
+    """One limit of resource `name`: an integer >= 0, "unlimited", or for a byte resource a
+    size ("512M")."""
+    if value == "unlimited":
+        return limits.UNLIMITED
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueProblem(f"{name}: must be >= 0 or \"unlimited\", got {value}", subkey=name)
+        return value
+    if isinstance(value, str) and name in limits.BYTE_RESOURCES:
+        try:
+            return units.parse_size(value)
+        except ValueError as exc:
+            raise ValueProblem(f"{name}: {exc}", subkey=name) from None
+    what = 'an integer, a size or "unlimited"' if name in limits.BYTE_RESOURCES else (
+        'an integer or "unlimited"')
+    got = repr(value) if isinstance(value, str) else type_name(value)
+    raise ValueProblem(f"{name}: expected {what}, got {got}", subkey=name)
+
+
+def _limits(value: object) -> tuple[tuple[str, int, int], ...]:
+    """`{ nofile = 4096, core = [0, "unlimited"] }`: resource -> one value (soft = hard) or
+    [soft, hard]; in `limits.RESOURCES` order."""
+    assert isinstance(value, dict)
+    pairs: dict[str, tuple[int, int]] = {}
+    for name, item in value.items():
+        if name not in limits.RESOURCES:
+            close = suggest(name, limits.RESOURCES)
+            hint = f"; did you mean {close!r}?" if close else (
+                f" (known: {', '.join(limits.RESOURCES)})")
+            raise ValueProblem(f"unknown resource {name!r}{hint}", subkey=name)
+        if isinstance(item, list):
+            if len(item) != 2:
+                raise ValueProblem(f"{name}: expected [soft, hard], got {len(item)} items",
+                                   subkey=name)
+            soft, hard = (_limit_value(name, v) for v in item)
+            if limits.above(soft, hard):
+                raise ValueProblem(f"{name}: soft limit {limits.text(soft)} is above the hard "
+                                   f"limit {limits.text(hard)}", subkey=name)
+        else:
+            soft = hard = _limit_value(name, item)
+        pairs[name] = (soft, hard)
+    return tuple((n, *pairs[n]) for n in limits.RESOURCES if n in pairs)
+
+
+def _ranged(low: int, high: int) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        assert isinstance(value, int)
+        if not low <= value <= high:
+            raise ValueProblem(f"must be {low}..{high}, got {value}")
+        return value
+    return convert
 
 
 def _profile(value: object) -> str:
@@ -548,6 +602,16 @@ APP_KEYS: Mapping[str, Key] = _rows(
         "run with this group", default_doc="the user's primary group"),
     Key("umask", _S, "string (octal)", None, _mode,
         "umask of the app's processes", default_doc="the daemon's umask"),
+    Key("limits", (dict,), 'table of resource = N, "unlimited" or [soft, hard]', None, _limits,
+        "rlimits of the app's processes (setrlimit names: nofile, nproc, core, as, ...; one "
+        "value sets soft and hard)",
+        default_doc="procsupd's limits as it was started (not the open-files limit it raised "
+        "for itself)"),
+    Key("nice", _I, "integer -20..19", None, _ranged(*limits.NICE_RANGE),
+        "scheduling niceness of the app's processes", default_doc="procsupd's own"),
+    Key("oom_score_adjust", _I, "integer -1000..1000", None, _ranged(*limits.OOM_RANGE),
+        "oom_score_adj of the app's processes (-1000: never killed for memory)",
+        default_doc="procsupd's own"),
     Key("autorestart", (bool, str), 'true, false or "on-failure"', True, _autorestart,
         'restart when it ends: always (true), never (false), or "on-failure" only'),
     Key("max_restarts", _I, "integer >= 0", 15, _non_negative_int,

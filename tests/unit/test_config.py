@@ -1182,6 +1182,9 @@ APP_DEFAULTS: dict[str, tuple[str | None, object]] = {
     "user": (None, None),
     "group": (None, None),
     "umask": (None, None),
+    "limits": ("{}", ()),
+    "nice": (None, None),
+    "oom_score_adjust": (None, None),
     "autorestart": ("true", RestartPolicy.ALWAYS),
     "max_restarts": ("15", 15),
     "min_uptime": ('"1s"', 1.0),
@@ -1607,3 +1610,57 @@ def test_journal_target_needs_a_journal_socket(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")  # something else at the path is no journal either
     err = load_error(tmp_path, text, environ={"PROCSUP_JOURNAL_SOCKET": str(tmp_path / "fifo")})
     assert err.key == "out_file"
+
+
+# -- limits, nice, oom_score_adjust ----------------------------------------------------------
+
+INF = -1  # resource.RLIM_INFINITY
+
+LIMITS_VALID = [
+    ("limits = { nofile = 4096 }", "limits", (("nofile", 4096, 4096),)),
+    ('limits = { nofile = [1024, 4096], core = "unlimited" }', "limits",
+     (("core", INF, INF), ("nofile", 1024, 4096))),
+    ('limits = { core = [0, "unlimited"] }', "limits", (("core", 0, INF),)),
+    ('limits = { as = "1G", stack = "8M" }', "limits",
+     (("as", 1 << 30, 1 << 30), ("stack", 8 << 20, 8 << 20))),
+    ("limits = { nproc = 512, cpu = 0 }", "limits", (("cpu", 0, 0), ("nproc", 512, 512))),
+    ("limits = {}", "limits", ()),
+    ("nice = -20", "nice", -20),
+    ("nice = 19", "nice", 19),
+    ("oom_score_adjust = -1000", "oom_score_adjust", -1000),
+    ("oom_score_adjust = 1000", "oom_score_adjust", 1000),
+]
+
+
+@pytest.mark.parametrize(("snippet", "field", "expected"), LIMITS_VALID)
+def test_limits_nice_oom_valid(tmp_path: Path, snippet: str, field: str, expected: object) -> None:
+    assert getattr(load_app(tmp_path, snippet), field) == expected
+
+
+LIMITS_INVALID = [
+    ("limits = { nofiles = 3 }", "limits", "unknown resource 'nofiles'; did you mean 'nofile'?"),
+    ("limits = { zzz = 3 }", "limits", "unknown resource 'zzz' (known: as, core,"),
+    ("limits = { nofile = [8192, 4096] }", "limits",
+     "nofile: soft limit 8192 is above the hard limit 4096"),
+    ('limits = { nofile = ["unlimited", 4096] }', "limits",
+     "nofile: soft limit unlimited is above the hard limit 4096"),
+    ("limits = { nofile = [1, 2, 3] }", "limits", "nofile: expected [soft, hard], got 3 items"),
+    ("limits = { nofile = -1 }", "limits", 'nofile: must be >= 0 or "unlimited", got -1'),
+    ('limits = { nofile = "4K" }', "limits",
+     "nofile: expected an integer or \"unlimited\", got '4K'"),
+    ('limits = { core = "lots" }', "limits", "core: "),
+    ("limits = { nofile = true }", "limits", "nofile: expected an integer or \"unlimited\", got "
+     "boolean"),
+    ("limits = 4096", "limits", "expected table of resource"),
+    ("nice = 20", "nice", "must be -20..19, got 20"),
+    ("nice = -21", "nice", "must be -20..19, got -21"),
+    ('nice = "5"', "nice", "expected integer -20..19, got string"),
+    ("oom_score_adjust = 1001", "oom_score_adjust", "must be -1000..1000, got 1001"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "key", "message"), LIMITS_INVALID)
+def test_limits_nice_oom_invalid(tmp_path: Path, snippet: str, key: str, message: str) -> None:
+    err = load_error(tmp_path, f'[apps.a]\ncommand = "x"\n{snippet}\n')
+    assert (err.app, err.key, err.line) == ("a", key, 3)
+    assert message in err.message, err.message

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from procsup import config, schema
+from procsup import config, limits, schema
 from procsup.dump import MERGED_APP_KEYS, MERGED_DAEMON_KEYS, dump
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode, RestartPolicy
 
@@ -121,6 +121,9 @@ env = { A = "1" }
 user = "u"
 group = "g"
 umask = "077"
+limits = { nofile = 4096, core = [0, "unlimited"], as = "1G" }
+nice = 5
+oom_score_adjust = -100
 exp_backoff_restart_delay = "1s"
 log_date_format = "%H"
 log_max_size = "1M"
@@ -403,6 +406,19 @@ _env = st.dictionaries(
 
 
 @st.composite
+def _limits(draw: st.DrawFn) -> tuple[tuple[str, int, int], ...]:
+    names = draw(st.sets(st.sampled_from(list(limits.RESOURCES)), max_size=3))
+    value = st.just(limits.UNLIMITED) | st.integers(min_value=0, max_value=1 << 40)
+    out = []
+    for name in limits.RESOURCES:
+        if name in names:
+            a, b = draw(value), draw(value)
+            soft, hard = (b, a) if limits.above(a, b) else (a, b)
+            out.append((name, soft, hard))
+    return tuple(out)
+
+
+@st.composite
 def _apps(draw: st.DrawFn) -> AppSpec:
     notify = draw(st.booleans())
     shell = draw(st.booleans())
@@ -416,6 +432,9 @@ def _apps(draw: st.DrawFn) -> AppSpec:
         env=draw(_env),
         inherit_env=draw(st.booleans()),
         umask=draw(st.none() | st.integers(min_value=0, max_value=0o777)),
+        limits=draw(_limits()),
+        nice=draw(st.none() | st.integers(min_value=-20, max_value=19)),
+        oom_score_adjust=draw(st.none() | st.integers(min_value=-1000, max_value=1000)),
         autorestart=draw(st.sampled_from(list(RestartPolicy))),
         max_restarts=draw(st.integers(min_value=0, max_value=1000)),
         min_uptime=draw(_seconds),

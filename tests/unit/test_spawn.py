@@ -4,16 +4,18 @@ time limit (the whole group killed), cancellation, and a loop that keeps turning
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from procsup import spawn
+from procsup import limits, spawn
 
 T = TypeVar("T")
 LIMIT = 20.0  # every test's loop is bounded by it
@@ -151,3 +153,143 @@ def test_a_command_that_cannot_start_raises_spawn_error(tmp_path: Path) -> None:
     with pytest.raises(spawn.SpawnError, match="cwd not found"):
         run(spawn.run_bounded(job, 5))
     assert len(os.listdir("/proc/self/fd")) == fds  # no pipe end left open by a failed start
+
+
+# -- limits, nice, oom_score_adjust: what the child gets, and how -----------------------------
+
+
+def _limits_of(pid: int, name: str) -> tuple[str, str]:
+    """(soft, hard) of /proc/PID/limits row `name` ("Max open files")."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith(name):
+            soft, hard = line[len(name):].split()[:2]
+            return soft, hard
+    raise AssertionError(f"no {name!r} in /proc/{pid}/limits")
+
+
+def _program(pid: int) -> str:
+    """The program `pid` runs, once it exec'd past any helper (bounded wait)."""
+    deadline = time.monotonic() + 5
+    while True:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        if comm == "sleep" or time.monotonic() > deadline:
+            return comm
+        time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def _started_with_nofile(soft: int) -> Iterator[None]:
+    """As procsupd: started with soft RLIMIT_NOFILE `soft`, then raised; restored after."""
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    original = dict(spawn._ORIGINAL)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, saved[1]))
+        spawn.remember_limits()
+        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+        spawn._ORIGINAL.clear()
+        spawn._ORIGINAL.update(original)
+
+
+@contextlib.contextmanager
+def _child(launch: spawn.Launch) -> Iterator[int]:
+    proc = spawn.start(launch)
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+_SLEEP = ("sleep", "100")
+
+
+def _hard_nofile() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+needs_room = pytest.mark.skipif(
+    _hard_nofile() != resource.RLIM_INFINITY and _hard_nofile() < 512,
+    reason="the open-files hard limit leaves no room to start lower")
+
+
+@needs_room
+def test_default_is_the_original_open_files_limit_held_around_the_fork() -> None:
+    with _started_with_nofile(256):
+        before = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert spawn.plan(spawn.Launch(_SLEEP, env=os.environ)) == limits.Plan(
+            nofile=(256, before[1]))
+        with _child(spawn.Launch(_SLEEP, env=os.environ)) as pid:
+            assert _limits_of(pid, "Max open files")[0] == "256"
+            assert _program(pid) == "sleep"
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == before  # put back
+
+
+@needs_room
+def test_default_without_room_below_the_original_uses_prlimit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spawn, "room_below", lambda limit: False)
+    with _started_with_nofile(256), _child(spawn.Launch(_SLEEP, env=os.environ)) as pid:
+        assert _program(pid) == "sleep"  # the helper exec'd the program: same pid
+        assert _limits_of(pid, "Max open files")[0] == "256"
+
+
+def _fd_table_size() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("FDSize:"):
+            return int(line.split()[1])
+    raise AssertionError("no FDSize in /proc/self/status")
+
+
+def test_room_below_the_fd_table_size_or_the_count_of_open_fds() -> None:
+    assert spawn.room_below(_fd_table_size() + limits.FORK_HEADROOM)  # the quick test
+    count = len(os.listdir("/proc/self/fd"))
+    if count + limits.FORK_HEADROOM + 1 < _fd_table_size() + limits.FORK_HEADROOM:
+        assert spawn.room_below(count + limits.FORK_HEADROOM + 1)  # counted
+    assert not spawn.room_below(count + limits.FORK_HEADROOM - 2)
+    assert not spawn.room_below(10)
+
+
+def test_app_limits_nice_and_oom_score() -> None:
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    own_oom = int(Path("/proc/self/oom_score_adj").read_text())
+    want = limits.Wanted({"core": (0, 0), "nofile": (200, 300)}, nice=min(19, own_nice + 3),
+                         oom_score_adjust=min(1000, own_oom + 100))
+    with _child(spawn.Launch(_SLEEP, env=os.environ, attributes=want)) as pid:
+        assert _program(pid) == "sleep"
+        assert _limits_of(pid, "Max open files") == ("200", "300")
+        assert _limits_of(pid, "Max core file size") == ("0", "0")
+        assert os.getpriority(os.PRIO_PROCESS, pid) == want.nice
+        assert int(Path(f"/proc/{pid}/oom_score_adj").read_text()) == want.oom_score_adjust
+
+
+def test_a_missing_helper_is_a_clear_spawn_error(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    monkeypatch.setattr(spawn, "_HELPER_PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(spawn, "_helpers", {})
+    want = limits.Wanted({"core": (0, 0), "nproc": (100, 100)})
+    with pytest.raises(spawn.SpawnError) as info:
+        spawn.start(spawn.Launch(_SLEEP, env=os.environ, attributes=want))
+    assert info.value.reason == (
+        "cannot set limits.core, limits.nproc: prlimit (util-linux) is not installed")
+    assert not info.value.transient
+
+
+def test_behind_a_helper_a_missing_program_is_still_not_found() -> None:
+    want = limits.Wanted({"core": (0, 0)})
+    with pytest.raises(spawn.SpawnError) as info:
+        spawn.start(spawn.Launch(("no-such-program-x",), env=os.environ, attributes=want))
+    assert info.value.reason == "executable not found: no-such-program-x"
+
+
+def test_what_procsupd_cannot_grant_is_a_final_spawn_error() -> None:
+    hard = _hard_nofile()
+    want = limits.Wanted({"nofile": (8, limits.UNLIMITED)}) if hard != limits.UNLIMITED else (
+        limits.Wanted({"nofile": (8, 1 << 40)}))
+    with pytest.raises(spawn.SpawnError) as info:
+        spawn.start(spawn.Launch(_SLEEP, env=os.environ, attributes=want))
+    assert info.value.reason.startswith("limits.nofile: ")
+    assert not info.value.transient
