@@ -35,6 +35,7 @@ HEAVY = (
     "tomllib", "typing", "datetime", "decimal", "signal", "pathlib", "urllib.parse",
     "ipaddress", "asyncio", "dataclasses", "subprocess", "threading", "psutil",
     "procsup.paths", "procsup.units", "procsup.importers", "procsup.config", "procsup.schema",
+    "procsup.cgroups",
 )
 
 _PROBE = """
