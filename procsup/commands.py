@@ -45,11 +45,14 @@ def _completed(v: View) -> bool:
 class Commands:
     """Implements `control.Commands` on top of the engine and the applier."""
 
-    def __init__(self, engine: Supervisor, applier: Applier, *, follow: Follow) -> None:
+    def __init__(self, engine: Supervisor, applier: Applier, *, follow: Follow,
+                 cgroups: bool = False) -> None:
         self.engine = engine
         self.applier = applier
         self.follow = follow
         self.metrics = metrics.Metrics()
+        #: whether the process layer runs each instance in a cgroup of its own (`version`)
+        self.cgroups = cgroups
 
     async def dispatch(self, cmd: str, args: dict[str, Any], peer: object, send: Send) -> object:
         handler = getattr(self, f"cmd_{cmd}", None)
@@ -136,7 +139,7 @@ class Commands:
         return {"pong": True, "pid": os.getpid(), "version": __version__}
 
     async def cmd_version(self, args: dict[str, Any], send: Send) -> object:
-        return {"version": __version__, "protocol": VERSION}
+        return {"version": __version__, "protocol": VERSION, "cgroups": self.cgroups}
 
     def _dependencies(self, views: list[View]) -> list[Ref]:
         """The instances a start of `views` brings up first (contract: "start APP also starts
