@@ -47,7 +47,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from procsup import procfs
-from procsup.errors import ProcsupError
+from procsup.errors import ConfigError, ProcsupError
+from procsup.model import AppSpec
 
 _T = TypeVar("_T")
 
@@ -57,12 +58,16 @@ __all__ = [
     "Group",
     "Hierarchy",
     "Limits",
+    "Support",
     "Tree",
+    "app_warnings",
     "find",
+    "limits_of",
     "open_tree",
     "own_dir",
     "parse_mountinfo",
     "parse_proc_cgroup",
+    "probe",
 ]
 
 #: The app keys that set a controller, and the controller each needs.
@@ -216,6 +221,11 @@ class Limits:
 
     def controllers(self) -> frozenset[str]:
         return frozenset(name.partition(".")[0] for name in self.files())
+
+
+def limits_of(spec: AppSpec) -> Limits:
+    """The controller settings an app asks for (its `memory_max`, `cpu_weight`, `pids_max`)."""
+    return Limits(spec.memory_max, spec.cpu_weight, spec.pids_max)
 
 
 class Events:
@@ -575,3 +585,57 @@ def open_tree(name: str, *, hierarchy: Hierarchy | None = None,
     except OSError as exc:
         raise CgroupError(f"cannot create cgroup {base}: {exc.strerror or exc}") from None
     return Tree(h, base, can_enable=can_enable, home=home)
+
+
+@dataclasses.dataclass(frozen=True)
+class Support:
+    """What procsupd could do here, found without creating anything (`probe`): `reason` is
+    why it cannot create cgroups (None: it can), `offered` the controllers its runs could
+    get."""
+
+    reason: str | None
+    offered: frozenset[str] = frozenset()
+
+
+def probe(hierarchy: Hierarchy | None = None) -> Support:
+    """Whether procsupd, in the cgroup this process is in, could create cgroups, and which
+    controllers it could give its runs (the decisions of `open_tree`, made without writing):
+    those its cgroup offers where it could enable them (the root, or procsupd alone in its
+    cgroup, as under systemd's Delegate=yes), else those already enabled for its children."""
+    h = hierarchy if hierarchy is not None else find()
+    if h is None:
+        return Support("no cgroup2 hierarchy shows procsupd's cgroup (not mounted, or a cgroup "
+                       "v1 system)")
+    if not (os.access(h.own, os.W_OK) and os.access(os.path.join(h.own, "cgroup.procs"),
+                                                    os.W_OK)):
+        return Support(f"procsupd cannot write its cgroup {h.own} (run it as root, or under "
+                       "systemd with Delegate=yes)")
+    alone = h.own_is_root or not set(Group(h.own).pids()) - {os.getpid()}
+    offered = _words(os.path.join(h.own, "cgroup.controllers" if alone
+                                  else "cgroup.subtree_control"))
+    return Support(None, offered)
+
+
+def app_warnings(apps: Mapping[str, AppSpec], support: Support,
+                 setting: str | bool = "auto") -> list[str]:
+    """The `procsupd --check` (and start-up) warnings for apps whose cgroup keys will have no
+    effect: cgroups are off (`setting` false), procsupd cannot create them, or the hierarchy
+    does not offer the controller. Located like config warnings (`file:line: app, key`)."""
+    out = []
+    for name, spec in apps.items():
+        for key, controller in KEY_CONTROLLER.items():
+            if getattr(spec, key) is None:
+                continue
+            if setting is False:
+                why = "[procsup] cgroups = false: it has no effect"
+            elif support.reason is not None:
+                why = f"procsupd cannot create cgroups here ({support.reason}): it has no effect"
+            elif controller not in support.offered:
+                offered = " ".join(sorted(support.offered)) or "none"
+                why = (f"the cgroup hierarchy does not offer the {controller} controller "
+                       f"(offered: {offered}): it has no effect")
+            else:
+                continue
+            out.append(str(ConfigError(why, file=spec.source, line=spec.line, app=name,
+                                       key=key)))
+    return out

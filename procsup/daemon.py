@@ -21,7 +21,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, paths, pidfile, statefile, systemd
+from procsup import __version__, cgroups, config, paths, pidfile, statefile, systemd
 from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
@@ -79,6 +79,22 @@ def prepare_dirs(desired: Desired) -> None:
         except OSError as exc:
             raise ProcsupError(
                 f"[procsup] {key}: cannot create {path}: {exc.strerror or exc}") from None
+
+
+def cgroup_warnings(desired: Desired) -> list[str]:
+    """cgroups (issue 13): the apps' cgroup keys that will have no effect here (cgroups off,
+    none to be had, a controller the hierarchy does not offer). With `[procsup] cgroups =
+    true` and no cgroups to be had, ProcsupError says why. Reads /proc and the cgroup tree
+    only when something asks for cgroups."""
+    setting = desired.daemon.cgroups
+    wanted = any(getattr(spec, key) is not None
+                 for spec in desired.apps.values() for key in cgroups.KEY_CONTROLLER)
+    if setting is False or not (wanted or setting is True):
+        return cgroups.app_warnings(desired.apps, cgroups.Support(None), setting)
+    support = cgroups.probe()
+    if setting is True and support.reason is not None:
+        raise ProcsupError(f"[procsup] cgroups = true, but {support.reason}")
+    return cgroups.app_warnings(desired.apps, support, setting)
 
 
 def check_runtime_dirs(desired: Desired) -> None:
@@ -358,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILED
     for warning in desired.warnings:
         print(f"procsupd: warning: {warning}", file=sys.stderr)
+    try:
+        for warning in cgroup_warnings(desired):
+            print(f"procsupd: warning: {warning}", file=sys.stderr)
+    except ProcsupError as exc:
+        print(f"procsupd: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
     if args.check:
         print(config.describe(desired), end="")  # its text ends with the newline
         return ExitCode.OK

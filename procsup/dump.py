@@ -142,6 +142,7 @@ _DAEMON_WRITERS: Mapping[str, Callable[[DaemonSpec], object]] = {
     "env": lambda d: None,  # the active profile, which dump() takes from `Desired`
     "watch_config": lambda d: d.watch_config,
     "shutdown_timeout": lambda d: _duration(d.shutdown_timeout),
+    "cgroups": lambda d: d.cgroups,
 }
 
 _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
@@ -169,6 +170,9 @@ _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
     "log_max_size": lambda a: _size(a.log_max_size),
     "log_retain": lambda a: a.log_retain,
     "max_memory_restart": lambda a: _size(a.max_memory_restart),
+    "memory_max": lambda a: _size(a.memory_max),
+    "cpu_weight": lambda a: a.cpu_weight,
+    "pids_max": lambda a: a.pids_max,
     # Absolute paths, so `true` (= cwd) is written as the list it resolved to.
     "watch": lambda a: list(a.watch) if a.watch else False,
     "ignore_watch": lambda a: list(a.ignore_watch),

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -308,3 +309,38 @@ def test_open_tree_moves_a_lone_procsupd_into_a_leaf(tree: cgroups.Tree) -> None
             _wait(lambda p=path: not cgroups.Group(p).populated())  # type: ignore[misc]
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+def _check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp_path / "apps.toml"
+    conf.write_text(f'[procsup]\nstate_dir = "{tmp_path}/state"\n{text}')
+    return subprocess.run([sys.executable, "-m", "procsup.daemon", "--check", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_check_warns_where_the_hierarchy_lacks_a_controller(tmp_path: Path) -> None:
+    support = cgroups.probe()
+    r = _check(tmp_path, '[apps.web]\ncommand = "sleep 1"\nmemory_max = "64M"\n'
+                         "cpu_weight = 50\npids_max = 8\n")
+    assert r.returncode == 0, r.stderr
+    for key, controller in cgroups.KEY_CONTROLLER.items():
+        line = next((w for w in r.stderr.splitlines() if f"key {key!r}" in w), None)
+        if support.reason is None and controller in support.offered:
+            assert line is None, r.stderr
+        else:
+            assert line is not None and "it has no effect" in line, r.stderr
+            assert "apps.toml:4: app 'web'" in line or "apps.toml:3: app 'web'" in line
+    assert "web" in r.stdout  # the apps it would run, as ever
+
+
+def test_check_says_nothing_without_cgroup_keys(tmp_path: Path) -> None:
+    r = _check(tmp_path, '[apps.web]\ncommand = "sleep 1"\n')
+    assert r.returncode == 0 and "cgroup" not in r.stderr, r.stderr
+
+
+def test_cgroups_true_fails_where_there_are_none(tmp_path: Path) -> None:
+    r = _check(tmp_path, 'cgroups = true\n[apps.web]\ncommand = "sleep 1"\n')
+    if cgroups.probe().reason is None:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 1 and "cgroups = true, but" in r.stderr, r.stderr

@@ -3,9 +3,13 @@ module writes (pure; tests/integration/test_cgroups.py runs real processes in re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from procsup import cgroups
+from procsup import cgroups, config, reconcile
+from procsup.errors import ConfigError
+from procsup.model import AppSpec, Desired
 
 V1_AND_V2 = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -96,3 +100,95 @@ def test_limits_write_only_what_is_set() -> None:
                               "pids.max": "64"}
     assert limits.controllers() == {"memory", "cpu", "pids"}
     assert set(cgroups.KEY_CONTROLLER.values()) == limits.controllers()
+
+
+# -- the config keys --------------------------------------------------------------------------
+
+
+def _load(tmp_path: Path, text: str) -> Desired:
+    path = tmp_path / "apps.toml"
+    path.write_text(text)
+    return config.load(str(path), uid=0, environ={})
+
+
+@pytest.mark.parametrize(("snippet", "field", "want"), [
+    ('memory_max = "1G"', "memory_max", 1 << 30),
+    ("memory_max = 4096", "memory_max", 4096),
+    ("cpu_weight = 1", "cpu_weight", 1),
+    ("cpu_weight = 10000", "cpu_weight", 10000),
+    ("pids_max = 512", "pids_max", 512),
+    ("", "memory_max", None),
+    ("", "cpu_weight", None),
+    ("", "pids_max", None),
+])
+def test_app_keys(tmp_path: Path, snippet: str, field: str, want: int | None) -> None:
+    app = _load(tmp_path, f'[apps.a]\ncommand = "x"\n{snippet}\n').apps["a"]
+    assert getattr(app, field) == want
+
+
+@pytest.mark.parametrize(("snippet", "message"), [
+    ("memory_max = 0", "greater than zero"),
+    ('memory_max = "lots"', "memory_max"),
+    ("cpu_weight = 0", "1..10000"),
+    ("cpu_weight = 10001", "1..10000"),
+    ('cpu_weight = "100"', "expected integer"),
+    ("pids_max = 0", ">= 1"),
+    ("pids_max = true", "expected integer"),
+])
+def test_app_keys_refused(tmp_path: Path, snippet: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        _load(tmp_path, f'[apps.a]\ncommand = "x"\n{snippet}\n')
+    assert info.value.key == snippet.partition(" ")[0] and info.value.line == 3
+
+
+@pytest.mark.parametrize(("snippet", "want"), [
+    ("", "auto"), ('cgroups = "auto"', "auto"), ("cgroups = false", False),
+    ("cgroups = true", True),
+])
+def test_daemon_setting(tmp_path: Path, snippet: str, want: str | bool) -> None:
+    assert _load(tmp_path, f"[procsup]\n{snippet}\n").daemon.cgroups == want
+
+
+def test_daemon_setting_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match='expected "auto", true or false'):
+        _load(tmp_path, '[procsup]\ncgroups = "yes"\n')
+
+
+def test_a_changed_setting_takes_a_daemon_restart() -> None:
+    assert "cgroups" in reconcile.RESTART_DAEMON_KEYS
+
+
+APPS = {
+    "web": AppSpec("web", ("x",), memory_max=1 << 30, pids_max=10, source="/c.toml", line=4),
+    "plain": AppSpec("plain", ("x",)),
+}
+
+
+@pytest.mark.parametrize(("support", "setting", "want"), [
+    # everything offered: nothing to say
+    (cgroups.Support(None, frozenset({"memory", "pids"})), "auto", []),
+    (cgroups.Support(None, frozenset({"pids"})), "auto",
+     ["/c.toml:4: app 'web', key 'memory_max': the cgroup hierarchy does not offer the memory "
+      "controller (offered: pids): it has no effect"]),
+    (cgroups.Support(None), "auto",
+     ["/c.toml:4: app 'web', key 'memory_max': the cgroup hierarchy does not offer the memory "
+      "controller (offered: none): it has no effect",
+      "/c.toml:4: app 'web', key 'pids_max': the cgroup hierarchy does not offer the pids "
+      "controller (offered: none): it has no effect"]),
+    (cgroups.Support("no cgroup2 hierarchy"), "auto",
+     ["/c.toml:4: app 'web', key 'memory_max': procsupd cannot create cgroups here (no cgroup2 "
+      "hierarchy): it has no effect",
+      "/c.toml:4: app 'web', key 'pids_max': procsupd cannot create cgroups here (no cgroup2 "
+      "hierarchy): it has no effect"]),
+    (cgroups.Support(None, frozenset({"memory", "pids"})), False,
+     ["/c.toml:4: app 'web', key 'memory_max': [procsup] cgroups = false: it has no effect",
+      "/c.toml:4: app 'web', key 'pids_max': [procsup] cgroups = false: it has no effect"]),
+])
+def test_check_warns_of_keys_without_effect(
+        support: cgroups.Support, setting: str | bool, want: list[str]) -> None:
+    assert cgroups.app_warnings(APPS, support, setting) == want
+
+
+def test_limits_of_an_app() -> None:
+    assert cgroups.limits_of(APPS["web"]) == cgroups.Limits(memory_max=1 << 30, pids_max=10)
+    assert cgroups.limits_of(APPS["plain"]) == cgroups.Limits()
