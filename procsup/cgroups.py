@@ -509,6 +509,42 @@ class Tree:
             group.set_limits(limits)
         return result
 
+    def start(self, app: str, index: int, limits: Limits,
+              start: Callable[[], _T]) -> tuple[_T, Group | None, str | None]:
+        """`start()` born in a new group of run `app:index` with `limits`: its result, the
+        group, and a warning (None when all went as asked). A cgroup problem never keeps an
+        instance from starting: a controller that cannot be had leaves the run in a group
+        without limits, a group that cannot be made or entered leaves it outside any (the
+        warning says which). What `start` raises is raised, the empty group removed."""
+        warning = None
+        try:
+            group = self.create(app, index, limits)
+        except CgroupError as exc:
+            warning, limits = f"{exc.reason}: it runs without its cgroup limits", Limits()
+            try:
+                group = self.create(app, index)
+            except CgroupError as again:
+                return start(), None, f"{again.reason}: it runs outside any cgroup"
+        try:
+            group.place(os.getpid())
+        except (CgroupError, ProcessLookupError) as exc:
+            group.remove()
+            return start(), None, f"{exc}: it runs outside any cgroup"
+        try:
+            result = start()
+        except BaseException:
+            self._go_home(group)
+            group.remove()
+            raise
+        finally:
+            if os.getpid() in group.pids():
+                self._go_home(group)
+        try:
+            group.set_limits(limits)
+        except CgroupError as exc:
+            warning = f"{exc.reason}: it runs without its cgroup limits"
+        return result, group, warning
+
     def _go_home(self, group: Group) -> None:
         last: BaseException | None = None
         for _ in range(3):

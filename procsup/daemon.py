@@ -97,6 +97,23 @@ def cgroup_warnings(desired: Desired) -> list[str]:
     return cgroups.app_warnings(desired.apps, support, setting)
 
 
+def open_cgroups(desired: Desired, logger: logging.Logger) -> cgroups.Tree | None:
+    """cgroups (issue 13): the daemon's base cgroup per `[procsup] cgroups`, or None (process
+    groups only; the reason logged). With `cgroups = true` and none to be had, ProcsupError."""
+    setting = desired.daemon.cgroups
+    if setting is False:
+        return None
+    try:
+        tree = cgroups.open_tree(statefile.daemon_marker(desired.daemon.state_dir))
+    except cgroups.CgroupError as exc:
+        if setting is True:
+            raise ProcsupError(f"[procsup] cgroups = true, but {exc.reason}") from None
+        logger.info("instances run without cgroups: %s", exc.reason)
+        return None
+    logger.info("each instance runs in a cgroup of its own under %s", tree.base)
+    return tree
+
+
 def check_runtime_dirs(desired: Desired) -> None:
     """Create the directories of the control socket and the pidfile (0755) and refuse to use
     one that someone else could tamper with: owned by another user than us or root, or writable
@@ -175,7 +192,7 @@ async def serve(
     )
     state_dir = desired.daemon.state_dir
     disabled = read_disabled(state_dir)  # before the first apply: no disabled app starts
-    processes = _Layer(loop, logger, state_dir)
+    processes = _Layer(loop, logger, state_dir, open_cgroups(desired, logger))
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
     layer = processes.layer
     applier = Applier(engine, desired, profile_override=profile, disabled=disabled,
@@ -189,7 +206,8 @@ async def serve(
 
     server = ControlServer(
         desired.daemon.socket,
-        Commands(engine, applier, follow=layer.follow),
+        Commands(engine, applier, follow=layer.follow, cgroups=layer.cgroups is not None,
+                 cgroup_memory=layer.cgroup_memory if layer.cgroups is not None else None),
         mode=desired.daemon.socket_mode,
         group_gid=socket_gid(desired),
         logger=logger,
@@ -234,14 +252,16 @@ class _Layer:
     """The process layer, made when the engine hands it its report callback (`bind`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, logger: logging.Logger,
-                 state_dir: str) -> None:
+                 state_dir: str, cgroup_tree: cgroups.Tree | None = None) -> None:
         self.loop, self.logger, self.state_dir = loop, logger, state_dir
+        self.cgroup_tree = cgroup_tree
         self._layer: Processes | None = None
 
     def bind(self, report: Report) -> Processes:
         self._layer = Processes(
             self.loop, self.logger, report, environ=dict(os.environ),
-            marker=statefile.daemon_marker(self.state_dir), state_dir=self.state_dir)
+            marker=statefile.daemon_marker(self.state_dir), state_dir=self.state_dir,
+            cgroup_tree=self.cgroup_tree)
         return self._layer
 
     @property

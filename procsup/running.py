@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from procsup import lifecycle, logs, notify, pipes, probes, sockets, spawn, statefile, units
+from procsup.cgroups import Group, Tree, limits_of
 from procsup.model import AppSpec, ExecMode, InstanceId
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
@@ -78,6 +79,7 @@ class Run:
     beaten: bool = False  # it has sent WATCHDOG=1 at least once
     stopping: bool = False  # the engine sent its kill signal: a stop, not a crash
     released: bool = False
+    cgroup: Group | None = None  # cgroups (issue 13): the run's own cgroup, if any
     _record: statefile.Record | None = None
     _record_read: bool = False
 
@@ -144,8 +146,10 @@ class Processes:
         environ: Mapping[str, str],
         marker: str,
         state_dir: str,
+        cgroup_tree: Tree | None = None,
     ) -> None:
         self.loop = loop
+        self.cgroups = cgroup_tree  # cgroups (issue 13): None = process groups only
         self.log = log
         self._report = report
         self.environ = environ
@@ -194,6 +198,8 @@ class Processes:
             if cap.reader is not None:
                 cap.reader.close()
         self.sinks.close_all()
+        if self.cgroups is not None:  # cgroups (issue 13): the base, if nothing is left
+            self.cgroups.close()
 
     # ------------------------------------------------------------------ one run
 
@@ -251,12 +257,18 @@ class Processes:
                     self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap),
                     watch=watch)
             env = self._env(iid, spec, ident, extra)
-            proc = spawn.start(
-                spawn.Launch(
-                    argv=argv, env=env, cwd=spec.cwd, identity=ident, umask=spec.umask,
-                    stdout=out_fds["out"], stderr=out_fds["err"], pass_fds=pass_fds,
-                )
+            launch = spawn.Launch(
+                argv=argv, env=env, cwd=spec.cwd, identity=ident, umask=spec.umask,
+                stdout=out_fds["out"], stderr=out_fds["err"], pass_fds=pass_fds,
             )
+            group = None
+            if self.cgroups is None:
+                proc = spawn.start(launch)
+            else:  # cgroups (issue 13): born in the run's own cgroup
+                proc, group, warning = self.cgroups.start(
+                    iid.app, iid.index, limits_of(spec), lambda: spawn.start(launch))
+                if warning is not None:
+                    self.log.warning("%s: %s", iid, warning)
         except (spawn.SpawnError, OSError) as exc:
             for cap in captures:
                 if cap.reader is not None:
@@ -272,7 +284,7 @@ class Processes:
         finally:
             for w in write_ends:
                 os.close(w)
-        run = Run(iid, spec, proc, self.loop.time(), captures)
+        run = Run(iid, spec, proc, self.loop.time(), captures, cgroup=group)
         self._last_spawn = run.started
         self._readers.update(captures)
         self._runs[proc.pid] = run
@@ -314,6 +326,8 @@ class Processes:
         if not run.released:
             run.stopping = True
             spawn.kill_group(run.pid, sig)
+            if run.cgroup is not None:  # cgroups (issue 13): whatever left the group too
+                run.cgroup.kill() if sig == signal.SIGKILL else run.cgroup.signal(sig)
 
     def signal(self, handle: RunHandle, sig: int, *, leader: bool = False) -> bool:
         """`sig` to the run's process group, or its leader (before its exit is reaped, so the
@@ -327,9 +341,17 @@ class Processes:
         """shutdown_timeout passed: SIGKILL to every live process group."""
         for run in self._runs.values():
             spawn.kill_group(run.pid, signal.SIGKILL)
+            if run.cgroup is not None:  # cgroups (issue 13)
+                run.cgroup.kill()
 
     def live_pids(self) -> set[int]:
         return set(self._runs)
+
+    def cgroup_memory(self, pids: Iterable[int]) -> dict[int, int]:
+        """cgroups (issue 13): leader pid -> bytes of memory of its run's cgroup, for the runs
+        of `pids` that have one (`status` shows it instead of the process group's RSS)."""
+        return {pid: run.cgroup.memory() for pid in pids
+                if (run := self._runs.get(pid)) is not None and run.cgroup is not None}
 
     async def _probe(self, run: Run) -> None:
         """Poll the run's tcp/http readiness target until it answers or ready_timeout."""
@@ -520,9 +542,12 @@ class Processes:
         group is killed at once, as systemd does for a service's control group."""
         run.drain = None
         assert run.exit_status is not None
-        if spawn.live_members(run.pid):
+        # cgroups (issue 13): the run ends when its cgroup is empty too
+        if spawn.live_members(run.pid) or (run.cgroup is not None and run.cgroup.populated()):
             if not run.stopping:
                 spawn.kill_group(run.pid, signal.SIGKILL)
+                if run.cgroup is not None:
+                    run.cgroup.kill()
             run.drain = self.loop.call_later(DRAIN_POLL, self._drain, run)
             return
         code, sig = run.exit_status
@@ -550,6 +575,8 @@ class Processes:
             run.pidfd = None
         if run.exit_status is not None and run.proc.returncode is None:
             spawn.reap(run.proc, run.exit_status)
+        if run.cgroup is not None and run.cgroup.remove():  # cgroups (issue 13): once empty
+            run.cgroup = None
 
     # ------------------------------------------------------------------ the daemon's processes
 
@@ -603,6 +630,8 @@ class Processes:
             if not await self._recover_once(records, apps):
                 break
             records = []
+        if self.cgroups is not None:  # cgroups (issue 13): what is left in their cgroups
+            await self._recover_cgroups()
         statefile.write(self.state_dir, (), os.getpid())
         self._recorded = ()
 
@@ -634,6 +663,24 @@ class Processes:
             self._stop_pids(strays),
         )
         return True
+
+    async def _recover_cgroups(self) -> None:
+        """cgroups (issue 13): every group left under the base by a previous daemon: SIGTERM to
+        its processes, then, after 5 s, the cgroup kill; the groups are removed."""
+        assert self.cgroups is not None
+        groups = self.cgroups.groups()
+        if not groups:
+            return
+        self.log.warning("stopping what a previous procsupd left in %d cgroup(s) under %s",
+                         len(groups), self.cgroups.base)
+        for group in groups:
+            group.signal(signal.SIGTERM)
+        deadline = self.loop.time() + 5.0
+        while any(g.populated() for g in groups) and self.loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        left = await asyncio.to_thread(self.cgroups.clear, 5.0)
+        if left:
+            self.log.error("cannot remove cgroup(s): %s", ", ".join(g.path for g in left))
 
     async def _stop_leftover(self, pgid: int, spec: AppSpec | None) -> None:
         sig = spec.kill_signal if spec else signal.SIGTERM

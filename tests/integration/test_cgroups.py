@@ -9,6 +9,7 @@ does not offer that controller.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from procsup import cgroups
+from procsup import cgroups, procfs, statefile
+
+from .conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -344,3 +347,86 @@ def test_cgroups_true_fails_where_there_are_none(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
     else:
         assert r.returncode == 1 and "cgroups = true, but" in r.stderr, r.stderr
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+
+def _daemon_tree(daemon: Daemon) -> cgroups.Tree:
+    h = cgroups.find()
+    assert h is not None
+    base = os.path.join(h.own, f"procsup-{statefile.daemon_marker(str(daemon.state_dir))}")
+    return cgroups.Tree(h, base, can_enable=False)
+
+
+#: An app that leaves a process outside its process group, and one without the daemon's
+#: environment marker (as nginx and redis rewrite theirs): only the cgroup still holds it.
+ESCAPER = """
+    [apps.web]
+    command = "env -i /usr/bin/setsid sleep 1000 & exec sleep 1000"
+    shell = true
+    min_uptime = "100ms"
+    kill_timeout = "1s"
+"""
+
+
+@pytest.fixture
+def cgroup_daemon(daemon: Daemon) -> Iterator[tuple[Daemon, cgroups.Tree]]:
+    support = cgroups.probe()
+    if support.reason is not None:
+        pytest.skip(f"procsupd could not create cgroups here: {support.reason}")
+    daemon.write(ESCAPER)
+    tree = _daemon_tree(daemon)
+    try:
+        yield daemon, tree
+    finally:
+        daemon.cleanup()
+        tree.clear(10)
+        tree.close()
+
+
+def _escaper_pids(tree: cgroups.Tree) -> list[int]:
+    def two() -> list[int] | None:
+        groups = tree.groups()
+        pids = groups[0].pids() if len(groups) == 1 else []
+        return pids if len(pids) == 2 else None
+    return wait_for(two, 10, "both processes in the instance's cgroup")  # type: ignore[no-any-return]
+
+
+def test_the_daemon_runs_each_instance_in_a_cgroup_and_stop_kills_all_of_it(
+        cgroup_daemon: tuple[Daemon, cgroups.Tree]) -> None:
+    daemon, tree = cgroup_daemon
+    daemon.start()
+    (row,) = daemon.wait_states("web", "running")
+    r = daemon.cli("version", "--json")
+    assert json.loads(r.stdout)["daemon"]["cgroups"] is True, r.stdout
+    pids = _escaper_pids(tree)
+    assert row["pid"] in pids
+    outside = next(p for p in pids if p != row["pid"])
+    assert os.getsid(outside) != row["pid"]  # not in the instance's session
+    # status: the memory of the whole cgroup (here: RSS of both, no memory controller)
+    expected = sum(procfs.rss(p) or 0 for p in pids)
+    assert daemon.instances("web")[0]["memory"] >= expected * 0.9
+    r = daemon.cli("stop", "web")
+    assert r.returncode == 0, r.stderr
+    assert not _alive(outside)
+    assert tree.groups() == []  # the run's cgroup is removed with it
+    assert daemon.stop_daemon() == 0
+    assert not os.path.exists(tree.base)  # and the base at a clean exit
+
+
+def test_a_restarted_daemon_stops_what_its_predecessor_left_in_cgroups(
+        cgroup_daemon: tuple[Daemon, cgroups.Tree]) -> None:
+    daemon, tree = cgroup_daemon
+    daemon.start()
+    daemon.wait_states("web", "running")
+    old = _escaper_pids(tree)
+    assert daemon.proc is not None
+    daemon.proc.kill()  # no marker, no process group: only its cgroup remembers it
+    daemon.proc.wait(10)
+    daemon.start()
+    daemon.wait_states("web", "running")
+    wait_for(lambda: not any(_alive(p) for p in old), 15, "the old processes gone")
+    assert len(_escaper_pids(tree)) == 2  # the new run, alone
+    assert "previous procsupd left in 1 cgroup" in daemon.daemon_log(), daemon.daemon_log()
+    assert daemon.stop_daemon() == 0
