@@ -161,6 +161,27 @@ def kill_marked(token: str) -> None:
             pass
 
 
+def migration_after_pause(tree: cgroups.Tree, runs: int = 15) -> dict[str, float]:
+    """ms to enter an empty cgroup (and to leave it) after `idle` seconds without a migration:
+    the first write after a pause waits for an RCU grace period (the threadgroup lock)."""
+    out = {}
+    for idle in (0.0, 0.05, 0.2):
+        enter, leave = [], []
+        for i in range(runs):
+            group = tree.create("pause", i)
+            time.sleep(idle)
+            t0 = time.monotonic()
+            group.place(os.getpid())
+            t1 = time.monotonic()
+            cgroups.Group(tree.home).place(os.getpid())
+            enter.append((t1 - t0) * 1000)
+            leave.append((time.monotonic() - t1) * 1000)
+            group.remove()
+        out[f"enter after {idle}s"] = statistics.median(enter)
+        out[f"leave after {idle}s"] = statistics.median(leave)
+    return out
+
+
 def lifecycle_costs(tree: cgroups.Tree, n: int) -> dict[str, float]:
     mk, kill, rm, killpg = [], [], [], []
     for _ in range(n):
@@ -259,6 +280,10 @@ def main() -> int:
             results["shell_escaped"] = {**shell, "runs": m}
             print(f"sh -c '{SHELL_DOUBLE_FORK}', {m} runs: grandchild outside the cgroup: "
                   + ", ".join(f"{w} {e}/{m}" for w, e in shell.items()))
+            pause = migration_after_pause(tree)
+            results["migration_after_pause"] = pause
+            print("a migration after a pause (ms, median): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in pause.items()))
             life = lifecycle_costs(tree, max(20, n // 5))
             results["lifecycle"] = life
             print("a cgroup's life (ms, median): " + ", ".join(
