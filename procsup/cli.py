@@ -179,8 +179,15 @@ def cmd_shutdown(ctx: _Context) -> int:
 
 
 def cmd_version(ctx: _Context) -> int:
-    _out(f"procsup {__version__} (protocol {protocol.VERSION})\n")
+    if not ctx.ns.json:  # the client's own version even when the daemon cannot be reached
+        _out(f"procsup {__version__} (protocol {protocol.VERSION})\n")
     res = ctx.call("version")
+    if ctx.ns.json:
+        daemon = {k: res.get(k) for k in ("version", "protocol")}
+        daemon["cgroups"] = res.get("cgroups") is True  # an older daemon runs none
+        _out(json.dumps({"client": {"version": __version__, "protocol": protocol.VERSION},
+                         "daemon": daemon}) + "\n")
+        return ExitCode.OK
     _out(f"procsupd {res.get('version', '?')} (protocol {res.get('protocol', '?')})\n")
     return ExitCode.OK
 
@@ -413,7 +420,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sp.add_argument("-o", "--output", metavar="OUT",
                         help="write the TOML here, not to stdout")
         sp.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    add("version", cmd_version, "print the client's and the daemon's version")
+    if sp := add("version", cmd_version, "print the client's and the daemon's version"):
+        sp.add_argument("--json", action="store_true",
+                        help='print both as JSON, with the daemon\'s "cgroups"')
     add("ping", cmd_ping, "check that the daemon answers")
     if command is not None and not made:  # not a command: argparse's error lists them all
         return build_parser()

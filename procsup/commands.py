@@ -45,11 +45,18 @@ def _completed(v: View) -> bool:
 class Commands:
     """Implements `control.Commands` on top of the engine and the applier."""
 
-    def __init__(self, engine: Supervisor, applier: Applier, *, follow: Follow) -> None:
+    def __init__(self, engine: Supervisor, applier: Applier, *, follow: Follow,
+                 cgroups: bool = False,
+                 cgroup_memory: Callable[[Iterable[int]], dict[int, int]] | None = None,
+                 ) -> None:
         self.engine = engine
         self.applier = applier
         self.follow = follow
         self.metrics = metrics.Metrics()
+        #: whether the process layer runs each instance in a cgroup of its own (`version`),
+        #: and the memory of those cgroups by leader pid (`status`)
+        self.cgroups = cgroups
+        self.cgroup_memory = cgroup_memory
 
     async def dispatch(self, cmd: str, args: dict[str, Any], peer: object, send: Send) -> object:
         handler = getattr(self, f"cmd_{cmd}", None)
@@ -136,7 +143,7 @@ class Commands:
         return {"pong": True, "pid": os.getpid(), "version": __version__}
 
     async def cmd_version(self, args: dict[str, Any], send: Send) -> object:
-        return {"version": __version__, "protocol": VERSION}
+        return {"version": __version__, "protocol": VERSION, "cgroups": self.cgroups}
 
     def _dependencies(self, views: list[View]) -> list[Ref]:
         """The instances a start of `views` brings up first (contract: "start APP also starts
@@ -310,6 +317,10 @@ class Commands:
         now = self.engine.clock.time()
         live = {v.pid: now for v in views if v.pid is not None}
         usage = self.metrics.sample(live, now) if live else {}
+        if self.cgroup_memory is not None and live:  # cgroups (issue 13): the cgroup's memory
+            for pid, used in self.cgroup_memory(live).items():
+                if pid in usage:
+                    usage[pid] = (usage[pid][0], used)
         monitors = self.applier.monitors
         rows = []
         for v in views:

@@ -40,6 +40,9 @@ _DIRECT_FIELDS = (
     "health_timeout", "health_failures", "reload_signal",
 )  # fmt: skip
 _DAEMON_DIRECT_FIELDS = ("socket_mode", "socket_group", "env", "watch_config", "shutdown_timeout")
+#: The cgroup keys (procsup/cgroups.py), taken as they are too.
+_CGROUP_FIELDS = ("memory_max", "cpu_weight", "pids_max")
+_DAEMON_CGROUP_FIELDS = ("cgroups",)
 
 #: At most this many problems are listed by one `ConfigErrors`; the rest are counted.
 MAX_ERRORS = 20  # problems listed by one ConfigErrors (errors.py)
@@ -431,7 +434,8 @@ def _daemon_spec(
         except ConfigError as exc:
             errors.append(ConfigError(exc.message, file=src.path))
             log_dir = state_dir = ""
-    direct = {k: values[k] for k in _DAEMON_DIRECT_FIELDS if k in values}
+    direct = {k: values[k] for k in _DAEMON_DIRECT_FIELDS + _DAEMON_CGROUP_FIELDS
+              if k in values}
     return DaemonSpec(
         config_path=src.path,
         socket=socket,
@@ -564,7 +568,7 @@ def _app_spec(
             raise error("must not be empty", "pidfile")
         pidfile = os.path.normpath(os.path.join(base, values["pidfile"]))
 
-    direct = {k: values[k] for k in _DIRECT_FIELDS if k in values}
+    direct = {k: values[k] for k in _DIRECT_FIELDS + _CGROUP_FIELDS if k in values}
     return AppSpec(
         name=name,
         command=argv,

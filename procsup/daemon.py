@@ -21,7 +21,17 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from procsup import __version__, config, logtargets, paths, pidfile, spawn, statefile, systemd
+from procsup import (
+    __version__,
+    cgroups,
+    config,
+    logtargets,
+    paths,
+    pidfile,
+    spawn,
+    statefile,
+    systemd,
+)
 from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
@@ -91,6 +101,39 @@ def prepare_dirs(desired: Desired) -> None:
         except OSError as exc:
             raise ProcsupError(
                 f"[procsup] {key}: cannot create {path}: {exc.strerror or exc}") from None
+
+
+def cgroup_warnings(desired: Desired) -> list[str]:
+    """cgroups (issue 13): the apps' cgroup keys that will have no effect here (cgroups off,
+    none to be had, a controller the hierarchy does not offer). With `[procsup] cgroups =
+    true` and no cgroups to be had, ProcsupError says why. Reads /proc and the cgroup tree
+    only when something asks for cgroups."""
+    setting = desired.daemon.cgroups
+    wanted = any(getattr(spec, key) is not None
+                 for spec in desired.apps.values() for key in cgroups.KEY_CONTROLLER)
+    if setting is False or not (wanted or setting is True):
+        return cgroups.app_warnings(desired.apps, cgroups.Support(None), setting)
+    support = cgroups.probe()
+    if setting is True and support.reason is not None:
+        raise ProcsupError(f"[procsup] cgroups = true, but {support.reason}")
+    return cgroups.app_warnings(desired.apps, support, setting)
+
+
+def open_cgroups(desired: Desired, logger: logging.Logger) -> cgroups.Tree | None:
+    """cgroups (issue 13): the daemon's base cgroup per `[procsup] cgroups`, or None (process
+    groups only; the reason logged). With `cgroups = true` and none to be had, ProcsupError."""
+    setting = desired.daemon.cgroups
+    if setting is False:
+        return None
+    try:
+        tree = cgroups.open_tree(statefile.daemon_marker(desired.daemon.state_dir))
+    except cgroups.CgroupError as exc:
+        if setting is True:
+            raise ProcsupError(f"[procsup] cgroups = true, but {exc.reason}") from None
+        logger.info("instances run without cgroups: %s", exc.reason)
+        return None
+    logger.info("each instance runs in a cgroup of its own under %s", tree.base)
+    return tree
 
 
 def check_runtime_dirs(desired: Desired) -> None:
@@ -186,7 +229,7 @@ async def serve(
     )
     state_dir = desired.daemon.state_dir
     disabled = read_disabled(state_dir)  # before the first apply: no disabled app starts
-    processes = _Layer(loop, logger, state_dir)
+    processes = _Layer(loop, logger, state_dir, open_cgroups(desired, logger))
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
     layer = processes.layer
     own_log = [h for h in logging.getLogger().handlers
@@ -204,7 +247,8 @@ async def serve(
 
     server = ControlServer(
         desired.daemon.socket,
-        Commands(engine, applier, follow=layer.follow),
+        Commands(engine, applier, follow=layer.follow, cgroups=layer.cgroups is not None,
+                 cgroup_memory=layer.cgroup_memory if layer.cgroups is not None else None),
         mode=desired.daemon.socket_mode,
         group_gid=socket_gid(desired),
         logger=logger,
@@ -255,14 +299,16 @@ class _Layer:
     """The process layer, made when the engine hands it its report callback (`bind`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, logger: logging.Logger,
-                 state_dir: str) -> None:
+                 state_dir: str, cgroup_tree: cgroups.Tree | None = None) -> None:
         self.loop, self.logger, self.state_dir = loop, logger, state_dir
+        self.cgroup_tree = cgroup_tree
         self._layer: Processes | None = None
 
     def bind(self, report: Report) -> Processes:
         self._layer = Processes(
             self.loop, self.logger, report, environ=dict(os.environ),
-            marker=statefile.daemon_marker(self.state_dir), state_dir=self.state_dir)
+            marker=statefile.daemon_marker(self.state_dir), state_dir=self.state_dir,
+            cgroup_tree=self.cgroup_tree)
         return self._layer
 
     @property
@@ -397,6 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in (*desired.warnings, *attribute_warnings(desired),
                     *([] if args.foreground else stdio_warnings(desired))):
         print(f"procsupd: warning: {warning}", file=sys.stderr)
+    try:
+        for warning in cgroup_warnings(desired):
+            print(f"procsupd: warning: {warning}", file=sys.stderr)
+    except ProcsupError as exc:
+        print(f"procsupd: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
     if args.check:
         print(config.describe(desired), end="")  # its text ends with the newline
         return ExitCode.OK

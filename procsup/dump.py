@@ -150,6 +150,7 @@ _DAEMON_WRITERS: Mapping[str, Callable[[DaemonSpec], object]] = {
     "env": lambda d: None,  # the active profile, which dump() takes from `Desired`
     "watch_config": lambda d: d.watch_config,
     "shutdown_timeout": lambda d: _duration(d.shutdown_timeout),
+    "cgroups": lambda d: d.cgroups,
 }
 
 _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
@@ -181,6 +182,9 @@ _APP_WRITERS: Mapping[str, Callable[[AppSpec], object]] = {
     "log_retain": lambda a: a.log_retain,
     "log_format": lambda a: a.log_format,
     "max_memory_restart": lambda a: _size(a.max_memory_restart),
+    "memory_max": lambda a: _size(a.memory_max),
+    "cpu_weight": lambda a: a.cpu_weight,
+    "pids_max": lambda a: a.pids_max,
     # Absolute paths, so `true` (= cwd) is written as the list it resolved to.
     "watch": lambda a: list(a.watch) if a.watch else False,
     "ignore_watch": lambda a: list(a.ignore_watch),

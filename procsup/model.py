@@ -109,6 +109,10 @@ class AppSpec:
     log_retain: int = 5
     log_format: str = "text"  # "text" | "json": one JSON object per line
     max_memory_restart: int | None = None
+    # cgroup v2 controllers of each run's cgroup (procsup/cgroups.py); None = not set
+    memory_max: int | None = None  # bytes: memory.max
+    cpu_weight: int | None = None  # 1..10000: cpu.weight
+    pids_max: int | None = None  # pids.max
     watch: tuple[str, ...] = ()  # absolute paths; empty = off
     ignore_watch: tuple[str, ...] = ("*.log", ".git", "__pycache__", "node_modules")
     cron_restart: str | None = None
@@ -176,6 +180,9 @@ class DaemonSpec:
     env: str | None = None  # default profile from the file
     watch_config: bool = True
     shutdown_timeout: float = 30.0
+    #: "auto": a cgroup per instance run where procsupd can create them; False: never; True:
+    #: required (the daemon does not start without them)
+    cgroups: str | bool = False
 
     @property
     def daemon_log(self) -> str:

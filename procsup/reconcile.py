@@ -88,9 +88,11 @@ WIRE = {
 }
 
 #: `[procsup]` keys that a running daemon cannot apply: it already bound the control socket,
-#: locked the pidfile and recorded its instances under `state_dir`. Every other key
+#: locked the pidfile, recorded its instances under `state_dir` and set up (or not) the
+#: cgroups of its instances (`cgroups`). Every other key
 #: (`log_dir`, `include`, `env`, `watch_config`, `shutdown_timeout`, `config_path`) is live.
-RESTART_DAEMON_KEYS = frozenset({"socket", "socket_mode", "socket_group", "pidfile", "state_dir"})
+RESTART_DAEMON_KEYS = frozenset({"socket", "socket_mode", "socket_group", "pidfile", "state_dir",
+                                 "cgroups"})
 
 #: App keys the daemon applies to running instances without restarting them: where and how their
 #: output is logged, the restart policy (it only matters when a process ends), and the monitors

@@ -48,6 +48,7 @@ from procsup import (
     statefile,
     units,
 )
+from procsup.cgroups import Group, Tree, limits_of
 from procsup.logtargets import Target, Targets
 from procsup.model import AppSpec, ExecMode, InstanceId
 
@@ -110,6 +111,7 @@ class Run:
     warning: str | None = None  # shown in status: a cluster instance ignores its sockets
     socket_check: asyncio.TimerHandle | None = None
     released: bool = False
+    cgroup: Group | None = None  # cgroups (issue 13): the run's own cgroup, if any
     _record: statefile.Record | None = None
     _record_read: bool = False
 
@@ -193,8 +195,10 @@ class Processes:
         environ: Mapping[str, str],
         marker: str,
         state_dir: str,
+        cgroup_tree: Tree | None = None,
     ) -> None:
         self.loop = loop
+        self.cgroups = cgroup_tree  # cgroups (issue 13): None = process groups only
         self.log = log
         self._report = report
         self.environ = environ
@@ -253,6 +257,8 @@ class Processes:
                 cap.reader.close()
         self.sinks.close_all()
         self.targets.close()
+        if self.cgroups is not None:  # cgroups (issue 13): the base, if nothing is left
+            self.cgroups.close()
 
     # ------------------------------------------------------------------ one run
 
@@ -312,13 +318,19 @@ class Processes:
                     self.loop, r, cap.sink, on_eof=functools.partial(self._capture_done, cap),
                     watch=watch)
             env = self._env(iid, spec, ident, extra)
-            proc = spawn.start(
-                spawn.Launch(
-                    argv=argv, env=env, cwd=spec.cwd, identity=ident, umask=spec.umask,
-                    stdout=out_fds["out"], stderr=out_fds["err"], pass_fds=pass_fds,
-                    attributes=spawn.wanted(spec),
-                )
+            launch = spawn.Launch(
+                argv=argv, env=env, cwd=spec.cwd, identity=ident, umask=spec.umask,
+                stdout=out_fds["out"], stderr=out_fds["err"], pass_fds=pass_fds,
+                attributes=spawn.wanted(spec),
             )
+            group = None
+            if self.cgroups is None:
+                proc = spawn.start(launch)
+            else:  # cgroups (issue 13): born in the run's own cgroup
+                proc, group, warning = self.cgroups.start(
+                    iid.app, iid.index, limits_of(spec), lambda: spawn.start(launch))
+                if warning is not None:
+                    self.log.warning("%s: %s", iid, warning)
         except (spawn.SpawnError, OSError) as exc:
             for cap in captures:
                 if cap.reader is not None:
@@ -334,7 +346,7 @@ class Processes:
         finally:
             for w in write_ends:
                 os.close(w)
-        run = Run(iid, spec, proc, self.loop.time(), captures)
+        run = Run(iid, spec, proc, self.loop.time(), captures, cgroup=group)
         self._last_spawn = run.started
         self._readers.update(captures)
         self._runs[proc.pid] = run
@@ -382,6 +394,8 @@ class Processes:
             run.stopping = True
             run.signalled = sig
             spawn.kill_group(run.pid, sig)
+            if run.cgroup is not None:  # cgroups (issue 13): whatever left the group too
+                run.cgroup.kill() if sig == signal.SIGKILL else run.cgroup.signal(sig)
             self.orphans.signal(run, sig)  # the strays known; those not yet: in the batch
             self._scan_wanted = True
             self._soon()
@@ -403,11 +417,19 @@ class Processes:
         """shutdown_timeout passed: SIGKILL to every live process group."""
         for run in self._runs.values():
             spawn.kill_group(run.pid, signal.SIGKILL)
+            if run.cgroup is not None:  # cgroups (issue 13)
+                run.cgroup.kill()
         self.orphans.scan(self._checks, every=True)
         self.orphans.kill_all()
 
     def live_pids(self) -> set[int]:
         return set(self._runs)
+
+    def cgroup_memory(self, pids: Iterable[int]) -> dict[int, int]:
+        """cgroups (issue 13): leader pid -> bytes of memory of its run's cgroup, for the runs
+        of `pids` that have one (`status` shows it instead of the process group's RSS)."""
+        return {pid: run.cgroup.memory() for pid in pids
+                if (run := self._runs.get(pid)) is not None and run.cgroup is not None}
 
     async def _probe(self, run: Run) -> None:
         """Poll the run's tcp/http readiness target until it answers or ready_timeout."""
@@ -680,10 +702,14 @@ class Processes:
         run.drain = None
         assert run.exit_status is not None
         # (A stray that dies is reaped on SIGCHLD, and its own orphans found then: `_reap`.)
-        if spawn.live_members(run.pid) or self.orphans.alive(run):
+        # cgroups (issue 13): the run ends when its cgroup is empty too
+        if (spawn.live_members(run.pid) or self.orphans.alive(run)
+                or (run.cgroup is not None and run.cgroup.populated())):
             if not run.stopping:
                 spawn.kill_group(run.pid, signal.SIGKILL)
                 self.orphans.signal(run, signal.SIGKILL)
+                if run.cgroup is not None:
+                    run.cgroup.kill()
             run.drain = self.loop.call_later(DRAIN_POLL, self._drain, run)
             return
         code, sig = run.exit_status
@@ -724,6 +750,8 @@ class Processes:
             run.pidfd = None
         if run.exit_status is not None and run.proc.returncode is None:
             spawn.reap(run.proc, run.exit_status)
+        if run.cgroup is not None and run.cgroup.remove():  # cgroups (issue 13): once empty
+            run.cgroup = None
 
     # ------------------------------------------------------------------ the daemon's processes
 
@@ -825,8 +853,29 @@ class Processes:
         return self.sinks.follow(path, callback)
 
     async def recover(self, apps: Mapping[str, AppSpec]) -> None:
-        """Stop what a previous daemon left (`recovery.recover`), then allow the record to be
-        written (`apps`: the definitions to take stop signals and timeouts from)."""
+        """Stop what a previous daemon left (`recovery.recover`; with cgroups, also what is
+        left in their cgroups), then allow the record to be written (`apps`: the definitions
+        to take stop signals and timeouts from)."""
         await recovery.recover(self.state_dir, self.marker, apps, self.log)
+        if self.cgroups is not None:  # cgroups (issue 13): what is left in their cgroups
+            await self._recover_cgroups()
         self._recorded = ()
         self._recovered = True
+
+    async def _recover_cgroups(self) -> None:
+        """cgroups (issue 13): every group left under the base by a previous daemon: SIGTERM to
+        its processes, then, after 5 s, the cgroup kill; the groups are removed."""
+        assert self.cgroups is not None
+        groups = self.cgroups.groups()
+        if not groups:
+            return
+        self.log.warning("stopping what a previous procsupd left in %d cgroup(s) under %s",
+                         len(groups), self.cgroups.base)
+        for group in groups:
+            group.signal(signal.SIGTERM)
+        deadline = self.loop.time() + 5.0
+        while any(g.populated() for g in groups) and self.loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        left = await asyncio.to_thread(self.cgroups.clear, 5.0)
+        if left:
+            self.log.error("cannot remove cgroup(s): %s", ", ".join(g.path for g in left))

@@ -190,6 +190,20 @@ def _positive_int(value: object) -> int:
     return value
 
 
+def _cpu_weight(value: object) -> int:
+    assert isinstance(value, int)
+    if not 1 <= value <= 10000:
+        raise ValueProblem(f"must be 1..10000 (cpu.weight; the default is 100), got {value}")
+    return value
+
+
+def _cgroups_setting(value: object) -> str | bool:
+    if value is True or value is False or value == "auto":
+        assert isinstance(value, str | bool)
+        return value
+    raise ValueProblem(f'expected "auto", true or false, got {value!r}')
+
+
 def _mode(value: object) -> int:
     return units.parse_mode(value)
 
@@ -573,6 +587,9 @@ DAEMON_KEYS: Mapping[str, Key] = _rows(
         "apply the config when this file or an included one is saved (debounced)"),
     Key("shutdown_timeout", _DUR, _DUR_DOC, "30s", _duration,
         "how long the daemon waits for apps to stop when it exits"),
+    Key("cgroups", (str, bool), '"auto", true or false', False, _cgroups_setting,
+        'a cgroup v2 group per instance run: "auto" = where procsupd can create them, '
+        "false = never, true = required (procsupd does not start without them)"),
 )
 
 #: `[apps.NAME]`: one app. Defaults equal the `AppSpec` field defaults (a test checks it).
@@ -647,6 +664,15 @@ APP_KEYS: Mapping[str, Key] = _rows(
         '"message"} (not to the journal, whose entries have those fields)'),
     Key("max_memory_restart", (str, int), _SIZE_DOC, None, _positive_size,
         "restart an instance whose RSS (with its children) passes this"),
+    # cgroup v2 limits (procsup/cgroups.py): where the hierarchy offers the controller
+    Key("memory_max", (str, int), _SIZE_DOC, None, _positive_size,
+        "memory.max of each instance's cgroup: the kernel reclaims, then OOM-kills within it"),
+    Key("cpu_weight", _I, "integer 1..10000", None, _cpu_weight,
+        "cpu.weight of each instance's cgroup: its share of CPU time under contention "
+        "(100 = the default share)"),
+    Key("pids_max", _I, "integer >= 1", None, _positive_int,
+        "pids.max of each instance's cgroup: a fork beyond this many processes and threads "
+        "fails"),
     Key("watch", (bool, list), "boolean or array of strings (paths)", False, _watch,
         "restart when files change: true = cwd, or a list of paths (relative to cwd)"),
     Key("ignore_watch", (str, list), "string or array of strings (globs)",

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from procsup import cgroups, statefile
+
 from ..inotify import inotify_watched, watch_keys
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
@@ -222,10 +224,23 @@ class Daemon:
                     os.killpg(int(rec["pgid"]), signal.SIGKILL)
                 except (ProcessLookupError, PermissionError, KeyError, ValueError):
                     pass
+        self._clear_cgroups()
         if hasattr(self, "_stderr"):
             self._stderr.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
+
+    def _clear_cgroups(self) -> None:
+        """cgroups (issue 13): the daemon's base cgroup and what is left in it (a daemon killed
+        by the test leaves its runs' cgroups, which only its next start would clear)."""
+        h = cgroups.find()
+        if h is None:
+            return
+        base = os.path.join(h.own, f"procsup-{statefile.daemon_marker(str(self.state_dir))}")
+        if os.path.isdir(base):
+            tree = cgroups.Tree(h, base, can_enable=False)
+            tree.clear(10)
+            tree.close()
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:

@@ -328,8 +328,6 @@ def test_version_status_app_and_logs_of_every_app(daemon: Daemon) -> None:
     assert "to stderr" in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `procsup version --json` is not implemented "
-                   "(usage error), and the daemon does not report \"cgroups\" (CONTRACT §1)")
 def test_version_json_has_the_protocol_and_cgroups(daemon: Daemon) -> None:
     _sleepers(daemon)
     daemon.start()
@@ -337,7 +335,8 @@ def test_version_json_has_the_protocol_and_cgroups(daemon: Daemon) -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert __version__ in json.dumps(doc) and "protocol" in json.dumps(doc)
-    assert "cgroups" in json.dumps(doc)
+    assert doc["daemon"]["cgroups"] in (True, False)
+    assert doc["client"] == {"version": __version__, "protocol": 1}
 
 
 def test_stop_start_restart_reload_all(daemon: Daemon) -> None:

@@ -35,7 +35,7 @@ HEAVY = (
     "tomllib", "typing", "datetime", "decimal", "signal", "pathlib", "urllib.parse",
     "ipaddress", "asyncio", "dataclasses", "subprocess", "threading", "psutil",
     "procsup.paths", "procsup.units", "procsup.importers", "procsup.config", "procsup.schema",
-    "procsup.logtargets", "procsup.journal", "procsup.outlets",
+    "procsup.logtargets", "procsup.journal", "procsup.outlets", "procsup.cgroups",
 )
 
 _PROBE = """

@@ -1198,6 +1198,9 @@ APP_DEFAULTS: dict[str, tuple[str | None, object]] = {
     "log_retain": ("5", 5),
     "log_format": ('"text"', "text"),
     "max_memory_restart": (None, None),
+    "memory_max": (None, None),
+    "cpu_weight": (None, None),
+    "pids_max": (None, None),
     "watch": ("false", ()),
     "ignore_watch": ('["*.log", ".git", "__pycache__", "node_modules"]',
                      ("*.log", ".git", "__pycache__", "node_modules")),
@@ -1223,6 +1226,7 @@ DAEMON_DEFAULTS: dict[str, tuple[str | None, object]] = {
     "env": (None, None),
     "watch_config": ("true", True),
     "shutdown_timeout": ('"30s"', 30.0),
+    "cgroups": ("false", False),
 }
 DAEMON_PATH_KEYS = {"socket", "pidfile", "log_dir", "state_dir"}
 #: Required, or resolved against log_dir (test_default_log_files_and_per_instance_names).
