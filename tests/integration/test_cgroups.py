@@ -97,11 +97,23 @@ def test_a_double_fork_and_a_setsid_child_are_killed_with_the_cgroup(
     assert leader.wait(10) == 0  # the leader is gone; its grandchild lives on, elsewhere
     other = tree.create("web", 1)
     sibling = _start(tree, other, SETSID)
-    _wait(lambda: len(group.pids()) == 1 and len(other.pids()) == 2)
+    def settled() -> bool:  # both in place, and the child's setsid done (it races the read)
+        kids = [p for p in other.pids() if p != sibling.pid]
+        try:
+            return (len(group.pids()) == 1 and len(kids) == 1
+                    and os.getsid(kids[0]) != sibling.pid)
+        except ProcessLookupError:
+            return False
+
+    try:
+        _wait(settled)
+    except BaseException:
+        sibling.kill()
+        sibling.wait(10)
+        raise
     (orphan,) = group.pids()
     assert os.getsid(orphan) != leader.pid  # left the leader's session
     setsid_child = next(p for p in other.pids() if p != sibling.pid)
-    assert os.getsid(setsid_child) != sibling.pid
 
     for g in (group, other):
         g.kill()
