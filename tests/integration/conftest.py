@@ -83,6 +83,33 @@ def total_size(directory: Path, pattern: str) -> int:
     return total
 
 
+def nginx_config(prefix: Path, port: int, *, body: str = "ok",
+                 error_log: str = "stderr notice") -> Path:
+    """`prefix`/nginx.conf for Debian's nginx run by a test: everything under `prefix`, two
+    workers, one server on 127.0.0.1:`port` answering `body`. Returns its path."""
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        pid {prefix}/nginx.pid;
+        error_log {error_log};
+        worker_processes 2;
+        events {{ worker_connections 64; }}
+        http {{
+            access_log off;
+            client_body_temp_path {prefix}/body;
+            proxy_temp_path {prefix}/proxy;
+            fastcgi_temp_path {prefix}/fastcgi;
+            uwsgi_temp_path {prefix}/uwsgi;
+            scgi_temp_path {prefix}/scgi;
+            server {{
+                listen 127.0.0.1:{port};
+                location / {{ return 200 "{body}"; }}
+            }}
+        }}
+        """))
+    return conf
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

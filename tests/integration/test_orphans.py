@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Daemon, app_cmd, pid_alive, wait_for
+from .conftest import Daemon, app_cmd, nginx_config, pid_alive, wait_for
 
 REASON = re.compile(
     r"the command put itself in the background \(pid (\d+)\): run it in the foreground, "
@@ -341,30 +341,6 @@ def test_recovery_finds_a_recorded_leader_without_its_marker(daemon: Daemon) -> 
             os.kill(old, signal.SIGKILL)
 
 
-def _nginx_conf(prefix: Path, port: int) -> Path:
-    (prefix / "logs").mkdir(parents=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log notice;
-worker_processes 2;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "ok"; }}
-    }}
-}}
-""")
-    return conf
-
-
 @pytest.mark.parametrize("with_pidfile", [False, True], ids=["no-pidfile", "pidfile"])
 def test_debian_nginx_without_daemon_off(
         daemon: Daemon, tmp_path: Path, with_pidfile: bool) -> None:
@@ -375,7 +351,7 @@ def test_debian_nginx_without_daemon_off(
     nginx = _program("nginx")
     port = _free_port()
     prefix = tmp_path / "nginx"
-    conf = _nginx_conf(prefix, port)
+    conf = nginx_config(prefix, port, error_log=f"{prefix}/error.log notice")
     extra = f'pidfile = "{prefix}/nginx.pid"' if with_pidfile else ""
     daemon.write(f"""
         [apps.nginx]

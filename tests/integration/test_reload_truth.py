@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Daemon, app_cmd, pid_alive, wait_for
+from .conftest import Daemon, app_cmd, nginx_config, pid_alive, wait_for
 
 
 def _free_port() -> int:
@@ -151,28 +150,10 @@ def test_debian_nginx_reloads_in_place_on_sighup(daemon: Daemon, tmp_path: Path)
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
     port = _free_port()
     prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
     conf = prefix / "nginx.conf"
 
     def write_conf(body: str) -> None:
-        conf.write_text(textwrap.dedent(f"""\
-            pid {prefix}/nginx.pid;
-            error_log stderr notice;
-            worker_processes 2;
-            events {{ worker_connections 64; }}
-            http {{
-                access_log off;
-                client_body_temp_path {prefix}/body;
-                proxy_temp_path {prefix}/proxy;
-                fastcgi_temp_path {prefix}/fastcgi;
-                uwsgi_temp_path {prefix}/uwsgi;
-                scgi_temp_path {prefix}/scgi;
-                server {{
-                    listen 127.0.0.1:{port};
-                    location / {{ return 200 "{body}"; }}
-                }}
-            }}
-            """))
+        nginx_config(prefix, port, body=body)
 
     def app(extra: str) -> None:
         daemon.write(f"""
