@@ -23,7 +23,7 @@ reference: 8 lines of Python (pidfd_open + select + subprocess.Popen in a loop):
 a Python supervisor on this machine, to tell the machine's latency from procsup's.
 
     .venv/bin/python bench/bench_restart.py [--iterations 50] [--settle 0.2] [--limits]
-        [--subjects procsup,supervisord,reference]
+        [--subjects procsup,supervisord,reference] [--cgroups off,late,exact]
 """
 
 from __future__ import annotations
@@ -129,6 +129,11 @@ def main() -> None:
     p.add_argument(
         "--settle", type=float, default=0.2, help="seconds between a restart and the next kill"
     )
+    p.add_argument(
+        "--cgroups", default="off",
+        help="comma-separated procsup runs: off ([procsup] cgroups = false), late (\"auto\": "
+             "moved into its cgroup by the worker), exact (\"auto\" with memory_max: born in "
+             "its cgroup); each after the first is named procsup[MODE]")
     known = ("procsup", "supervisord", "reference")
     # Which subjects, before `begin` (it checks supervisord is installed when it runs).
     subjects = [name for name in p.parse_known_args()[0].subjects.split(",") if name]
@@ -142,30 +147,41 @@ def main() -> None:
     res = Results("restart")
     budget = args.budget or 120 + args.iterations * 4
     data: dict[str, dict[str, list[float]]] = {}
+    modes = [m for m in args.cgroups.split(",") if m]
+    if not modes or not set(modes) <= {"off", "late", "exact"}:
+        p.error("--cgroups: choose among off, late, exact")
     with Session("restart", budget) as s:
-        procsup = Procsup(
-            s,
-            "procsup",
-            {
-                "s": {
-                    "command": SLEEP,
-                    "restart_delay": 0,
-                    "min_uptime": "50ms",
-                    "autorestart": True,
-                    **limits,
-                }
-            },
-        )
+        runs: list[Supervisor] = []
+        for i, mode in enumerate(modes):
+            extra = {"memory_max": "1G"} if mode == "exact" else {}
+            run = Procsup(
+                s,
+                "procsup" if i == 0 else f"procsup-{mode}",
+                {
+                    "s": {
+                        "command": SLEEP,
+                        "restart_delay": 0,
+                        "min_uptime": "50ms",
+                        "autorestart": True,
+                        **limits,
+                        **extra,
+                    }
+                },
+                daemon={"cgroups": mode != "off" and "auto"},
+            )
+            if i:
+                run.name = f"procsup[{mode}]"
+            runs.append(run)
         sv = Supervisord(
             s,
             "supervisord",
             {"s": {"command": SLEEP, "startsecs": 0, "autorestart": True, "startretries": 100}},
         )
         ref = MiniRestarter(s, "reference")
-        for sup in (procsup, sv, ref):
-            if sup.name not in subjects:
+        for sup in (*runs, sv, ref):
+            if sup.name.partition("[")[0] not in subjects:
                 continue
-            helpers = 1 if sup is procsup and args.limits else 0
+            helpers = 1 if sup in runs and args.limits else 0
             data[sup.name] = measure(sup, args.iterations, args.warmup, args.settle, helpers)
             sup.stop()
     rows = []
@@ -196,6 +212,7 @@ def main() -> None:
         "ms_from_sigkill": data,
         "reference_median_exec": stat("reference", median),
         "limits": args.limits,
+        "cgroups": modes,
     }
     print()
     print(res.summary())

@@ -1,15 +1,26 @@
-"""cgroup v2 groups of instance runs (layer 2: the only module that writes to the cgroup tree).
+"""cgroup v2 groups of instance runs (layer 2: the tree of groups, and how runs get into them;
+one group's own operations are `cgroup.Group`).
 
 Where procsupd can create cgroup v2 groups (root with a writable hierarchy, or systemd's
 `Delegate=yes`), every run of an instance gets a cgroup of its own: stopping it kills the whole
 cgroup (`cgroup.kill`), whatever its processes did to their process group or session; its
 memory is the cgroup's; `memory_max`, `cpu_weight` and `pids_max` are written to its
-controllers where the hierarchy offers them. Nothing here runs between fork and exec: procsupd moves
-itself into the new run's (empty) cgroup for the fork and back right after it (`Tree.spawn`),
-so the child is born in its cgroup and nothing it forks, however early, is outside it. The
-limits are written once procsupd is back home, so they never apply to procsupd itself; and a
-kill never reaches a group that holds procsupd (docs/benchmarks.md, "cgroup placement", says why
-this and not a write of the child's pid after Popen, or an exec'd helper).
+controllers where the hierarchy offers them. Nothing here runs between fork and exec. A run
+gets into its group one of two ways (docs/benchmarks.md, "cgroup placement", says why these
+and not an exec'd helper):
+
+- *exact*, for a run with controller keys: procsupd moves itself into the new run's (empty)
+  cgroup for the fork and back right after it (`Tree.start`), so the child is born in its
+  cgroup and nothing it forks, however early, is outside its limits. The limits are written
+  once procsupd is back home, so they never apply to procsupd itself; and a kill never reaches
+  a group that holds procsupd. The cost: a cgroup migration after a pause waits for an RCU
+  grace period (~10 ms here), on the loop, before the exec.
+- *late*, for every other run: the child is started where procsupd is, and a worker thread
+  moves it into its group at once, then whatever it forked meanwhile (its descendants, and the
+  children of procsupd that its orphans became and whose environment names the instance),
+  pass after pass until none is left outside (`Tree.place_late`). The grace period is paid
+  by the worker, not by the exec or the loop; until the move the run's processes are stopped
+  by their process group and the subreaper, as without cgroups.
 
 The layout, under procsupd's own cgroup `<own>` (from `/proc/self/cgroup`, found in the cgroup2
 mount of `/proc/self/mountinfo`; nothing is hard-coded):
@@ -35,19 +46,19 @@ base's `cgroup.subtree_control`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
 import itertools
 import os
-import select
-import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from procsup import procfs
-from procsup.errors import ConfigError, ProcsupError
+from procsup.cgroup import CgroupError, Events, Group, Limits, read, words, write
+from procsup.errors import ConfigError
 from procsup.model import AppSpec
 
 _T = TypeVar("_T")
@@ -55,6 +66,7 @@ _T = TypeVar("_T")
 __all__ = [
     "KEY_CONTROLLER",
     "CgroupError",
+    "Events",
     "Group",
     "Hierarchy",
     "Limits",
@@ -68,6 +80,7 @@ __all__ = [
     "parse_mountinfo",
     "parse_proc_cgroup",
     "probe",
+    "sweep",
 ]
 
 #: The app keys that set a controller, and the controller each needs.
@@ -76,21 +89,13 @@ KEY_CONTROLLER: Mapping[str, str] = {
     "cpu_weight": "cpu",
     "pids_max": "pids",
 }
+#: Passes of a late placement over what the run forked before its leader was moved.
+_SWEEP_PASSES = 8
+#: A run without controller settings.
+NO_LIMITS = Limits()
 #: The leaf procsupd moves itself into when it was alone in its cgroup.
 SELF_LEAF = "procsupd"
-#: Rounds of "SIGKILL every pid in cgroup.procs" where there is no `cgroup.kill` (< 5.14).
-_KILL_ROUNDS = 200
-#: How often `Events.wait` reads cgroup.events again besides its notifications (seconds).
-_RECHECK = 0.0005
 _MOUNTINFO_ESCAPES = {"\\040": " ", "\\011": "\t", "\\012": "\n", "\\134": "\\"}
-
-
-class CgroupError(ProcsupError):
-    """A cgroup cannot be used as asked; `reason` is what the log or `status` shows."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # -- parsing (pure) ---------------------------------------------------------------------------
@@ -151,27 +156,6 @@ def own_dir(mount: str, root: str, path: str) -> str | None:
 # -- the hierarchy ----------------------------------------------------------------------------
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
-
-
-def _write(path: str, text: str) -> None:
-    """One write(2) of `text`: a cgroup interface file takes one value per write."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _words(path: str) -> frozenset[str]:
-    try:
-        return frozenset(_read(path).split())
-    except OSError:
-        return frozenset()
-
-
 @dataclasses.dataclass(frozen=True)
 class Hierarchy:
     """The cgroup2 mount and procsupd's own cgroup directory under it."""
@@ -190,8 +174,8 @@ def find(pid: int | str = "self") -> Hierarchy | None:
     """The cgroup2 hierarchy and `pid`'s cgroup in it, from /proc; None where there is none
     (not mounted, a v1-only system, the cgroup outside the mount)."""
     try:
-        mounted = parse_mountinfo(_read(f"/proc/{pid}/mountinfo"))
-        path = parse_proc_cgroup(_read(f"/proc/{pid}/cgroup"))
+        mounted = parse_mountinfo(read(f"/proc/{pid}/mountinfo"))
+        path = parse_proc_cgroup(read(f"/proc/{pid}/cgroup"))
     except OSError:
         return None
     if mounted is None or path is None:
@@ -200,223 +184,9 @@ def find(pid: int | str = "self") -> Hierarchy | None:
     return Hierarchy(mounted[0], own) if own is not None and os.path.isdir(own) else None
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """The controller settings of one run; None = not set (the kernel's default)."""
-
-    memory_max: int | None = None  # bytes: memory.max
-    cpu_weight: int | None = None  # 1..10000: cpu.weight
-    pids_max: int | None = None  # pids.max
-
-    def files(self) -> dict[str, str]:
-        """Interface file -> value to write, for the keys that are set."""
-        out = {}
-        if self.memory_max is not None:
-            out["memory.max"] = str(self.memory_max)
-        if self.cpu_weight is not None:
-            out["cpu.weight"] = str(self.cpu_weight)
-        if self.pids_max is not None:
-            out["pids.max"] = str(self.pids_max)
-        return out
-
-    def controllers(self) -> frozenset[str]:
-        return frozenset(name.partition(".")[0] for name in self.files())
-
-
 def limits_of(spec: AppSpec) -> Limits:
     """The controller settings an app asks for (its `memory_max`, `cpu_weight`, `pids_max`)."""
     return Limits(spec.memory_max, spec.cpu_weight, spec.pids_max)
-
-
-class Events:
-    """Readable (as a file descriptor, for `loop.add_reader`) when a group's `cgroup.events`
-    changes: an epoll set holding the file for EPOLLPRI, which kernfs raises on every change
-    (a cgroup.events fd itself polls always readable, so it cannot go to the loop directly).
-    `populated()` reads the file again, which also re-arms it. Close it when done."""
-
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._epoll = select.epoll()
-        try:
-            self._epoll.register(self._fd, select.EPOLLPRI)
-        except OSError:
-            self.close()
-            raise
-
-    def fileno(self) -> int:
-        return self._epoll.fileno()
-
-    def populated(self) -> bool:
-        """Whether a live process is in the group or below it (zombies do not count)."""
-        self._epoll.poll(0)  # drain the readiness, or the loop would see it again
-        try:
-            text = os.pread(self._fd, 4096, 0).decode()
-        except OSError:  # the group was removed
-            return False
-        return "populated 1" in text
-
-    def wait(self, timeout: float) -> bool:
-        """Block until the group is empty or `timeout` seconds passed; whether it is empty.
-
-        The kernel sends at most one notification per file every 10 ms (cgroup_file_notify),
-        so `populated 0` right after `populated 1` (a run killed just after it was placed) may
-        be told 10-15 ms late; the file itself is current at once. So the wait also reads it
-        again every _RECHECK seconds: a killed group is seen empty within a fraction of a
-        millisecond of its last exit."""
-        deadline = time.monotonic() + timeout
-        while self.populated():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._epoll.poll(min(left, _RECHECK))
-        return True
-
-    def close(self) -> None:
-        self._epoll.close()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """One run's cgroup (a directory of the hierarchy)."""
-
-    path: str
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
-    def instance(self) -> tuple[str, int] | None:
-        """(app, index) from the directory's name `<app>@<i>.<n>`; None for another name."""
-        app, at, rest = self.name.rpartition("@")
-        index = rest.partition(".")[0]
-        return (app, int(index)) if at and app and index.isdigit() else None
-
-    def place(self, pid: int) -> None:
-        """Move process `pid` (all its threads) into the group. Raises ProcessLookupError when
-        it is gone, CgroupError when the kernel refuses (a pids.max reached, no permission)."""
-        try:
-            _write(os.path.join(self.path, "cgroup.procs"), str(pid))
-        except ProcessLookupError:
-            raise
-        except OSError as exc:
-            raise CgroupError(f"cannot move pid {pid} into cgroup {self.path}: "
-                              f"{exc.strerror or exc}") from None
-
-    def place_children(self, pid: int) -> list[int]:
-        """Move the children `pid` has now into the group too (what a program forked before it
-        was placed itself, when it is placed after its start); the ones moved. Grandchildren
-        of that instant are not seen: `Tree.spawn` has no such gap."""
-        try:
-            text = _read(f"/proc/{pid}/task/{pid}/children")
-        except OSError:
-            return []
-        moved = []
-        for word in text.split():
-            with contextlib.suppress(ProcessLookupError, CgroupError):
-                self.place(int(word))
-                moved.append(int(word))
-        return moved
-
-    def pids(self) -> list[int]:
-        """The processes in the group now (cgroup.procs: live ones; zombies have left it)."""
-        try:
-            return [int(w) for w in _read(os.path.join(self.path, "cgroup.procs")).split()]
-        except FileNotFoundError:
-            return []
-
-    def populated(self) -> bool:
-        try:
-            return "populated 1" in _read(os.path.join(self.path, "cgroup.events"))
-        except FileNotFoundError:
-            return False
-
-    def events(self) -> Events:
-        """A waiter on the group's `cgroup.events` (see `Events`)."""
-        return Events(os.path.join(self.path, "cgroup.events"))
-
-    def signal(self, sig: int) -> int:
-        """`sig` to every process in the group (a stop's kill_signal); how many got it."""
-        sent = 0
-        me = os.getpid()
-        for pid in self.pids():
-            if pid == me:
-                continue
-            try:
-                os.kill(pid, sig)
-                sent += 1
-            except (ProcessLookupError, PermissionError):
-                pass
-        return sent
-
-    def kill(self) -> None:
-        """SIGKILL to every process in the group and below, including those forked meanwhile:
-        `cgroup.kill` (Linux >= 5.14) does it in the kernel at once; elsewhere the group is
-        frozen (where `cgroup.freeze` exists, so nothing forks), then every pid gets SIGKILL,
-        round after round until none is left. Returns without waiting for them to be gone
-        (`events().wait`). Never procsupd itself: a group it is in (a failed move home
-        after a spawn) has its other processes killed one by one."""
-        me = os.getpid()
-        if me not in self.pids():
-            try:
-                _write(os.path.join(self.path, "cgroup.kill"), "1")
-                return
-            except FileNotFoundError:
-                if not os.path.isdir(self.path):
-                    return
-        freeze = os.path.join(self.path, "cgroup.freeze")
-        frozen = False
-        if me not in self.pids():
-            with contextlib.suppress(OSError):
-                _write(freeze, "1")
-                frozen = True
-        try:
-            for _ in range(_KILL_ROUNDS):
-                if not [p for p in self.pids() if p != me]:
-                    return
-                self.signal(signal.SIGKILL)
-                time.sleep(0.001)
-        finally:
-            if frozen:  # a killed frozen task dies when thawed
-                with contextlib.suppress(OSError):
-                    _write(freeze, "0")
-
-    def memory(self) -> int:
-        """Bytes of memory the group uses: `memory.current` where the memory controller is
-        enabled for it (page cache and kernel memory included), else the RSS of its
-        processes, summed."""
-        try:
-            return int(_read(os.path.join(self.path, "memory.current")))
-        except (OSError, ValueError):
-            return sum(procfs.rss(pid) or 0 for pid in self.pids())
-
-    def set_limits(self, limits: Limits) -> None:
-        """Write the limits; CgroupError names a file the group lacks (its controller is not
-        enabled) or a value the kernel refused."""
-        for name, value in limits.files().items():
-            try:
-                _write(os.path.join(self.path, name), value)
-            except FileNotFoundError:
-                raise CgroupError(f"cgroup {self.path} has no {name}: the "
-                                  f"{name.partition('.')[0]} controller is not enabled for it"
-                                  ) from None
-            except OSError as exc:
-                raise CgroupError(f"cannot set {name} = {value} in {self.path}: "
-                                  f"{exc.strerror or exc}") from None
-
-    def remove(self) -> bool:
-        """Remove the directory once the group is empty; whether it is gone (False: still
-        populated, EBUSY)."""
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            return True
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:
-                return False
-            raise CgroupError(f"cannot remove cgroup {self.path}: {exc.strerror}") from None
-        return True
 
 
 class Tree:
@@ -431,6 +201,8 @@ class Tree:
         self.home = home if home is not None else hierarchy.own
         self._can_enable = can_enable  # <own> holds no process (or is the root)
         self._counter = itertools.count()
+        #: the worker of `place_late`, made on first use
+        self._placer: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def parent(self) -> str:
@@ -439,22 +211,22 @@ class Tree:
     def offered(self) -> frozenset[str]:
         """The controllers a run may get: those enabled for the base's children, and those its
         parent offers where procsupd may enable them."""
-        have = _words(os.path.join(self.base, "cgroup.controllers"))
+        have = words(os.path.join(self.base, "cgroup.controllers"))
         if self._can_enable:
-            have |= _words(os.path.join(self.parent, "cgroup.controllers"))
+            have |= words(os.path.join(self.parent, "cgroup.controllers"))
         return have
 
     def enable(self, controllers: Iterable[str]) -> None:
         """Enable `controllers` for the runs (in the parent's, then the base's
         subtree_control). CgroupError names one the hierarchy does not offer."""
         for ctrl in sorted(set(controllers)):
-            if ctrl in _words(os.path.join(self.base, "cgroup.subtree_control")):
+            if ctrl in words(os.path.join(self.base, "cgroup.subtree_control")):
                 continue
             for where in (self.parent, self.base):
-                if ctrl in _words(os.path.join(where, "cgroup.subtree_control")):
+                if ctrl in words(os.path.join(where, "cgroup.subtree_control")):
                     continue
                 try:
-                    _write(os.path.join(where, "cgroup.subtree_control"), f"+{ctrl}")
+                    write(os.path.join(where, "cgroup.subtree_control"), f"+{ctrl}")
                 except OSError as exc:
                     why = ("the hierarchy does not offer it" if exc.errno == errno.ENOENT
                            else "the cgroup holds processes" if exc.errno == errno.EBUSY
@@ -462,7 +234,7 @@ class Tree:
                     raise CgroupError(f"cannot enable the {ctrl} controller in {where}: "
                                       f"{why}") from None
 
-    def create(self, app: str, index: int, limits: Limits = Limits()) -> Group:
+    def create(self, app: str, index: int, limits: Limits = NO_LIMITS) -> Group:
         """A new, empty group for a run of `app:index`, with `limits` written (their
         controllers enabled first). CgroupError says why not; nothing is left behind then.
         For a group to `spawn` into, leave `limits` out here and give them to `spawn`."""
@@ -485,7 +257,7 @@ class Tree:
             raise
         return group
 
-    def spawn(self, group: Group, start: Callable[[], _T], limits: Limits = Limits()) -> _T:
+    def spawn(self, group: Group, start: Callable[[], _T], limits: Limits = NO_LIMITS) -> _T:
         """`start()` (which forks and execs: `spawn.start`) with procsupd inside the empty
         `group`, so the child is born in it; then procsupd goes home and `limits` are written
         (their controllers must be enabled: `create` with the same limits, or `enable`).
@@ -520,7 +292,7 @@ class Tree:
         try:
             group = self.create(app, index, limits)
         except CgroupError as exc:
-            warning, limits = f"{exc.reason}: it runs without its cgroup limits", Limits()
+            warning, limits = f"{exc.reason}: it runs without its cgroup limits", NO_LIMITS
             try:
                 group = self.create(app, index)
             except CgroupError as again:
@@ -580,10 +352,59 @@ class Tree:
             group.remove()
         return [g for g in left if os.path.isdir(g.path)]
 
+    def place_late(self, group: Group, pid: int,
+                   ours: Callable[[int], bool]) -> concurrent.futures.Future[int]:
+        """Move the run that process `pid` leads, started outside any group, into the empty
+        `group`, in the worker thread (`sweep`; `ours` is called there). The future's result:
+        how many processes were moved; its exception: CgroupError when the leader could not
+        be moved (it runs outside the group)."""
+        if self._placer is None:
+            self._placer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="procsup-cgroup")
+        return self._placer.submit(sweep, group, pid, ours)
+
+    def settle(self) -> None:
+        """Wait for the placements under way to end (the daemon is closing: what was moved
+        must be where `groups` finds it); those not begun are cancelled."""
+        if self._placer is not None:
+            self._placer.shutdown(wait=True, cancel_futures=True)
+            self._placer = None
+
     def close(self) -> None:
-        """Remove the base if no group is left in it (the daemon exits cleanly)."""
+        """Settle the placements, then remove the base if no group is left in it (the daemon
+        exits cleanly)."""
+        self.settle()
         with contextlib.suppress(OSError):
             os.rmdir(self.base)
+
+
+def sweep(group: Group, pid: int, ours: Callable[[int], bool],
+          passes: int = _SWEEP_PASSES) -> int:
+    """Move `pid` and what it forked into `group`: its descendants, and the children of
+    procsupd for which `ours(pid)` is true (the run's orphans, re-parented to procsupd before
+    they were seen below `pid`), again until a pass finds none outside the group (at most
+    `passes`: a process that forks faster than it is moved is left to the process group and
+    the subreaper). A process is moved with all its threads; one that forks while being moved
+    has its child in the group or outside, where the next pass sees it. The number moved.
+    CgroupError: the kernel refused to move the leader (a gone leader is no error: what it
+    left is still swept)."""
+    moved = 0
+    try:
+        group.place(pid)
+        moved += 1
+    except ProcessLookupError:
+        pass
+    for _ in range(passes):
+        inside = set(group.pids())
+        outside = [p for p in procfs.descendants(pid) if p not in inside]
+        outside += [p for p in procfs.children() if p not in inside and ours(p)]
+        if not outside:
+            break
+        for p in outside:
+            with contextlib.suppress(ProcessLookupError, CgroupError):
+                group.place(p)
+                moved += 1
+    return moved
 
 
 def open_tree(name: str, *, hierarchy: Hierarchy | None = None,
@@ -647,7 +468,7 @@ def probe(hierarchy: Hierarchy | None = None) -> Support:
         return Support(f"procsupd cannot write its cgroup {h.own} (run it as root, or under "
                        "systemd with Delegate=yes)")
     alone = h.own_is_root or not set(Group(h.own).pids()) - {os.getpid()}
-    offered = _words(os.path.join(h.own, "cgroup.controllers" if alone
+    offered = words(os.path.join(h.own, "cgroup.controllers" if alone
                                   else "cgroup.subtree_control"))
     return Support(None, offered)
 

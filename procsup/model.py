@@ -182,7 +182,7 @@ class DaemonSpec:
     shutdown_timeout: float = 30.0
     #: "auto": a cgroup per instance run where procsupd can create them; False: never; True:
     #: required (the daemon does not start without them)
-    cgroups: str | bool = False
+    cgroups: str | bool = "auto"
 
     @property
     def daemon_log(self) -> str:

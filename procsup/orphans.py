@@ -128,6 +128,26 @@ class Orphans(Generic[Owner]):
                 sent += spawn.signal_pid(s.pid, sig)
         return sent
 
+    def signal_found(self, found: Iterable[Stray[Owner]], sig: int,
+                     skip: Collection[int] = ()) -> int:
+        """`sig` to strays just found (`scan`) of runs that are being stopped: each, or the
+        group it leads; not those in `skip` (signalled already), nor the known strays, which
+        had it when they were found. How many groups and processes were signalled."""
+        sent = 0
+        for s in found:
+            if s.pid in skip or s.owner is None:
+                continue
+            if self._groups.get(s.pgid) is s.owner and s.pgid == s.pid:
+                sent += spawn.kill_group(s.pgid, sig)
+            else:
+                sent += spawn.signal_pid(s.pid, sig)
+        return sent
+
+    def covered(self, owner: Owner) -> tuple[set[int], set[int]]:
+        """What `signal(owner, ...)` reaches: (the process groups, the single pids)."""
+        groups = {g for g, o in self._groups.items() if o is owner}
+        return groups, {s.pid for s in self.of(owner) if s.pgid not in groups}
+
     def forget(self, owner: Owner) -> None:
         """The run is released: what is left of its strays (none, normally) is unowned."""
         for s in self.of(owner):

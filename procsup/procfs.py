@@ -25,6 +25,7 @@ __all__ = [
     "Stat",
     "boot_time",
     "children",
+    "descendants",
     "environ",
     "is_dead",
     "parse_stat",
@@ -151,12 +152,12 @@ def pids() -> list[int]:
     return sorted(int(name) for name in names if name.isdigit())
 
 
-def children() -> list[int]:
-    """The pids of the calling process's children, zombies included: the `children` file of
-    each of its threads (CONFIG_PROC_CHILDREN, on in every distribution kernel), so the cost is
-    that of the children, not of the process table; a scan of the table where the files are
-    missing."""
-    me = os.getpid()
+def children(pid: int | None = None) -> list[int]:
+    """The pids of the children of `pid` (default: the calling process), zombies included: the
+    `children` file of each of its threads (CONFIG_PROC_CHILDREN, on in every distribution
+    kernel), so the cost is that of the children, not of the process table; a scan of the
+    table where the files are missing. [] when `pid` is gone."""
+    me = os.getpid() if pid is None else pid
     try:
         tids = os.listdir(f"/proc/{me}/task")
     except OSError:
@@ -165,8 +166,22 @@ def children() -> list[int]:
     for tid in tids:
         data = read(me, f"task/{tid}/children")
         if data is None:
+            if not os.path.isdir(f"/proc/{me}/task/{tid}"):
+                continue  # the thread (or the process) ended meanwhile
             return [st.pid for st in stats() if st.ppid == me]
         found.extend(int(x) for x in data.split())
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` now (children, theirs, ...), parents before their children.
+    A snapshot: what forks meanwhile is seen by the next call."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children(todo.pop())
+        found.extend(kids)
+        todo.extend(kids)
     return found
 
 

@@ -18,6 +18,7 @@ callback of the loop, never from inside a call the engine made. Only this module
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -48,6 +49,7 @@ from procsup import (
     statefile,
     units,
 )
+from procsup.cgroup import CgroupError
 from procsup.cgroups import Group, Tree, limits_of
 from procsup.logtargets import Target, Targets
 from procsup.model import AppSpec, ExecMode, InstanceId
@@ -112,6 +114,7 @@ class Run:
     socket_check: asyncio.TimerHandle | None = None
     released: bool = False
     cgroup: Group | None = None  # cgroups (issue 13): the run's own cgroup, if any
+    placing: concurrent.futures.Future[int] | None = None  # its late placement, under way
     _record: statefile.Record | None = None
     _record_read: bool = False
 
@@ -247,6 +250,8 @@ class Processes:
         if self.notify is not None:
             self.notify.close()
             self.notify = None
+        if self.cgroups is not None:  # cgroups (issue 13): no move under way from here on
+            self.cgroups.settle()
         self.listeners.release_all()
         self.record(now=True)
         for run in list(self._runs.values()):
@@ -326,11 +331,20 @@ class Processes:
             group = None
             if self.cgroups is None:
                 proc = spawn.start(launch)
-            else:  # cgroups (issue 13): born in the run's own cgroup
+            elif limits_of(spec).files():  # cgroups (issue 13): born in its group, exactly
                 proc, group, warning = self.cgroups.start(
                     iid.app, iid.index, limits_of(spec), lambda: spawn.start(launch))
                 if warning is not None:
                     self.log.warning("%s: %s", iid, warning)
+            else:  # moved into it by the worker (`_place_late`)
+                group = self._late_group(iid)
+                since = _boot_ticks()
+                try:
+                    proc = spawn.start(launch)
+                except BaseException:
+                    if group is not None:
+                        group.remove()
+                    raise
         except (spawn.SpawnError, OSError) as exc:
             for cap in captures:
                 if cap.reader is not None:
@@ -347,6 +361,8 @@ class Processes:
             for w in write_ends:
                 os.close(w)
         run = Run(iid, spec, proc, self.loop.time(), captures, cgroup=group)
+        if group is not None and not limits_of(spec).files():
+            self._place_late(run, group, since)
         self._last_spawn = run.started
         self._readers.update(captures)
         self._runs[proc.pid] = run
@@ -385,6 +401,69 @@ class Processes:
         last = done.last_line
         return f"{argv[0]} {units.exit_text(done.code, done.signal)}{': ' + last if last else ''}"
 
+    def _late_group(self, iid: InstanceId) -> Group | None:
+        """cgroups (issue 13): a new group for a run of `iid` that is to be placed late."""
+        assert self.cgroups is not None
+        try:
+            return self.cgroups.create(iid.app, iid.index)
+        except CgroupError as exc:
+            self.log.warning("%s: %s: it runs outside any cgroup", iid, exc.reason)
+            return None
+
+    def _place_late(self, run: Run, group: Group, since: int) -> None:
+        """cgroups (issue 13): have the worker move the new run into `group`, with what it
+        forked and what its orphans became (procsupd's children started since the spawn, no
+        run's leader and no health check, whose environment names the instance: `since` in
+        clock ticks after boot); `_placed` follows, on the loop."""
+        assert self.cgroups is not None
+        marker, app, index = self.marker, run.id.app, run.id.index
+        runs, checks = self._runs, self._checks
+
+        def ours(pid: int) -> bool:  # in the worker thread: reads only
+            if pid in runs or pid in checks:
+                return False
+            st = procfs.stat(pid)
+            if st is None or st.dead or st.start_ticks < since:
+                return False
+            m = statefile.marked(pid, marker)
+            return m is not None and m.app == app and m.index == index
+
+        run.placing = self.cgroups.place_late(group, run.pid, ours)
+        run.placing.add_done_callback(functools.partial(self._placed_soon, run))
+
+    def _placed_soon(self, run: Run, future: concurrent.futures.Future[int]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is gone
+            self.loop.call_soon_threadsafe(self._placed, run, future)
+
+    def _placed(self, run: Run, future: concurrent.futures.Future[int]) -> None:
+        """cgroups (issue 13): the late placement of `run` is done. If it failed the run goes
+        on outside any group; a stop that began meanwhile gets its signal in the group too."""
+        run.placing = None
+        group = run.cgroup
+        if group is None:
+            return
+        exc = None if future.cancelled() else future.exception()
+        if future.cancelled() or exc is not None:
+            why = exc.reason if isinstance(exc, CgroupError) else f"cannot place it: {exc}"
+            self.log.warning("%s: %s: it runs outside any cgroup", run.id, why)
+            if group.remove():
+                run.cgroup = None
+            return
+        if run.stopping and run.signalled is not None and not run.released:
+            self._signal_cgroup(run, run.signalled)
+
+    def _signal_cgroup(self, run: Run, sig: int) -> None:
+        """cgroups (issue 13): a stop's `sig` to what is in the run's cgroup besides its
+        process group and its known strays, which have it already (once is what a program
+        expects: a second SIGINT is "stop now" to many); SIGKILL by `cgroup.kill`."""
+        if run.cgroup is None or run.placing is not None:
+            return  # not placed yet: `_placed` calls again
+        if sig == signal.SIGKILL:
+            run.cgroup.kill()
+            return
+        groups, pids = self.orphans.covered(run)
+        run.cgroup.signal(sig, besides=groups | {run.pid}, besides_pids=pids)
+
     def kill(self, handle: RunHandle, sig: int) -> None:
         """The engine's `Kill` effect: `sig` to the run's whole process group, which is now
         being stopped (what is left of it after its leader exits has the rest of the
@@ -394,9 +473,8 @@ class Processes:
             run.stopping = True
             run.signalled = sig
             spawn.kill_group(run.pid, sig)
-            if run.cgroup is not None:  # cgroups (issue 13): whatever left the group too
-                run.cgroup.kill() if sig == signal.SIGKILL else run.cgroup.signal(sig)
             self.orphans.signal(run, sig)  # the strays known; those not yet: in the batch
+            self._signal_cgroup(run, sig)
             self._scan_wanted = True
             self._soon()
 
@@ -429,7 +507,8 @@ class Processes:
         """cgroups (issue 13): leader pid -> bytes of memory of its run's cgroup, for the runs
         of `pids` that have one (`status` shows it instead of the process group's RSS)."""
         return {pid: run.cgroup.memory() for pid in pids
-                if (run := self._runs.get(pid)) is not None and run.cgroup is not None}
+                if (run := self._runs.get(pid)) is not None and run.cgroup is not None
+                and run.placing is None}
 
     async def _probe(self, run: Run) -> None:
         """Poll the run's tcp/http readiness target until it answers or ready_timeout."""
@@ -599,9 +678,9 @@ class Processes:
             # else names: the first takes it (it is stopped either way: with a stop, or as the
             # rest of a run that ended).
             found = self.orphans.scan(self._checks, exiting=exited[0] if exited else None)
-            for owner in {id(o): o for st in found if (o := st.owner) is not None}.values():
-                if owner.stopping and owner.signalled is not None and not owner.released:
-                    self.orphans.signal(owner, owner.signalled)
+            for st in found:
+                if (owner := st.owner) is not None:
+                    self._signal_found(owner, [st])
         for run in exited:
             if not run.released:
                 self._after_exit(run)
@@ -703,7 +782,7 @@ class Processes:
         assert run.exit_status is not None
         # (A stray that dies is reaped on SIGCHLD, and its own orphans found then: `_reap`.)
         # cgroups (issue 13): the run ends when its cgroup is empty too
-        if (spawn.live_members(run.pid) or self.orphans.alive(run)
+        if (spawn.live_members(run.pid) or self.orphans.alive(run) or run.placing is not None
                 or (run.cgroup is not None and run.cgroup.populated())):
             if not run.stopping:
                 spawn.kill_group(run.pid, signal.SIGKILL)
@@ -806,9 +885,15 @@ class Processes:
     def _adopt(self, run: Run) -> None:
         """Scan for strays after a process of `run` died (its orphans are ours now); those
         found during a stop get the stop's signal at once."""
-        found = self.orphans.scan(self._checks, exiting=run)
-        if found and run.stopping and run.signalled is not None:
-            self.orphans.signal(run, run.signalled)
+        self._signal_found(run, self.orphans.scan(self._checks, exiting=run))
+
+    def _signal_found(self, run: Run, found: list[orphans.Stray[Run]]) -> None:
+        """Strays of `run` just found: if it is being stopped, they get its stop signal (but
+        those in its cgroup, which had it: `_signal_cgroup`)."""
+        if found and run.stopping and run.signalled is not None and not run.released:
+            inside = (run.cgroup.pids() if run.cgroup is not None and run.placing is None
+                      else ())
+            self.orphans.signal_found(found, run.signalled, skip=inside)
 
     def _check_sockets(self, run: Run, inherited: list[int]) -> None:
         """A while after a cluster instance started: does it use the listening sockets it was
@@ -879,3 +964,9 @@ class Processes:
         left = await asyncio.to_thread(self.cgroups.clear, 5.0)
         if left:
             self.log.error("cannot remove cgroup(s): %s", ", ".join(g.path for g in left))
+
+
+def _boot_ticks() -> int:
+    """Now, as a process start time in /proc/<pid>/stat counts it (clock ticks after boot),
+    rounded down (a process started from now on reads this or later)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * procfs.CLOCK_TICKS) - 1

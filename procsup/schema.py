@@ -587,7 +587,7 @@ DAEMON_KEYS: Mapping[str, Key] = _rows(
         "apply the config when this file or an included one is saved (debounced)"),
     Key("shutdown_timeout", _DUR, _DUR_DOC, "30s", _duration,
         "how long the daemon waits for apps to stop when it exits"),
-    Key("cgroups", (str, bool), '"auto", true or false', False, _cgroups_setting,
+    Key("cgroups", (str, bool), '"auto", true or false', "auto", _cgroups_setting,
         'a cgroup v2 group per instance run: "auto" = where procsupd can create them, '
         "false = never, true = required (procsupd does not start without them)"),
 )

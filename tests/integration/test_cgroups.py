@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from procsup import cgroups, procfs, statefile
+from procsup import cgroup, cgroups, procfs, statefile
 
-from .conftest import Daemon, wait_for
+from .conftest import Daemon, app_cmd, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,6 +145,49 @@ def test_what_a_shell_forks_first_thing_is_born_in_the_cgroup(tree: cgroups.Tree
         assert group.remove()
 
 
+def test_a_late_placement_moves_what_was_forked_before_it(tree: cgroups.Tree) -> None:
+    """`place_late`: a run started outside any group (as every run without controller keys
+    is) is moved with all it forked meanwhile: its children and theirs, and the processes
+    `ours` claims among procsupd's children (its orphans, re-parented to us)."""
+    group = tree.create("late", 0)
+    script = "sleep 1000 & sh -c 'sleep 1000 & exec sleep 1000' & exec sleep 1000"
+    stray = subprocess.Popen(["sleep", "1000"])  # a child of ours that `ours` claims
+    other = subprocess.Popen(["sleep", "1000"])  # one it does not
+    leader = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
+    try:
+        # what the shell forks: a sleep, and a shell that forks one more
+        _wait(lambda: len(procfs.descendants(leader.pid)) == 3)
+        moved = tree.place_late(group, leader.pid, lambda pid: pid == stray.pid).result(10)
+        inside = set(group.pids())
+        assert {leader.pid, stray.pid, *procfs.descendants(leader.pid)} <= inside
+        assert other.pid not in inside
+        assert moved == len(inside) == 5
+        assert procfs.stat(other.pid) is not None
+    finally:
+        group.kill()
+        assert group.events().wait(10)
+        group.remove()
+        for p in (stray, other, leader):
+            p.kill()
+            p.wait(10)
+
+
+def test_a_late_placement_of_a_gone_leader_is_no_error(tree: cgroups.Tree) -> None:
+    group = tree.create("gone", 0)
+    leader = subprocess.Popen(["true"])
+    leader.wait(10)
+    assert tree.place_late(group, leader.pid, lambda pid: False).result(10) == 0
+    missing = cgroups.Group(os.path.join(tree.base, "no-such-group"))
+    alive = subprocess.Popen(["sleep", "1000"])
+    try:
+        with pytest.raises(cgroups.CgroupError, match="cannot move pid"):
+            tree.place_late(missing, alive.pid, lambda pid: False).result(10)
+    finally:
+        alive.kill()
+        alive.wait(10)
+    assert group.remove()
+
+
 def test_kill_never_reaches_procsupd_itself(tree: cgroups.Tree) -> None:
     group = tree.create("self", 0)
     proc = _start(tree, group, SETSID)
@@ -165,14 +208,14 @@ def test_kill_without_cgroup_kill_falls_back_to_sigkill_of_every_pid(
     group = tree.create("fallback", 0)
     proc = _start(tree, group, SETSID)
     _wait(lambda: len(group.pids()) == 2)
-    real_write = cgroups._write
+    real_write = cgroup.write
 
     def no_cgroup_kill(path: str, text: str) -> None:
         if path.endswith("cgroup.kill"):
             raise FileNotFoundError(path)  # as on Linux < 5.14
         real_write(path, text)
 
-    monkeypatch.setattr(cgroups, "_write", no_cgroup_kill)
+    monkeypatch.setattr(cgroup, "write", no_cgroup_kill)
     group.kill()
     assert group.events().wait(10)
     assert proc.wait(10) == -signal.SIGKILL
@@ -441,4 +484,38 @@ def test_a_restarted_daemon_stops_what_its_predecessor_left_in_cgroups(
     wait_for(lambda: not any(_alive(p) for p in old), 15, "the old processes gone")
     assert len(_escaper_pids(tree)) == 2  # the new run, alone
     assert "previous procsupd left in 1 cgroup" in daemon.daemon_log(), daemon.daemon_log()
+    assert daemon.stop_daemon() == 0
+
+
+@pytest.mark.parametrize("setting", ['"auto"', "false"])
+def test_a_stop_signals_every_process_once(daemon: Daemon, setting: str) -> None:
+    """The stop's SIGTERM reaches the leader, a child that left its session and an orphan
+    (re-parented to procsupd) exactly once each, with or without cgroups: the process group,
+    the strays and the cgroup are each signalled, but nobody twice (a second SIGINT or
+    SIGTERM is "stop now, skip the cleanup" to many programs)."""
+    if setting != "false" and (why := cgroups.probe().reason) is not None:
+        pytest.skip(f"procsupd could not create cgroups here: {why}")
+    log = daemon.root / "terms.log"
+    daemon.write(f"""
+        [apps.web]
+        command = {app_cmd("term_count", str(log))}
+        min_uptime = "100ms"
+        kill_timeout = "10s"
+    """, f"cgroups = {setting}")
+    daemon.start()
+    daemon.wait_states("web", "running")
+
+    def lines(kind: str) -> list[int]:
+        text = log.read_text() if log.exists() else ""
+        return [int(w.split()[1]) for w in text.splitlines() if w.startswith(kind + " ")]
+
+    ups = wait_for(lambda: len(lines("up")) == 3 and lines("up"), 10, "three processes up")
+    if setting != "false":  # all three end up in the run's cgroup (late placement)
+        tree = _daemon_tree(daemon)
+        wait_for(lambda: len(g := tree.groups()) == 1 and set(ups) <= set(g[0].pids()), 10,
+                 "the three processes in the run's cgroup")
+    r = daemon.cli("stop", "web")
+    assert r.returncode == 0, r.stderr
+    assert sorted(lines("term")) == sorted(ups), log.read_text()
+    assert not any(_alive(p) for p in ups)
     assert daemon.stop_daemon() == 0

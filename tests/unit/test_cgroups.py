@@ -142,7 +142,7 @@ def test_app_keys_refused(tmp_path: Path, snippet: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(("snippet", "want"), [
-    ("", False), ('cgroups = "auto"', "auto"), ("cgroups = false", False),
+    ("", "auto"), ('cgroups = "auto"', "auto"), ("cgroups = false", False),
     ("cgroups = true", True),
 ])
 def test_daemon_setting(tmp_path: Path, snippet: str, want: str | bool) -> None:

@@ -1226,7 +1226,7 @@ DAEMON_DEFAULTS: dict[str, tuple[str | None, object]] = {
     "env": (None, None),
     "watch_config": ("true", True),
     "shutdown_timeout": ('"30s"', 30.0),
-    "cgroups": ("false", False),
+    "cgroups": ('"auto"', "auto"),
 }
 DAEMON_PATH_KEYS = {"socket", "pidfile", "log_dir", "state_dir"}
 #: Required, or resolved against log_dir (test_default_log_files_and_per_instance_names).
