@@ -259,10 +259,17 @@ def _own_unit() -> str:
 class StdioOutlet(Outlet):
     """procsupd's stdout (fd 1) or stderr (fd 2), written without blocking and without
     changing the flags of the file procsupd was given (O_NONBLOCK belongs to the open file,
-    which the shell or the container runtime shares): a pipe, FIFO, terminal or file is opened
+    which the shell or the container runtime shares): a pipe, FIFO or terminal is opened
     again through /proc/self/fd (a new open file of its own, non-blocking); a socket (systemd's
     StandardOutput=journal stream) is sent to with MSG_DONTWAIT. Where neither works (no /proc)
-    the outlet writes to a duplicate of the fd, blocking, and says so in the daemon log."""
+    the outlet writes to a duplicate of the fd, blocking, and says so in the daemon log.
+
+    A regular file (`procsupd -n > out.log 2>&1`) never blocks for long and is written through
+    a duplicate of the fd: the same open file, so one file offset for everything written there
+    (procsupd's own log through fd 2, a child that inherited it, this outlet), which the kernel
+    moves past each write(2) under its lock. A file opened again would have an offset of its
+    own, and the shell's `>` opens without O_APPEND: procsupd's log lines would land at their
+    own, stale offset, over the apps' lines."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, name: str,
                  report: Report | None = None) -> None:
@@ -272,6 +279,8 @@ class StdioOutlet(Outlet):
         if stat.S_ISSOCK(st.st_mode):
             self._sock = socket.socket(fileno=os.dup(fd))
             own = self._sock.fileno()
+        elif stat.S_ISREG(st.st_mode):
+            own = os.dup(fd)
         else:
             try:
                 own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK
