@@ -24,6 +24,14 @@ from typing import Any
 from procsup import deps, globs, paths, schema, shellsyntax, tomlpos, units
 from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import JOURNAL, LOG_TARGETS, AppSpec, DaemonSpec, Desired, ExecMode
+from procsup.values import (
+    PROFILE_RE,
+    ValueProblem,
+    app_name_problem,
+    parse_env_line,
+    suggest,
+    type_name,
+)
 
 _TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
 _TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
@@ -203,7 +211,7 @@ def load(
             errors.append(main.error(f"unknown top-level key {key!r}{hint}", key, key=key))
     daemon = _daemon_spec(main, uid, environ, errors)
     active = profile if profile is not None else daemon.env
-    if profile is not None and not schema.PROFILE_RE.match(profile):
+    if profile is not None and not PROFILE_RE.match(profile):
         errors.append(ConfigError(
             f"invalid profile name {profile!r}: use letters, digits, '_' and '-'", key="env"
         ))
@@ -340,7 +348,7 @@ def _add_apps(
     an error even when its first table is broken."""
     table = src.data.get("apps", {})
     if not isinstance(table, dict):
-        errors.append(src.error(f"'apps' must be a table, got {schema.type_name(table)}", "apps"))
+        errors.append(src.error(f"'apps' must be a table, got {type_name(table)}", "apps"))
         return
     for name, raw in table.items():
         if name in defined:
@@ -371,7 +379,7 @@ def _read_included(path: str, require_root_owned: bool, errors: list[ConfigError
 
 
 def _did_you_mean(name: str, known: tuple[str, ...] | Mapping[str, object]) -> str:
-    close = schema.suggest(name, known)
+    close = suggest(name, known)
     return f"; did you mean {close!r}?" if close else ""
 
 
@@ -394,7 +402,7 @@ def _check_table(
             continue
         try:
             out[key] = schema.check(row, raw)
-        except schema.ValueProblem as p:
+        except ValueProblem as p:
             sub = (p.subkey,) if p.subkey else ()
             errors.append(src.error(p.message, *path, key, *sub, key=key))
     return out
@@ -408,7 +416,7 @@ def _daemon_spec(
     table = src.data.get("procsup", {})
     if not isinstance(table, dict):
         errors.append(
-            src.error(f"'procsup' must be a table, got {schema.type_name(table)}", "procsup")
+            src.error(f"'procsup' must be a table, got {type_name(table)}", "procsup")
         )
         table = {}
     values = _check_table(src, table, schema.DAEMON_KEYS, errors, "procsup")
@@ -459,8 +467,8 @@ def _app_spec(
         return src.error(message, *path, app=name, key=key)
 
     if not isinstance(raw, dict):
-        raise error(f"an app must be a table ([apps.{name}]), got {schema.type_name(raw)}")
-    problem = schema.app_name_problem(name)
+        raise error(f"an app must be a table ([apps.{name}]), got {type_name(raw)}")
+    problem = app_name_problem(name)
     if problem is not None:
         raise error(problem)
 
@@ -473,7 +481,7 @@ def _app_spec(
         row, key_profile = found
         try:
             converted = schema.check(row, value)
-        except schema.ValueProblem as p:
+        except ValueProblem as p:
             message = p.message
             if key_profile is not None and not isinstance(value, dict):
                 message += _did_you_mean(key, schema.APP_KEYS)  # env_files = [...] is a typo
@@ -602,7 +610,7 @@ def _read_env_file(src: _Source, app: str, path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         try:
-            parsed = schema.parse_env_line(raw)
+            parsed = parse_env_line(raw)
         except ValueError as exc:
             raise ConfigError(str(exc), file=path, line=number, app=app, key="env_file") from None
         if parsed is not None:
