@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from procsup import config, paths, schema, values
+from procsup import config, configfile, paths, schema, values
 from procsup.errors import ConfigError
 from procsup.model import AppSpec, Condition, DaemonSpec, Desired, ExecMode, RestartPolicy
 
@@ -783,7 +783,7 @@ def test_a_config_file_larger_than_the_bound_is_refused(tmp_path: Path) -> None:
     big = tmp_path / "apps.d" / "big.toml"
     big.parent.mkdir()
     with big.open("wb") as f:
-        f.truncate(config.MAX_FILE_SIZE + 1)  # sparse: no disk used
+        f.truncate(configfile.MAX_FILE_SIZE + 1)  # sparse: no disk used
     err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
     assert (err.file, err.message) == (
         str(big),
