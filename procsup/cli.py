@@ -26,6 +26,7 @@ from procsup.output import (
     LogPrinter,
     as_dict,
     as_list,
+    format_elsewhere,
     format_outcome,
     format_plan,
     format_signalled,
@@ -151,11 +152,19 @@ def cmd_logs(ctx: _Context) -> int:
     # A follower may wait forever for the next line: no timeout.
     client = ctx.client("logs", args, None if ns.follow else QUICK_TIMEOUT)
     frames = client.stream("logs", **args)
+    nothing = False  # every selected stream goes elsewhere: not one file to show
     try:
-        for frame in frames:
+        for first, frame in enumerate(frames, 1):
+            reply = as_dict(frame)
+            if first == 1:
+                elsewhere = as_list(reply.get("elsewhere"))
+                for entry in elsewhere:
+                    print(f"procsup: {format_elsewhere(entry, lines=ns.lines, follow=ns.follow)}",
+                          file=sys.stderr)
+                nothing = bool(elsewhere) and reply.get("files") == 0
             printer.feed(frame)
             sys.stdout.flush()
-            end = as_dict(frame).get("end")
+            end = reply.get("end")
     except KeyboardInterrupt:
         if not ns.follow:
             raise
@@ -165,7 +174,7 @@ def cmd_logs(ctx: _Context) -> int:
     if end:  # the daemon ended the stream early, e.g. this follower fell too far behind
         print(f"procsup: {end}", file=sys.stderr)
         return ExitCode.FAILED
-    return ExitCode.OK
+    return ExitCode.FAILED if nothing else ExitCode.OK
 
 
 def cmd_shutdown(ctx: _Context) -> int:

@@ -16,10 +16,21 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from procsup import __version__, deps, dump, health, lifecycle, logs, metrics, rollout, units
+from procsup import (
+    __version__,
+    deps,
+    dump,
+    health,
+    lifecycle,
+    logs,
+    metrics,
+    outlets,
+    rollout,
+    units,
+)
 from procsup.apply import Applier
 from procsup.errors import ConfigError, RemoteError, WireError
-from procsup.model import LOG_TARGETS, InstanceView, RestartPolicy, State
+from procsup.model import LOG_TARGETS, STDIO, InstanceView, RestartPolicy, State
 from procsup.protocol import VERSION
 from procsup.supervisor import Ref, Supervisor, View
 
@@ -426,8 +437,37 @@ class Commands:
                 seen.setdefault(path, (v.id.app, idx, "both" if out == err else name, path))
         return list(seen.values())
 
+    def log_elsewhere(self, app: str | None, stream: str) -> list[dict[str, object]]:
+        """The selected streams that `procsup logs` cannot read, one entry per app and target:
+        `target` "-" (procsupd's stdout or stderr, with the `place` it leads to), "journal",
+        or None (discarded); `stream` "out", "err", or "both" when both go to one target
+        (never for "-": stdout and stderr are two places); `instances`, the app's selected
+        instance numbers. So the client can say where those lines are instead of nothing."""
+        apps: dict[str, tuple[View, set[int]]] = {}
+        for v in self.select([app] if app else ["all"]):
+            apps.setdefault(v.id.app, (v, set()))[1].add(v.id.index)
+        found: list[dict[str, object]] = []
+        for name, (view, indices) in apps.items():
+            spec = view.spec
+            streams = [(s, t) for s, t in (("out", spec.out_file), ("err", spec.error_file))
+                       if stream in (s, "both") and (t is None or t in LOG_TARGETS)]
+            if len(streams) == 2 and streams[0][1] == streams[1][1] != STDIO:
+                streams = [("both", streams[0][1])]
+            for which, target in streams:
+                entry: dict[str, object] = {"app": name, "instances": sorted(indices),
+                                            "stream": which, "target": target,
+                                            "json": spec.log_format == "json"}
+                if target == STDIO:
+                    entry["place"] = outlets.stdio_place(1 if which == "out" else 2, os.environ)
+                found.append(entry)
+        return found
+
     async def cmd_logs(self, args: dict[str, Any], send: Send) -> object:
-        files = self.log_files(args.get("app"), args.get("stream", "both"))
+        stream = args.get("stream", "both")
+        files = self.log_files(args.get("app"), stream)
+        # Said in the first frame: which streams are not files, and how many files there are
+        # (none: nothing to show or follow, and the client fails with the why).
+        about = {"files": len(files), "elsewhere": self.log_elsewhere(args.get("app"), stream)}
         n = int(args.get("lines", 20))
         lines: list[dict[str, object]] = []
         for app, idx, stream, path in files if n > 0 else ():
@@ -437,9 +477,9 @@ class Commands:
                      "text": raw.decode("utf-8", "replace")}
                     for raw in logs.tail(path, n)
                 )
-        if not args.get("follow"):
-            return {"lines": lines}
-        await send({"lines": lines})
+        if not args.get("follow") or not files:
+            return {"lines": lines, **about}
+        await send({"lines": lines, **about})
         return await self._follow(files, send)
 
     async def _follow(self, files: list[LogFile], send: Send) -> object:

@@ -1,10 +1,11 @@
 """TOML + includes + profile + defaults -> `Desired`, or `ConfigError(file, line, app, key)`.
 
-Layer 1, and the only module that reads files (`globs` lists the directories of `include`
-for it, following no symlink loop). `load()` either returns a complete `Desired` or
-raises; it starts nothing, creates no directory and touches no network. The existence of `cwd`,
-users and groups is checked when an instance is spawned, not here; env files are read here (their
-content is part of the app's definition).
+Layer 1, and with `configfile` (which reads one file safely and parses it) the only module
+that reads files (`globs` lists the directories of `include` for it, following no symlink
+loop). `load()` either returns a complete `Desired` or raises; it starts nothing, creates no
+directory and touches no network. The existence of `cwd`, users and groups is checked when an
+instance is spawned, not here; env files are read here (their content is part of the app's
+definition).
 
 The default paths and the socket discovery of contract §1 are in `paths`, the TOML line
 locator in `tomlpos`.
@@ -14,20 +15,22 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shlex
 import stat
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from procsup import deps, globs, paths, schema, shellsyntax, tomlpos, units
+from procsup import configfile, deps, globs, paths, schema, shellsyntax, units
 from procsup.errors import ConfigError, ConfigErrors
 from procsup.model import JOURNAL, LOG_TARGETS, AppSpec, DaemonSpec, Desired, ExecMode
-
-_TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
-_TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
-
+from procsup.values import (
+    PROFILE_RE,
+    ValueProblem,
+    app_name_problem,
+    parse_env_line,
+    suggest,
+    type_name,
+)
 
 # AppSpec fields taken from the converted value as is (the rest are resolved below).
 _DIRECT_FIELDS = (
@@ -56,123 +59,6 @@ def _raise_all(errors: Sequence[ConfigError]) -> None:
         raise ConfigErrors(errors, limit=MAX_ERRORS)
 
 
-# -- reading files ----------------------------------------------------------------------------
-
-
-class _Source:
-    """One config file, read and parsed."""
-
-    def __init__(self, path: str, text: str, data: dict[str, Any], identity: _Identity) -> None:
-        self.path = path
-        self.dir = os.path.dirname(path)
-        self.data = data
-        self.locator = tomlpos.Locator(text)
-        self.identity = identity
-
-    def error(
-        self, message: str, *path: str, app: str | None = None, key: str | None = None
-    ) -> ConfigError:
-        return ConfigError(
-            message, file=self.path, line=self.locator.line(*path) if path else None, app=app,
-            key=key,
-        )
-
-    def resolve(self, path: str) -> str:
-        return os.path.normpath(os.path.join(self.dir, path))
-
-
-#: (st_dev, st_ino): a file's identity, whichever link or glob reached it.
-_Identity = tuple[int, int]
-#: A config, included or env file is read whole; a larger one is refused.
-MAX_FILE_SIZE = 16 * 1024 * 1024
-_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-class _Unreadable(Exception):
-    """Why a file is not read, for the caller to put in its located error."""
-
-
-def _not_regular(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
-    return f"it is {kind}, not a regular file"
-
-
-def _read_bytes(path: str, require_root_owned: bool = False) -> tuple[bytes, _Identity]:
-    """The content and identity of the regular file `path`; raises _Unreadable (or ConfigError
-    for an owner a root daemon refuses).
-
-    The type is checked before the file is opened: opening a FIFO blocks until a writer comes
-    (and every write to it would wake the config watch), a device or a socket is no config.
-    O_NONBLOCK (an open that cannot wait), O_NOCTTY and the fstat after it close the race with
-    a file swapped in between the stat and the open."""
-    try:
-        reason = _not_regular(os.stat(path).st_mode)
-        if reason is not None:
-            raise _Unreadable(reason)
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb") as f:
-            st = os.fstat(f.fileno())
-            reason = _not_regular(st.st_mode)
-            if reason is not None:
-                raise _Unreadable(reason)
-            if require_root_owned:
-                _check_owner(path, st)
-            # Read one byte more than allowed: the file may grow after the fstat.
-            data = f.read(MAX_FILE_SIZE + 1) if st.st_size <= MAX_FILE_SIZE else b""
-    except OSError as exc:
-        raise _Unreadable(exc.strerror or str(exc)) from None
-    if st.st_size > MAX_FILE_SIZE or len(data) > MAX_FILE_SIZE:
-        raise _Unreadable(f"it holds more than {MAX_FILE_SIZE >> 20} MiB, the most a config "
-                          "file may hold")
-    return data, (st.st_dev, st.st_ino)
-
-
-def _read_text(path: str, require_root_owned: bool) -> tuple[str, _Identity]:
-    try:
-        data, identity = _read_bytes(path, require_root_owned)
-    except _Unreadable as exc:
-        raise ConfigError(f"cannot read config file: {exc}", file=path) from None
-    try:
-        return data.decode("utf-8"), identity
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError("not valid UTF-8", file=path, line=line) from None
-
-
-def _check_owner(path: str, st: os.stat_result) -> None:
-    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            "refusing a config file writable by anyone but root "
-            f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})",
-            file=path,
-        )
-
-
-def _read(path: str, require_root_owned: bool) -> _Source:
-    text, identity = _read_text(path, require_root_owned)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        line: int | None = None
-        m = _TOML_POS_RE.search(message)
-        if m is not None:
-            line = int(m.group(1))
-            message = message[: m.start()]
-        elif (m := _TOML_END_RE.search(message)) is not None:
-            line = max(1, len(text.splitlines()))
-            message = message[: m.start()]
-        raise ConfigError(f"TOML syntax error: {message}", file=path, line=line) from None
-    return _Source(path, text, data, identity)
-
-
 # -- load -------------------------------------------------------------------------------------
 
 
@@ -196,14 +82,14 @@ def load(
     # hide the others; the result is still all or nothing. A main file that cannot be read or
     # parsed is the one exception: it names the includes, so nothing else can be checked.
     errors: list[ConfigError] = []
-    main = _read(os.path.abspath(path), require_root_owned)
+    main = configfile.read(os.path.abspath(path), require_root_owned)
     for key in main.data:
         if key not in ("procsup", "apps"):
             hint = _did_you_mean(key, ("procsup", "apps"))
             errors.append(main.error(f"unknown top-level key {key!r}{hint}", key, key=key))
     daemon = _daemon_spec(main, uid, environ, errors)
     active = profile if profile is not None else daemon.env
-    if profile is not None and not schema.PROFILE_RE.match(profile):
+    if profile is not None and not PROFILE_RE.match(profile):
         errors.append(ConfigError(
             f"invalid profile name {profile!r}: use letters, digits, '_' and '-'", key="env"
         ))
@@ -211,7 +97,7 @@ def load(
 
     apps: dict[str, AppSpec] = {}
     defined: dict[str, str] = {}  # name -> "file:line" of its first table, valid or not
-    owners: dict[str, _Source] = {}  # name -> the file of its table
+    owners: dict[str, configfile.Source] = {}  # name -> the file of its table
     add_apps = functools.partial(
         _add_apps, daemon=daemon, profile=active, apps=apps, defined=defined, owners=owners,
         errors=errors,
@@ -244,7 +130,7 @@ def load(
                    warnings=(*warnings, *_warnings(sources)))
 
 
-def _journal_problems(apps: Mapping[str, AppSpec], owners: Mapping[str, _Source],
+def _journal_problems(apps: Mapping[str, AppSpec], owners: Mapping[str, configfile.Source],
                       socket: str) -> list[ConfigError]:
     """A "journal" log target where there is no journal socket (not a systemd host)."""
     try:
@@ -260,7 +146,7 @@ def _journal_problems(apps: Mapping[str, AppSpec], owners: Mapping[str, _Source]
 
 
 def _included(
-    main: _Source, patterns: Sequence[str], errors: list[ConfigError]
+    main: configfile.Source, patterns: Sequence[str], errors: list[ConfigError]
 ) -> tuple[list[str], list[str]]:
     """The files the `include` globs name, in order (each glob's matches sorted), each file
     once however many links or globs reach it; and a warning per glob that met a symlink
@@ -288,7 +174,7 @@ def _included(
                 continue
             if stat.S_ISDIR(st.st_mode):  # a glob may match directories; they hold no apps
                 continue
-            # A special file goes on to be refused (by _read_bytes) with its reason.
+            # A special file goes on to be refused (by configfile.read_bytes) with its reason.
             if (st.st_dev, st.st_ino) in seen:
                 continue
             seen.add((st.st_dev, st.st_ino))
@@ -302,7 +188,7 @@ def _included(
     return files, warnings
 
 
-def _warnings(sources: list[_Source]) -> tuple[str, ...]:
+def _warnings(sources: list[configfile.Source]) -> tuple[str, ...]:
     """Valid but probably not meant: a duration written as a small integer (milliseconds), a
     string command with shell syntax but no `shell = true` (`shellsyntax.warning`)."""
     out = []
@@ -325,13 +211,13 @@ def _warnings(sources: list[_Source]) -> tuple[str, ...]:
 
 
 def _add_apps(
-    src: _Source,
+    src: configfile.Source,
     *,
     daemon: DaemonSpec,
     profile: str | None,
     apps: dict[str, AppSpec],
     defined: dict[str, str],
-    owners: dict[str, _Source],
+    owners: dict[str, configfile.Source],
     errors: list[ConfigError],
 ) -> None:
     """Check the [apps.*] tables of `src` into `apps`, adding the first problem of each app to
@@ -340,7 +226,7 @@ def _add_apps(
     an error even when its first table is broken."""
     table = src.data.get("apps", {})
     if not isinstance(table, dict):
-        errors.append(src.error(f"'apps' must be a table, got {schema.type_name(table)}", "apps"))
+        errors.append(src.error(f"'apps' must be a table, got {type_name(table)}", "apps"))
         return
     for name, raw in table.items():
         if name in defined:
@@ -357,10 +243,11 @@ def _add_apps(
             errors.append(exc)
 
 
-def _read_included(path: str, require_root_owned: bool, errors: list[ConfigError]) -> _Source:
+def _read_included(path: str, require_root_owned: bool,
+                   errors: list[ConfigError]) -> configfile.Source:
     """Read and parse an include; raises ConfigError if it cannot. Top-level content other
     than `apps` is added to `errors` (the caller still checks the file's apps)."""
-    src = _read(path, require_root_owned)
+    src = configfile.read(path, require_root_owned)
     for key, value in src.data.items():
         if key != "apps":
             what = f"[{key}]" if isinstance(value, dict) else f"key {key!r}"
@@ -371,12 +258,12 @@ def _read_included(path: str, require_root_owned: bool, errors: list[ConfigError
 
 
 def _did_you_mean(name: str, known: tuple[str, ...] | Mapping[str, object]) -> str:
-    close = schema.suggest(name, known)
+    close = suggest(name, known)
     return f"; did you mean {close!r}?" if close else ""
 
 
 def _check_table(
-    src: _Source,
+    src: configfile.Source,
     table: Mapping[str, object],
     rows: Mapping[str, schema.Key],
     errors: list[ConfigError],
@@ -394,21 +281,21 @@ def _check_table(
             continue
         try:
             out[key] = schema.check(row, raw)
-        except schema.ValueProblem as p:
+        except ValueProblem as p:
             sub = (p.subkey,) if p.subkey else ()
             errors.append(src.error(p.message, *path, key, *sub, key=key))
     return out
 
 
 def _daemon_spec(
-    src: _Source, uid: int, environ: Mapping[str, str], errors: list[ConfigError]
+    src: configfile.Source, uid: int, environ: Mapping[str, str], errors: list[ConfigError]
 ) -> DaemonSpec:
     """The `[procsup]` table resolved. Problems go to `errors`; the spec is then built from the
     valid keys and defaults, only so that the apps can still be checked."""
     table = src.data.get("procsup", {})
     if not isinstance(table, dict):
         errors.append(
-            src.error(f"'procsup' must be a table, got {schema.type_name(table)}", "procsup")
+            src.error(f"'procsup' must be a table, got {type_name(table)}", "procsup")
         )
         table = {}
     values = _check_table(src, table, schema.DAEMON_KEYS, errors, "procsup")
@@ -452,15 +339,15 @@ def _cpu_count() -> int:
 
 
 def _app_spec(
-    src: _Source, name: str, raw: object, daemon: DaemonSpec, profile: str | None
+    src: configfile.Source, name: str, raw: object, daemon: DaemonSpec, profile: str | None
 ) -> AppSpec:
     def error(message: str, key: str | None = None, *sub: str) -> ConfigError:
         path = ("apps", name, key, *sub) if key else ("apps", name)
         return src.error(message, *path, app=name, key=key)
 
     if not isinstance(raw, dict):
-        raise error(f"an app must be a table ([apps.{name}]), got {schema.type_name(raw)}")
-    problem = schema.app_name_problem(name)
+        raise error(f"an app must be a table ([apps.{name}]), got {type_name(raw)}")
+    problem = app_name_problem(name)
     if problem is not None:
         raise error(problem)
 
@@ -473,7 +360,7 @@ def _app_spec(
         row, key_profile = found
         try:
             converted = schema.check(row, value)
-        except schema.ValueProblem as p:
+        except ValueProblem as p:
             message = p.message
             if key_profile is not None and not isinstance(value, dict):
                 message += _did_you_mean(key, schema.APP_KEYS)  # env_files = [...] is a typo
@@ -589,12 +476,12 @@ def _app_spec(
 # -- env files --------------------------------------------------------------------------------
 
 
-def _read_env_file(src: _Source, app: str, path: str) -> dict[str, str]:
+def _read_env_file(src: configfile.Source, app: str, path: str) -> dict[str, str]:
     """KEY=VALUE lines; `#` comments, blank lines, `export `, '...' or "..." values."""
     try:
-        text = _read_bytes(path)[0].decode("utf-8")
-    except (_Unreadable, UnicodeDecodeError) as exc:
-        reason = str(exc) if isinstance(exc, _Unreadable) else "not valid UTF-8"
+        text = configfile.read_bytes(path)[0].decode("utf-8")
+    except (configfile.Unreadable, UnicodeDecodeError) as exc:
+        reason = str(exc) if isinstance(exc, configfile.Unreadable) else "not valid UTF-8"
         raise src.error(
             f"cannot read env file {path}: {reason}", "apps", app, "env_file", app=app,
             key="env_file",
@@ -602,7 +489,7 @@ def _read_env_file(src: _Source, app: str, path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         try:
-            parsed = schema.parse_env_line(raw)
+            parsed = parse_env_line(raw)
         except ValueError as exc:
             raise ConfigError(str(exc), file=path, line=number, app=app, key="env_file") from None
         if parsed is not None:

@@ -25,6 +25,7 @@ from procsup import (
     __version__,
     cgroups,
     config,
+    inherit,
     logtargets,
     paths,
     pidfile,
@@ -352,7 +353,7 @@ def run(
 ) -> int:
     """Everything after the process is what it will stay (foreground, or daemonized)."""
     try:
-        spawn.remember_limits()  # the instances' default: what we were started with
+        inherit.remember_limits()  # the instances' default: what we were started with
         raise_nofile()
         prepare_dirs(desired)
         logger = setup_logging(desired, foreground)

@@ -1,6 +1,7 @@
 """Log files: whole lines -> files; rotation, reopen, tail and follow (layer 2).
 
-This is the only module that opens log files; reading the child pipes into a sink is `pipes`.
+This is, with `logfiles` (opening one safely, discarding a rotated one, `tail`), the only
+module that opens log files; reading the child pipes into a sink is `pipes`.
 It imports only `drops` (the bookkeeping of refused writes) from procsup, and reports back
 only through the callbacks it is given.
 
@@ -8,8 +9,9 @@ Threading: everything here runs on the supervisor's one asyncio loop thread. The
 a line is never split or interleaved mid-line within one file because each chunk of whole lines
 reaches the file in a single `LogSink.write` call (one write(2) or writev(2), continued only
 after a short write) and nothing else runs on the loop in between. The one exception touches no
-state: the last close of a file that rotation removed is done by a worker thread (`_discard`),
-because that close frees the file's blocks, tens of milliseconds for a big file.
+state: the last close of a file that rotation removed is done by a worker thread
+(`logfiles.discard`), because that close frees the file's blocks, tens of milliseconds for a
+big file.
 
 Flow control: writes are synchronous. When the disk is slow the loop is slow, the pipe fills
 and the child blocks in write(2); nothing is queued in memory and nothing is dropped. The only
@@ -30,18 +32,18 @@ administrators make them on purpose. Only the immediate parent is checked.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import datetime
 import errno
-import functools
 import logging
 import os
 import stat
 import time
 from collections.abc import Callable
 
+from procsup import logfiles
 from procsup.drops import Ledger, LogHealth
+from procsup.logfiles import tail
 
 __all__ = [
     "LogHealth",
@@ -52,14 +54,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_TAIL_BLOCK = 64 * 1024
-_TAIL_MAX_BYTES = 16 * 1024 * 1024
 _NL = b"\n"
-# O_NOCTTY: a log path that is a terminal must not become the controlling terminal of
-# procsupd (a session leader without one), whose hangup would then send it SIGHUP.
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
-_FILE_MODE = 0o640
-_DIR_MODE = 0o755
 
 #: Write errors after which the open file works again once space is freed: the next chunk
 #: simply tries write(2) again. Any other error (EIO, EROFS, ESTALE...) may have broken the fd
@@ -73,74 +68,6 @@ RETRY_MAX = 30.0
 #: report(level, message): a line for the daemon log (a failure, a resume).
 Report = Callable[[int, str], None]
 Follower = Callable[[bytes], None]
-
-
-def _parent_is_shared(path: str) -> bool:
-    """True when someone other than the parent directory's owner may create entries in it, or
-    the owner is neither root nor us: then a symlink at `path` may have been planted."""
-    parent = os.path.dirname(path) or "."
-    try:
-        st = os.stat(parent)
-    except OSError:
-        return True  # cannot tell: be safe; the open will report the real problem
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return True
-    return st.st_uid not in (0, os.geteuid())
-
-
-def _open_log(path: str, *, truncate: bool = False) -> int:
-    """Open `path` for appending (creating it and its parent directory), safely. Raises OSError
-    with the path in the message."""
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, mode=_DIR_MODE, exist_ok=True)
-    flags = _OPEN_FLAGS | (os.O_TRUNC if truncate else 0)
-    nofollow = _parent_is_shared(path)
-    if nofollow:
-        flags |= os.O_NOFOLLOW
-    try:
-        return os.open(path, flags, _FILE_MODE)
-    except OSError as exc:
-        if nofollow and exc.errno == errno.ELOOP:
-            raise OSError(
-                exc.errno,
-                "refusing to follow a symlink in a directory others can write",
-                path,
-            ) from exc
-        if exc.filename is None:
-            raise OSError(exc.errno, exc.strerror, path) from exc
-        raise
-
-
-@functools.cache
-def _discarder() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="procsup-log-discard")
-
-
-def _discard(path: str) -> None:
-    """Remove the file at `path`, if any, without freeing its blocks on the loop: the unlink
-    of a last link (or a rename over it) frees them there and then, 25 - 40 ms for 64 MiB on
-    ext4. The file is held open, unlinked (then cheap; and a rename to `path` finds nothing to
-    replace, so ext4 does not flush the renamed file), and a worker thread does the last close.
-    A file that cannot be opened is unlinked plainly. Raises OSError as `os.unlink`, except
-    for a missing file."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-    try:
-        fd: int | None = os.open(path, flags)
-    except FileNotFoundError:
-        return
-    except OSError:  # a symlink (O_NOFOLLOW), not readable...
-        fd = None
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    finally:
-        if fd is not None:
-            try:
-                _discarder().submit(os.close, fd)
-            except RuntimeError:  # the interpreter is exiting: no new work for threads
-                os.close(fd)
 
 
 def _date_prefix(fmt: str) -> bytes:
@@ -339,7 +266,7 @@ class LogSink:
     def _open(self, *, truncate: bool, reporting: bool = False) -> None:
         """Open the file; with `reporting` errors are reported (an episode), else raised."""
         try:
-            fd = _open_log(self.path, truncate=truncate)
+            fd = logfiles.open_log(self.path, truncate=truncate)
         except OSError as exc:
             if not reporting:
                 raise
@@ -397,9 +324,9 @@ class LogSink:
 
     def _shift(self) -> None:
         path, retain = self.path, self.retain
-        # The oldest goes first, off the loop (`_discard`): each rename below then has no file
-        # to replace, and costs microseconds.
-        _discard(f"{path}.{retain}")
+        # The oldest goes first, off the loop (`logfiles.discard`): each rename below then has
+        # no file to replace, and costs microseconds.
+        logfiles.discard(f"{path}.{retain}")
         for k in range(retain - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{path}.{k}", f"{path}.{k + 1}")
@@ -407,7 +334,7 @@ class LogSink:
             os.replace(path, f"{path}.1")
         k = retain + 1  # left over from a larger log_retain
         while os.path.lexists(f"{path}.{k}"):
-            _discard(f"{path}.{k}")
+            logfiles.discard(f"{path}.{k}")
             k += 1
 
     # -- refused writes ------------------------------------------------------------------
@@ -578,54 +505,3 @@ class LogSinks:
 
     def __len__(self) -> int:
         return len(self._sinks)
-
-
-def tail(path: str, n: int, *, max_bytes: int = _TAIL_MAX_BYTES) -> list[bytes]:
-    """The last `n` lines of the file at `path`, without their newlines, oldest first.
-
-    Reads backwards in 64 KiB blocks and stops as soon as it has `n` lines, so a large file is
-    not read whole; it also stops after `max_bytes`, in which case the first line returned may
-    be the end of a longer line. A missing file gives []. Returns bytes: log lines are whatever
-    the app wrote, decode with errors="replace". Opens the file like a sink does (no symlink
-    following in a directory others can write) and reads only this file, not `<path>.1`.
-    """
-    if n <= 0:
-        return []
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # non-blocking: never hang on a fifo
-    if _parent_is_shared(path):
-        flags |= os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return []
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        pos = st.st_size
-        blocks: list[bytes] = []
-        newlines = 0
-        total = 0
-        trailing: bool | None = None
-        while pos > 0 and total < max_bytes:
-            size = min(_TAIL_BLOCK, pos, max_bytes - total)
-            pos -= size
-            block = os.pread(fd, size, pos)
-            if not block:  # the file shrank under us
-                break
-            if trailing is None:
-                trailing = block.endswith(_NL)
-            blocks.append(block)
-            total += len(block)
-            newlines += block.count(_NL)
-            # n full lines are certain once n newlines precede the last line's end.
-            if newlines - (1 if trailing else 0) >= n:
-                break
-    finally:
-        os.close(fd)
-    data = b"".join(reversed(blocks))
-    if data.endswith(_NL):
-        data = data[:-1]
-    elif not data:
-        return []
-    return data.split(_NL)[-n:]

@@ -16,6 +16,7 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import select
 import sys
 import threading
@@ -184,7 +185,10 @@ class DaemonLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     of theirs. Elsewhere (other threads, before the loop, after the outlets closed) it is
     written to stderr as usual, except that once apps have shared that file a line waits at
     most STALL_WAIT seconds for room in it, and is dropped after that: a reader that stopped
-    must not hold procsupd's exit (or a worker thread) forever."""
+    must not hold procsupd's exit (or a worker thread) forever. Such a line (a record, with
+    its traceback) is one write(2) of its own, so that it cannot be cut by the outlet writing
+    the apps' lines from the loop meanwhile (a file shares its offset with the outlet:
+    `outlets.StdioOutlet`)."""
 
     STALL_WAIT = 1.0
 
@@ -206,10 +210,25 @@ class DaemonLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if outlet is None:
             if self._shared and not select.select([], [self.stream], [], self.STALL_WAIT)[1]:
                 return  # stalled: dropped rather than waited for
-            super().emit(record)
+            self._write_whole(record)
             return
         self._shared = True
         try:
             outlet.put((self.format(record) + "\n").encode("utf-8", "replace"))
+        except Exception:
+            self.handleError(record)
+
+    def _write_whole(self, record: logging.LogRecord) -> None:
+        """`record` to stderr in one write(2) (the handler's lock is held: one at a time)."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+            super().emit(record)
+            return
+        try:
+            data = memoryview((self.format(record) + self.terminator).encode("utf-8", "replace"))
+            self.stream.flush()  # what was written through the stream before goes first
+            while data:
+                data = data[os.write(fd, data):]
         except Exception:
             self.handleError(record)

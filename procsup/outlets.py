@@ -37,12 +37,12 @@ import select
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from procsup.drops import Ledger, LogHealth
 from procsup.pipes import Valve
 
-__all__ = ["FLUSH_TIMEOUT", "HIGH", "LOW", "Outlet", "StdioOutlet", "stdio_key"]
+__all__ = ["FLUSH_TIMEOUT", "HIGH", "LOW", "Outlet", "StdioOutlet", "stdio_key", "stdio_place"]
 
 _log = logging.getLogger(__name__)
 
@@ -213,13 +213,63 @@ def stdio_key(fd: int) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def stdio_place(fd: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """Where procsupd's stdout (1) or stderr (2) leads, as far as procsupd can tell, so that
+    `procsup logs` can point there: `{"kind": "file", "path": ...}` (a regular file),
+    `"null"` (/dev/null: procsupd daemonized), `"journal"` (systemd's journal stream, which
+    `$JOURNAL_STREAM` names; with `"unit"`, procsupd's unit from /proc/self/cgroup, when it
+    is a service), `"terminal"` (with its `"path"`), `"pipe"` (a pipe or a socket: a
+    container runtime, a shell pipeline), `"closed"`."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return {"kind": "closed"}
+    name = ""
+    with contextlib.suppress(OSError):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+    if stat.S_ISREG(st.st_mode):
+        return {"kind": "file", "path": name} if name.startswith("/") else {"kind": "pipe"}
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+        return {"kind": "null"}
+    if environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}":
+        place = {"kind": "journal"}
+        unit = _own_unit()
+        if unit:
+            place["unit"] = unit
+        return place
+    if os.isatty(fd):
+        return {"kind": "terminal", "path": name}
+    return {"kind": "pipe"}
+
+
+def _own_unit() -> str:
+    """The systemd service procsupd runs in (the last `.service` of its cgroup path), or ""."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        for part in reversed(line.rpartition(":")[2].split("/")):
+            if part.endswith(".service"):
+                return part
+    return ""
+
+
 class StdioOutlet(Outlet):
     """procsupd's stdout (fd 1) or stderr (fd 2), written without blocking and without
     changing the flags of the file procsupd was given (O_NONBLOCK belongs to the open file,
-    which the shell or the container runtime shares): a pipe, FIFO, terminal or file is opened
+    which the shell or the container runtime shares): a pipe, FIFO or terminal is opened
     again through /proc/self/fd (a new open file of its own, non-blocking); a socket (systemd's
     StandardOutput=journal stream) is sent to with MSG_DONTWAIT. Where neither works (no /proc)
-    the outlet writes to a duplicate of the fd, blocking, and says so in the daemon log."""
+    the outlet writes to a duplicate of the fd, blocking, and says so in the daemon log.
+
+    A regular file (`procsupd -n > out.log 2>&1`) never blocks for long and is written through
+    a duplicate of the fd: the same open file, so one file offset for everything written there
+    (procsupd's own log through fd 2, a child that inherited it, this outlet), which the kernel
+    moves past each write(2) under its lock. A file opened again would have an offset of its
+    own, and the shell's `>` opens without O_APPEND: procsupd's log lines would land at their
+    own, stale offset, over the apps' lines."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, name: str,
                  report: Report | None = None) -> None:
@@ -229,6 +279,8 @@ class StdioOutlet(Outlet):
         if stat.S_ISSOCK(st.st_mode):
             self._sock = socket.socket(fileno=os.dup(fd))
             own = self._sock.fileno()
+        elif stat.S_ISREG(st.st_mode):
+            own = os.dup(fd)
         else:
             try:
                 own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK

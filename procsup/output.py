@@ -249,6 +249,69 @@ class LogPrinter:
                 self._write(text + "\n")
 
 
+_STREAM_NAMES = {"out": "stdout", "err": "stderr", "both": "stdout and stderr"}
+_KEYS = {"out": "out_file", "err": "error_file", "both": "out_file and error_file"}
+_STDIO_NAMES = {"out": "standard output", "err": "standard error"}
+
+
+def format_elsewhere(entry: object, *, lines: int, follow: bool) -> str:
+    """One line for stderr about streams `procsup logs` cannot read (an `elsewhere` entry of
+    the `logs` reply): where they go and how to read them there. `lines` and `follow` are
+    the user's `-n` and `-f`, carried over into the command it suggests."""
+    e = as_dict(entry)
+    app = str(e.get("app", "?"))
+    stream = str(e.get("stream", "out"))
+    target = e.get("target")
+    who = f"{_instances(app, as_list(e.get('instances')))} {_STREAM_NAMES.get(stream, stream)}"
+    key = _KEYS.get(stream, stream)
+    if target is None:
+        verb = "are" if stream == "both" else "is"
+        return f"{who} {verb} discarded ({key} = false): there is nothing to show"
+    verb = "go" if stream == "both" else "goes"
+    if target == "journal":
+        import shlex
+
+        words = ["journalctl", "-n", str(lines)] + (["-f"] if follow else [])
+        words.append(f"PROCSUP_APP={app}")
+        if stream != "both":
+            words.append(f"PROCSUP_STREAM={stream}")
+        return (f"{who} {verb} to the systemd journal ({key} = \"journal\"), not to a file: "
+                f"{shlex.join(words)}")
+    place = as_dict(e.get("place"))
+    kind = place.get("kind")
+    head = (f"{who} goes to procsupd's {_STDIO_NAMES.get(stream, stream)} "
+            f"({key} = \"-\")")
+    if e.get("json") is True:
+        mark = f'its lines are JSON objects with "app": "{app}"'
+    else:
+        mark = f'its lines start with "{app}:<instance> | " (after the date, if any)'
+    if kind == "file":
+        return f"{head}, the file {place.get('path')}, where {mark}"
+    if kind == "null":
+        return (f"{head}: procsupd runs daemonized and that is /dev/null, so these lines are "
+                "lost; run procsupd -n (or use a file or \"journal\")")
+    if kind == "journal":
+        unit = place.get("unit")
+        where = f"journalctl -u {unit}" if unit else "journalctl (procsupd's own unit)"
+        return f"{head}: it goes to the journal with procsupd's own log, where {mark}: {where}"
+    if kind == "terminal":
+        return f"{head}: it is the terminal procsupd runs in ({place.get('path')})"
+    if kind == "closed":
+        return f"{head}: procsupd's {_STDIO_NAMES.get(stream, stream)} is closed"
+    return (f"{head}: read it where procsupd's output goes (docker logs, kubectl logs, "
+            f"journalctl -u procsup), where {mark}")
+
+
+def _instances(app: str, indices: list[Any]) -> str:
+    """`web:0`, `web:0-3` (a run of instances), `web:0,2`; `web` with none."""
+    nums = sorted(i for i in indices if isinstance(i, int) and not isinstance(i, bool))
+    if not nums:
+        return app
+    if len(nums) > 2 and nums == list(range(nums[0], nums[-1] + 1)):
+        return f"{app}:{nums[0]}-{nums[-1]}"
+    return f"{app}:{','.join(map(str, nums))}"
+
+
 def as_dict(value: object) -> dict[str, Any]:
     """`value` if it is a JSON object, else {} (a reply from a newer daemon reads as empty)."""
     return value if isinstance(value, dict) else {}

@@ -5,7 +5,7 @@ restart and reload without the port ever closing (contract, "Cluster mode"). Eac
 receives the sockets by the systemd socket-activation protocol: fds 3, 4, ... in `listen` order,
 `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` (the instance's own pid).
 
-Addresses (validated by `schema.check_listen`; this module re-parses them because layer 2 may
+Addresses (validated by `values.check_listen`; this module re-parses them because layer 2 may
 not import layer 1):
 
 - ``tcp://HOST:PORT``: HOST is an IPv4 literal, a name resolved with getaddrinfo (first result,

@@ -4,11 +4,11 @@ No Python runs between fork and exec: everything the child needs (new session, u
 supplementary groups, umask, cwd, fds) is done by `subprocess.Popen`'s C code. Its rlimits,
 nice and OOM score (`limits.plan`) come by inheritance: procsupd holds its own open-files limit
 at the instance's for the duration of the fork, or, where that cannot be done, a helper that
-sets them on itself and execs the program (`prlimit`, `nice`, `choom`) is put before argv.
-Exit is observed through a pidfd (Linux >= 5.3) that the caller registers on its event loop,
-so there is no watcher thread per child and no SIGCHLD handler; an idle daemon makes no
-wakeups. Short commands with a time limit (health checks) are run to their end by
-`run_bounded`, on the loop.
+sets them on itself and execs the program (`prlimit`, `nice`, `choom`) is put before argv;
+what a child forked now would inherit is read by `inherit`. Exit is observed through a pidfd
+(Linux >= 5.3) that the caller registers on its event loop, so there is no watcher thread per
+child and no SIGCHLD handler; an idle daemon makes no wakeups. Short commands with a time
+limit (health checks) are run to their end by `run_bounded`, on the loop.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import signal
 import subprocess
 from collections.abc import Container, Mapping, Sequence
 
-from procsup import limits, procfs
+from procsup import inherit, limits, procfs
 from procsup.errors import ProcsupError
 from procsup.model import AppSpec
 
@@ -179,114 +179,10 @@ def wanted(spec: AppSpec) -> limits.Wanted:
     return limits.Wanted.of(spec.limits, spec.nice, spec.oom_score_adjust)
 
 
-#: "nofile": RLIMIT_NOFILE as procsupd was started, before it raised its own soft limit
-#: (`remember_limits`); absent: as now (a process that never raised it).
-_ORIGINAL: dict[str, limits.Pair] = {}
 #: Where the helpers are looked for besides procsupd's PATH.
 _HELPER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 _HELPER_PACKAGES = {"prlimit": "util-linux", "nice": "coreutils", "choom": "util-linux"}
 _helpers: dict[str, str] = {}  # helper -> the path it was found at
-
-
-def remember_limits() -> None:
-    """Record procsupd's RLIMIT_NOFILE as it was started: what instances get by default. Call it
-    once, before procsupd raises its own limit."""
-    _ORIGINAL["nofile"] = _pair(resource.getrlimit(resource.RLIMIT_NOFILE))
-
-
-def _pair(pair: tuple[int, int]) -> limits.Pair:
-    return pair[0], pair[1]
-
-
-def inherited(want: limits.Wanted) -> limits.Inherited:
-    """What a child forked now by this thread would get, as far as `want` needs to know (only
-    what it names is read: the default case reads one limit)."""
-    names = {"nofile", *want.limits}
-    current = {n: _pair(resource.getrlimit(limits.RESOURCES[n])) for n in names}
-    nice = os.getpriority(os.PRIO_PROCESS, 0) if want.nice is not None else 0
-    floor = 20
-    if want.nice is not None:
-        soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
-        floor = -20 if soft == limits.UNLIMITED else 20 - soft
-    oom = _own_oom_score_adjust() if want.oom_score_adjust is not None else 0
-    nr_open = _nr_open() if "nofile" in want.limits else 1 << 20
-    return limits.Inherited(
-        current, _ORIGINAL.get("nofile", current["nofile"]), nice=nice, oom_score_adjust=oom,
-        sys_resource=_capable(_CAP_SYS_RESOURCE), sys_nice=_capable(_CAP_SYS_NICE),
-        nice_floor=floor, nr_open=nr_open)
-
-
-_CAP_SYS_NICE = 23
-_CAP_SYS_RESOURCE = 24
-_CAPS: list[int] = []  # procsupd's effective capabilities, read once (they do not change)
-
-
-def _capable(cap: int) -> bool:
-    """Whether procsupd has capability `cap` in its effective set (root in a container often
-    lacks CAP_SYS_RESOURCE)."""
-    if not _CAPS:
-        mask = 0
-        try:
-            with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-                for line in f:
-                    if line.startswith("CapEff:"):
-                        mask = int(line.split()[1], 16)
-        except (OSError, ValueError, IndexError):
-            mask = ~0 if os.geteuid() == 0 else 0
-        _CAPS.append(mask)
-    return bool(_CAPS[0] >> cap & 1)
-
-
-def _own_oom_score_adjust() -> int:
-    try:
-        with open("/proc/self/oom_score_adj", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 0
-
-
-def _nr_open() -> int:
-    try:
-        with open("/proc/sys/fs/nr_open", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1 << 20
-
-
-def room_below(limit: int) -> bool:
-    """Whether procsupd's open fds leave FORK_HEADROOM free below `limit`, so that the next
-    FORK_HEADROOM opens of any thread get numbers below it (the kernel gives the lowest free
-    fd). First the cheap sufficient test: the size of procsupd's fd table (FDSize, above its
-    highest fd) leaves that room. Else the count of the open fds: fewer than `limit -
-    FORK_HEADROOM` leave it too; the number of the fd opened to count is the lowest free one
-    (every fd below it is open), a quick no for a daemon that holds many."""
-    bound = limit - limits.FORK_HEADROOM
-    if bound <= 0:
-        return False
-    try:
-        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            status = os.read(fd, 8192)
-        finally:
-            os.close(fd)
-        at = status.index(b"FDSize:") + len(b"FDSize:")
-        if int(status[at:status.index(b"\n", at)]) <= bound:
-            return True
-        fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return False
-    try:
-        if fd >= bound:
-            return False
-        count = 0
-        with os.scandir(fd) as it:
-            for _entry in it:
-                count += 1
-                if count > bound:
-                    return False
-        return True
-    finally:
-        os.close(fd)
 
 
 def _helper(name: str) -> str | None:
@@ -304,23 +200,22 @@ def problems(spec: AppSpec) -> list[str]:
     """What procsupd, as it runs now, cannot give the app's instances (`limits.problems`):
     for `procsupd --check` and start-up warnings; a start fails with the same words."""
     want = wanted(spec)
-    return limits.problems(want, inherited(want))
+    return limits.problems(want, inherit.inherited(want))
 
 
 def plan(launch: Launch) -> limits.Plan:
     """How `launch` gets its attributes (see limits.plan); raises SpawnError when procsupd
     cannot give them (`limits.problems`)."""
     want = launch.attributes
-    if want is _DEFAULT_ATTRIBUTES or want == _DEFAULT_ATTRIBUTES:
-        # The common case, cheaply: nothing to do unless procsupd raised its open-files limit.
-        original = _ORIGINAL.get("nofile")
-        if original is None or _pair(resource.getrlimit(resource.RLIMIT_NOFILE)) == original:
-            return _NOTHING
-    have = inherited(want)
+    # The common case, cheaply: nothing to do unless procsupd raised its open-files limit.
+    default = want is _DEFAULT_ATTRIBUTES or want == _DEFAULT_ATTRIBUTES
+    if default and not inherit.nofile_raised():
+        return _NOTHING
+    have = inherit.inherited(want)
     trouble = limits.problems(want, have)
     if trouble:
         raise SpawnError("; ".join(trouble))
-    return limits.plan(want, have, room_below)
+    return limits.plan(want, have, inherit.room_below)
 
 
 def _argv(launch: Launch, plan: limits.Plan) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ so nothing is ever dropped silently. A source that cannot be read or makes no se
 Modules: `pm2` (ecosystem .json/.yaml/.yml/.js/.cjs), `jsobject` (the JS object-literal reader
 pm2 uses instead of running Node), `supervisord` (.conf with includes).
 
-Imports only layer 0 and `schema`.
+Imports only layer 0, `schema` and `values`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Protocol
 
 import tomli_w
 
-from procsup import schema
+from procsup import schema, values
 from procsup.errors import ConfigError
 
 
@@ -74,7 +74,7 @@ class AppTable:
         source option `key`."""
         try:
             schema.check(schema.APP_KEYS[procsup_key], value)
-        except schema.ValueProblem as exc:
+        except values.ValueProblem as exc:
             raise self.fail(key, exc.message) from None
         self.out[procsup_key] = value
 
@@ -101,20 +101,20 @@ def render(
     AssertionError here rather than a config that `procsupd --check` rejects later.
     """
     for name, table in apps.items():
-        if schema.app_name_problem(name) is not None:
+        if values.app_name_problem(name) is not None:
             raise AssertionError(f"importer produced an invalid app name {name!r}")
         for key, value in table.items():
             found = schema.app_key(key)
             assert found is not None, f"importer produced an unknown key {key!r}"
             try:
                 schema.check(found[0], value)
-            except schema.ValueProblem as exc:
+            except values.ValueProblem as exc:
                 raise AssertionError(f"importer produced app {name!r} {key} = {value!r}: "
                                      f"{exc.message}") from None
     for key, value in daemon.items():
         try:
             schema.check(schema.DAEMON_KEYS[key], value)
-        except schema.ValueProblem as exc:
+        except values.ValueProblem as exc:
             raise AssertionError(f"importer produced [procsup] {key} = {value!r}: "
                                  f"{exc.message}") from None
     lines = [
@@ -159,21 +159,21 @@ def _one_line(text: str) -> str:
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 #: Why an imported app was renamed, for the note.
 NAME_RULES = (f"procsup app names use letters, digits, '_', '.' and '-', do not start with '-', "
-              f"have at most {schema.APP_NAME_MAX} characters, and are unique")
+              f"have at most {values.APP_NAME_MAX} characters, and are unique")
 
 
 def app_name(wanted: str, taken: set[str]) -> str:
     """A procsup app name for a source name: invalid characters become "-", leading ones are
-    dropped, a name longer than `schema.APP_NAME_MAX` is cut to it, "all" and names already
+    dropped, a name longer than `values.APP_NAME_MAX` is cut to it, "all" and names already
     taken get a "-2", "-3"... suffix (cutting the name further to make room). The caller notes
     a change of name (`NAME_RULES` says why)."""
-    name = _BAD_NAME_CHARS.sub("-", wanted).strip("-")[: schema.APP_NAME_MAX] or "app"
-    if name in schema.RESERVED_APP_NAMES:
+    name = _BAD_NAME_CHARS.sub("-", wanted).strip("-")[: values.APP_NAME_MAX] or "app"
+    if name in values.RESERVED_APP_NAMES:
         name = f"{name}-app"
     base, n = name, 2
     while name in taken:
         suffix = f"-{n}"
-        name, n = base[: schema.APP_NAME_MAX - len(suffix)] + suffix, n + 1
+        name, n = base[: values.APP_NAME_MAX - len(suffix)] + suffix, n + 1
     taken.add(name)
     return name
 

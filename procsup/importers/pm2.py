@@ -19,7 +19,7 @@ decision:
   without PORT it becomes a fork app, with a note.
 - `autostart: false` becomes `instances = 0` (start it with `procsup scale APP N`).
 
-Imports only layer 0, `schema` and the package's own modules.
+Imports only layer 0, `schema`, `values` and the package's own modules.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from procsup import schema
+from procsup import values
 from procsup.errors import ConfigError
 from procsup.importers import (
     NAME_RULES,
@@ -398,7 +398,7 @@ class _App(AppTable):
         for key in [k for k in self.opts if k.startswith("env_")]:
             value = self.take(key)
             profile = key[len("env_"):]
-            if key == "env_file" or not schema.PROFILE_RE.match(profile):
+            if key == "env_file" or not values.PROFILE_RE.match(profile):
                 self.note(key, f"not imported: {profile!r} is not a procsup profile name "
                           "(letters, digits, '_', '-'), or env_file means something else")
                 continue
@@ -417,7 +417,7 @@ class _App(AppTable):
             raise self.fail(key, f"expected an object, got {_kind(value)}")
         out: dict[str, object] = {}
         for name, item in value.items():
-            if not schema.ENV_NAME_RE.match(name):
+            if not values.ENV_NAME_RE.match(name):
                 raise self.fail(key, f"invalid environment variable name {name!r}")
             if item is None:
                 self.note(key, f"{name} is null: PM2 passes no value, nor does procsup")

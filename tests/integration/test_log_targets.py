@@ -364,3 +364,42 @@ def test_container_pid1_logs_to_stdout_and_stops_in_dependency_order(daemon: Dae
         if ns.poll() is None:
             daemon.cli("shutdown")
             ns.wait(20)
+
+
+def test_own_log_and_dash_output_in_one_file_stay_whole(daemon: Daemon) -> None:
+    """`procsupd -n > out.log 2>&1`: procsupd's own log (from the loop, and off it: at exit)
+    and the apps' "-" lines share one open file without O_APPEND. Each lands after the other,
+    whole: no line written at a stale offset over the others."""
+    daemon.write(f"""
+        [apps.c]
+        command = {app_cmd("counter", "0.0005", "120")}
+        instances = 2
+        out_file = "-"
+        error_file = false
+        """)
+    out = daemon.root / "out.log"
+    with open(out, "wb") as f:  # as the shell's `> out.log 2>&1`: one file, no O_APPEND
+        daemon.proc = subprocess.Popen(
+            [PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
+            stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=daemon.env)
+    wait_for(daemon.ping, 15, "procsupd to serve")
+    wait_for(lambda: out.read_bytes().count(b"c:1 | ") > 500, 10, "lines of both instances")
+    daemon.config.write_text(daemon.config.read_text() + "\n[apps.broken]\ncommand = 1\n")
+    assert daemon.cli("update").returncode == 1  # an error line logged on the loop
+    time.sleep(0.3)
+    assert daemon.stop_daemon() == 0  # and the lines of the exit, after the outlets closed
+    nxt = {"0": 0, "1": 0}
+    own = []
+    data = out.read_bytes()
+    assert data.endswith(b"\n"), data[-200:]
+    for line in data.decode(errors="replace").splitlines():
+        m = COUNTED.fullmatch(line)
+        if m is None:
+            assert re.match(r"\d{4}-\d\d-\d\d \S+ (INFO|WARNING|ERROR) ", line), repr(line)
+            own.append(line)
+            continue
+        assert int(m.group(3)) == nxt[m.group(2)], (line, nxt)  # none overwritten
+        nxt[m.group(2)] += 1
+    assert any("config not applied" in line for line in own), own
+    assert own[-1].endswith("procsupd exiting"), own[-3:]
+    assert min(nxt.values()) > 500, nxt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 
 from .conftest import PY, Daemon, LineReader, app_cmd, wait_for
@@ -119,3 +120,69 @@ def test_rotation_by_size_keeps_retain_files(daemon: Daemon) -> None:
         assert p.stat().st_size <= 20 * 1024 + 50
         for line in p.read_text().splitlines():
             assert re.fullmatch(r"0123456789012345678901234567890123456789-\d+", line), line
+
+
+def test_logs_says_where_streams_that_are_not_files_go(daemon: Daemon) -> None:
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal_path = str(daemon.run_dir / "journal.sock")
+    journal.bind(journal_path)  # a fake journal: the entries are not read here
+    daemon.env["PROCSUP_JOURNAL_SOCKET"] = journal_path
+    daemon.write("""
+        [apps.a]
+        command = ["/bin/sh", "-c", "echo to-dash; echo to-journal >&2; exec sleep 1000"]
+        instances = 2
+        out_file = "-"
+        error_file = "journal"
+        [apps.j]
+        command = "sleep 1000"
+        out_file = "journal"
+        error_file = "journal"
+        [apps.d]
+        command = "sleep 1000"
+        out_file = false
+        error_file = false
+        [apps.f]
+        command = ["/bin/sh", "-c", "echo in-a-file; exec sleep 1000"]
+        error_file = "-"
+        """)
+    try:
+        daemon.start()
+        log = daemon.log_dir / "f-out.log"
+        wait_for(lambda: log.exists() and "in-a-file" in log.read_text(), 5, "f's line")
+        # Daemon.start puts procsupd's stdout and stderr in one file: the message names it.
+        dash = (f'procsup: a:0,1 stdout goes to procsupd\'s standard output (out_file = "-"), '
+                f'the file {daemon.stderr_path}, where its lines start with "a:<instance> | "')
+        in_journal = ('procsup: a:0,1 stderr goes to the systemd journal (error_file = '
+                      '"journal"), not to a file: journalctl -n 20 PROCSUP_APP=a '
+                      'PROCSUP_STREAM=err\n')
+
+        # Nothing at all to show: every stream is elsewhere; exit 1, the why on stderr.
+        r = daemon.cli("logs", "a")
+        assert r.returncode == 1 and r.stdout == "", r
+        assert dash in r.stderr and in_journal in r.stderr, r.stderr
+        r = daemon.cli("logs", "a", "--err", "-n", "5", "-f", timeout=10)  # returns at once
+        assert r.returncode == 1 and r.stdout == "", r
+        assert r.stderr == ("procsup: a:0,1 stderr goes to the systemd journal (error_file = "
+                            '"journal"), not to a file: journalctl -n 5 -f PROCSUP_APP=a '
+                            "PROCSUP_STREAM=err\n"), r.stderr
+        r = daemon.cli("logs", "j")
+        assert r.returncode == 1, r
+        assert r.stderr == ("procsup: j:0 stdout and stderr go to the systemd journal "
+                            '(out_file and error_file = "journal"), not to a file: '
+                            "journalctl -n 20 PROCSUP_APP=j\n"), r.stderr
+        r = daemon.cli("logs", "d", "--out")
+        assert r.returncode == 1, r
+        assert r.stderr == ("procsup: d:0 stdout is discarded (out_file = false): there is "
+                            "nothing to show\n"), r.stderr
+
+        # A file to show: it is shown, the rest is said on stderr, exit 0.
+        r = daemon.cli("logs", "f")
+        assert r.returncode == 0 and r.stdout == "in-a-file\n", r
+        assert "procsup: f:0 stderr goes to procsupd's standard error" in r.stderr, r.stderr
+        r = daemon.cli("logs")
+        assert r.returncode == 0 and "in-a-file" in r.stdout, r
+        assert dash in r.stderr and in_journal in r.stderr and "j:0 stdout and stderr" in r.stderr
+        assert "d:0 stdout and stderr are discarded" in r.stderr, r.stderr
+        assert daemon.stop_daemon() == 0
+    finally:
+        journal.close()

@@ -331,6 +331,52 @@ def test_log_lines_plain_from_one_file_prefixed_from_several() -> None:
     assert printed({"lines": []}) == ""
 
 
+def test_streams_elsewhere_say_where_they_go() -> None:
+    def said(place: dict[str, str] | None, *, stream: str = "out", json_format: bool = False,
+             instances: list[int] | None = None) -> str:
+        entry = {"app": "web", "instances": [0] if instances is None else instances,
+                 "stream": stream, "target": "-", "place": place, "json": json_format}
+        return output.format_elsewhere(entry, lines=20, follow=False)
+
+    head = 'web:0 stdout goes to procsupd\'s standard output (out_file = "-")'
+    assert said({"kind": "null"}).startswith(head + ": procsupd runs daemonized")
+    assert said({"kind": "terminal", "path": "/dev/pts/3"}) == (
+        head + ": it is the terminal procsupd runs in (/dev/pts/3)")
+    assert said({"kind": "pipe"}) == (
+        head + ": read it where procsupd's output goes (docker logs, kubectl logs, journalctl "
+        '-u procsup), where its lines start with "web:<instance> | " (after the date, if any)')
+    assert said({"kind": "journal", "unit": "procsup.service"}).endswith(
+        ": journalctl -u procsup.service")
+    assert said(None, stream="err", json_format=True, instances=[0, 1, 2, 3]).startswith(
+        'web:0-3 stderr goes to procsupd\'s standard error (error_file = "-"): read it where')
+    assert 'JSON objects with "app": "web"' in said({"kind": "pipe"}, json_format=True)
+    assert output.format_elsewhere(
+        {"app": "a b", "instances": [1], "stream": "both", "target": "journal"},
+        lines=5, follow=True) == ('a b:1 stdout and stderr go to the systemd journal (out_file '
+                                  "and error_file = \"journal\"), not to a file: journalctl -n 5 "
+                                  "-f 'PROCSUP_APP=a b'")
+
+
+def test_stdio_place_tells_a_file_a_pipe_and_dev_null(tmp_path: Path) -> None:
+    from procsup import outlets
+
+    with open(tmp_path / "out.log", "w") as f:
+        assert outlets.stdio_place(f.fileno(), {}) == {"kind": "file",
+                                                        "path": str(tmp_path / "out.log")}
+    with open(os.devnull, "w") as f:
+        assert outlets.stdio_place(f.fileno(), {}) == {"kind": "null"}
+    r, w = os.pipe()
+    try:
+        assert outlets.stdio_place(w, {}) == {"kind": "pipe"}
+        st = os.fstat(w)
+        journal = outlets.stdio_place(w, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert journal["kind"] == "journal"
+    finally:
+        os.close(r)
+        os.close(w)
+    assert outlets.stdio_place(10**6, {}) == {"kind": "closed"}
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from procsup import config, paths, schema
+from procsup import config, configfile, paths, schema, values
 from procsup.errors import ConfigError
 from procsup.model import AppSpec, Condition, DaemonSpec, Desired, ExecMode, RestartPolicy
 
@@ -380,7 +380,7 @@ def test_bad_app_names(tmp_path: Path, header: str, message: str) -> None:
 
 def test_app_name_limits_are_allowed(tmp_path: Path) -> None:
     """Up to 100 characters; '-' anywhere but first; a leading '.' or '_' is no option."""
-    names = ["a" * schema.APP_NAME_MAX, "a-", "_x", ".x", "9"]
+    names = ["a" * values.APP_NAME_MAX, "a-", "_x", ".x", "9"]
     text = "".join(f'[apps."{n}"]\ncommand = "x"\n' for n in names)
     assert list(load_text(tmp_path, text).apps) == names
 
@@ -388,7 +388,7 @@ def test_app_name_limits_are_allowed(tmp_path: Path) -> None:
 def test_the_longest_app_name_fits_its_log_file_names(tmp_path: Path) -> None:
     """The bound leaves every default log file (per instance, rotated) a file name the file
     system takes: each is created for real."""
-    name = "a" * schema.APP_NAME_MAX
+    name = "a" * values.APP_NAME_MAX
     app = load_text(tmp_path, f'[apps.{name}]\ncommand = "x"\ninstances = 100000\n'
                     "log_retain = 1000\n").apps[name]
     for path in app.log_paths(99999):
@@ -581,7 +581,7 @@ def test_env_file_syntax_error_points_into_the_env_file(tmp_path: Path) -> None:
     ],
 )
 def test_parse_env_line(line: str, parsed: tuple[str, str] | None) -> None:
-    assert schema.parse_env_line(line) == parsed
+    assert values.parse_env_line(line) == parsed
 
 
 @pytest.mark.parametrize(
@@ -589,7 +589,7 @@ def test_parse_env_line(line: str, parsed: tuple[str, str] | None) -> None:
 )
 def test_parse_env_line_invalid(line: str) -> None:
     with pytest.raises(ValueError):
-        schema.parse_env_line(line)
+        values.parse_env_line(line)
 
 
 # -- includes ----------------------------------------------------------------------------------
@@ -783,7 +783,7 @@ def test_a_config_file_larger_than_the_bound_is_refused(tmp_path: Path) -> None:
     big = tmp_path / "apps.d" / "big.toml"
     big.parent.mkdir()
     with big.open("wb") as f:
-        f.truncate(config.MAX_FILE_SIZE + 1)  # sparse: no disk used
+        f.truncate(configfile.MAX_FILE_SIZE + 1)  # sparse: no disk used
     err = load_error(tmp_path, '[procsup]\ninclude = ["apps.d/*.toml"]\n')
     assert (err.file, err.message) == (
         str(big),

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from procsup import config, limits, schema
+from procsup import config, limits, schema, values
 from procsup.dump import MERGED_APP_KEYS, MERGED_DAEMON_KEYS, dump
 from procsup.model import AppSpec, DaemonSpec, Desired, ExecMode, RestartPolicy
 
@@ -427,7 +427,7 @@ def _apps(draw: st.DrawFn) -> AppSpec:
     shell = draw(st.booleans())
     argv = tuple(draw(st.lists(_text, min_size=1, max_size=3)))
     return AppSpec(
-        name=draw(st.from_regex(schema.APP_NAME_RE, fullmatch=True).filter(lambda n: n != "all")),
+        name=draw(st.from_regex(values.APP_NAME_RE, fullmatch=True).filter(lambda n: n != "all")),
         command=("/bin/sh", "-c", argv[0]) if shell else argv,
         shell=shell,
         cwd=draw(st.none() | st.just("/srv/app")),

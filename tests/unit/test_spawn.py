@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from procsup import limits, spawn
+from procsup import inherit, limits, spawn
 
 T = TypeVar("T")
 LIMIT = 20.0  # every test's loop is bounded by it
@@ -181,16 +181,16 @@ def _program(pid: int) -> str:
 def _started_with_nofile(soft: int) -> Iterator[None]:
     """As procsupd: started with soft RLIMIT_NOFILE `soft`, then raised; restored after."""
     saved = resource.getrlimit(resource.RLIMIT_NOFILE)
-    original = dict(spawn._ORIGINAL)
+    original = dict(inherit._ORIGINAL)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, saved[1]))
-        spawn.remember_limits()
+        inherit.remember_limits()
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
-        spawn._ORIGINAL.clear()
-        spawn._ORIGINAL.update(original)
+        inherit._ORIGINAL.clear()
+        inherit._ORIGINAL.update(original)
 
 
 @contextlib.contextmanager
@@ -230,26 +230,10 @@ def test_default_is_the_original_open_files_limit_held_around_the_fork() -> None
 @needs_room
 def test_default_without_room_below_the_original_uses_prlimit(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spawn, "room_below", lambda limit: False)
+    monkeypatch.setattr(inherit, "room_below", lambda limit: False)
     with _started_with_nofile(256), _child(spawn.Launch(_SLEEP, env=os.environ)) as pid:
         assert _program(pid) == "sleep"  # the helper exec'd the program: same pid
         assert _limits_of(pid, "Max open files")[0] == "256"
-
-
-def _fd_table_size() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("FDSize:"):
-            return int(line.split()[1])
-    raise AssertionError("no FDSize in /proc/self/status")
-
-
-def test_room_below_the_fd_table_size_or_the_count_of_open_fds() -> None:
-    assert spawn.room_below(_fd_table_size() + limits.FORK_HEADROOM)  # the quick test
-    count = len(os.listdir("/proc/self/fd"))
-    if count + limits.FORK_HEADROOM + 1 < _fd_table_size() + limits.FORK_HEADROOM:
-        assert spawn.room_below(count + limits.FORK_HEADROOM + 1)  # counted
-    assert not spawn.room_below(count + limits.FORK_HEADROOM - 2)
-    assert not spawn.room_below(10)
 
 
 def test_app_limits_nice_and_oom_score() -> None:
