@@ -359,7 +359,7 @@ def run(
         logger = setup_logging(desired, foreground)
     except (OSError, ProcsupError) as exc:
         ready(f"cannot prepare directories or the log: {exc}")
-        print(f"procsupd: {exc}", file=sys.stderr)
+        say(f"procsupd: {exc}", journal=foreground and systemd.stderr_to_journal())
         return ExitCode.FAILED
     try:
         if lock is not None:
@@ -429,26 +429,35 @@ def daemonize(desired: Desired, profile: str | None) -> int:
     os._exit(code)
 
 
+def say(text: str, priority: int = systemd.ERR, *, journal: bool = False) -> None:
+    """A line for stderr before the daemon's log exists (why it does not start, a warning).
+    `journal`: stderr is the journal (-n under systemd), so the line carries its sd-daemon
+    priority prefix, as the log's lines do: `journalctl -u procsup -p err` shows why a start
+    failed, where an unprefixed line would be info."""
+    print(systemd.prefixed(text, priority) if journal else text, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    journal = args.foreground and not args.check and systemd.stderr_to_journal()
     path = args.config or paths.default_config_path()
     try:
         # As root, refuse config files that anyone but root could have written (contract §3).
         desired = config.load(path, profile=args.env, require_root_owned=os.geteuid() == 0)
     except ConfigError as exc:
-        print(f"procsupd: invalid config: {exc}", file=sys.stderr)
+        say(f"procsupd: invalid config: {exc}", journal=journal)
         return ExitCode.FAILED
     except OSError as exc:
-        print(f"procsupd: cannot read config: {exc}", file=sys.stderr)
+        say(f"procsupd: cannot read config: {exc}", journal=journal)
         return ExitCode.FAILED
     for warning in (*desired.warnings, *attribute_warnings(desired),
                     *([] if args.foreground else stdio_warnings(desired))):
-        print(f"procsupd: warning: {warning}", file=sys.stderr)
+        say(f"procsupd: warning: {warning}", systemd.WARNING, journal=journal)
     try:
         for warning in cgroup_warnings(desired):
-            print(f"procsupd: warning: {warning}", file=sys.stderr)
+            say(f"procsupd: warning: {warning}", systemd.WARNING, journal=journal)
     except ProcsupError as exc:
-        print(f"procsupd: {exc}", file=sys.stderr)
+        say(f"procsupd: {exc}", journal=journal)
         return ExitCode.FAILED
     if args.check:
         print(config.describe(desired), end="")  # its text ends with the newline
@@ -456,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_runtime_dirs(desired)
     except ProcsupError as exc:
-        print(f"procsupd: {exc}", file=sys.stderr)
+        say(f"procsupd: {exc}", journal=journal)
         return ExitCode.FAILED
     if args.foreground:
         return run(

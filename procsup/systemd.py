@@ -19,7 +19,12 @@ import os
 import socket
 from collections.abc import Mapping
 
-__all__ = ["PriorityFormatter", "notify", "ready", "status", "stderr_to_journal", "stopping"]
+__all__ = ["ERR", "WARNING", "PriorityFormatter", "notify", "prefixed", "ready", "status",
+           "stderr_to_journal", "stopping"]
+
+#: The syslog priorities of the lines procsupd prints before its log exists.
+ERR = 3
+WARNING = 4
 
 # A service manager that does not read its socket must not stall the daemon's loop for long.
 _SEND_TIMEOUT = 1.0
@@ -86,9 +91,9 @@ def stderr_to_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> 
 def _priority(levelno: int) -> int:
     """The syslog priority of a logging level: err, warning, info, debug."""
     if levelno >= logging.ERROR:
-        return 3
+        return ERR
     if levelno >= logging.WARNING:
-        return 4
+        return WARNING
     if levelno >= logging.INFO:
         return 6
     return 7
@@ -99,5 +104,9 @@ class PriorityFormatter(logging.Formatter):
     traceback's lines too: the journal reads each line as an entry of its own)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+        return prefixed(super().format(record), _priority(record.levelno))
+
+
+def prefixed(text: str, priority: int) -> str:
+    """`text` with the sd-daemon prefix `<priority>` on each of its lines."""
+    return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))

@@ -306,9 +306,11 @@ def test_dash_without_foreground_is_warned_about(daemon: Daemon) -> None:
 
 
 def test_own_log_under_systemd_carries_priority_prefixes(daemon: Daemon) -> None:
+    # memory_max without cgroups: a start-up warning, printed before the log exists
     daemon.write("""
         [apps.web]
         command = "sleep 100"
+        memory_max = "64M"
         """)
     env = {**daemon.env, "INVOCATION_ID": "0123456789abcdef0123456789abcdef"}
     env.pop("JOURNAL_STREAM", None)
@@ -320,7 +322,25 @@ def test_own_log_under_systemd_carries_priority_prefixes(daemon: Daemon) -> None
     lines = daemon.daemon_log().splitlines()
     assert any(ln.startswith("<6>INFO procsupd") and "serving" in ln for ln in lines), lines
     assert any(ln.startswith("<3>ERROR ") and "config not applied" in ln for ln in lines), lines
+    assert any(ln.startswith("<4>procsupd: warning: ") and "memory_max" in ln
+               for ln in lines), lines
     assert all(re.match(r"<[3467]>", ln) for ln in lines), lines
+
+
+def test_start_up_failure_under_systemd_is_an_error(daemon: Daemon) -> None:
+    """Why procsupd -n does not start reaches the journal at err priority (`journalctl -u
+    procsup -p err` shows it), as the log's own errors do; --check prints no prefixes."""
+    daemon.write("""
+        [apps.web]
+        command =
+        """)
+    env = {**daemon.env, "INVOCATION_ID": "0123456789abcdef0123456789abcdef"}
+    env.pop("JOURNAL_STREAM", None)
+    for args, prefix in ((["-n"], "<3>"), (["-n", "--check"], "")):
+        r = subprocess.run([PY, "-m", "procsup.daemon", *args, "-c", str(daemon.config)],
+                           capture_output=True, text=True, timeout=20, env=env)
+        assert r.returncode == 1
+        assert r.stderr.startswith(f"{prefix}procsupd: invalid config: "), (args, r.stderr)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
