@@ -877,10 +877,12 @@ class Processes:
         pidfile process (reaped by its run)."""
         reaped = spawn.reap_children(_Keep(self._runs, self._checks, self._mains))
         if reaped:
-            # A stray's children are re-parented to procsupd when it dies: they are its run's.
+            # A stray's children are re-parented to procsupd when it dies: they are its run's
+            # (and so is a child of its leader that exited meanwhile: found here, it must have
+            # the stop's signal here, as the batch's scan skips what is known).
             for owner in self.orphans.reaped(reaped):
                 if not owner.released:
-                    self.orphans.scan(self._checks, exiting=owner)
+                    self._adopt(owner)
 
     def _adopt(self, run: Run) -> None:
         """Scan for strays after a process of `run` died (its orphans are ours now); those

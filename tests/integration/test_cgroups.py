@@ -489,10 +489,12 @@ def test_a_restarted_daemon_stops_what_its_predecessor_left_in_cgroups(
 
 @pytest.mark.parametrize("setting", ['"auto"', "false"])
 def test_a_stop_signals_every_process_once(daemon: Daemon, setting: str) -> None:
-    """The stop's SIGTERM reaches the leader, a child that left its session and an orphan
-    (re-parented to procsupd) exactly once each, with or without cgroups: the process group,
-    the strays and the cgroup are each signalled, but nobody twice (a second SIGINT or
-    SIGTERM is "stop now, skip the cleanup" to many programs)."""
+    """The stop's SIGTERM reaches the leader, a helper in its group, the helper's child that
+    left the session (re-parented to procsupd, silently, when the helper exits) and an orphan
+    (re-parented to procsupd before the stop) exactly once each, with or without cgroups: the
+    process group, the strays and the cgroup are each signalled, but nobody twice (a second
+    SIGINT or SIGTERM is "stop now, skip the cleanup" to many programs). The orphan's exit
+    finds the helper's child: without cgroups, that is where it must get its signal."""
     if setting != "false" and (why := cgroups.probe().reason) is not None:
         pytest.skip(f"procsupd could not create cgroups here: {why}")
     log = daemon.root / "terms.log"
@@ -509,11 +511,11 @@ def test_a_stop_signals_every_process_once(daemon: Daemon, setting: str) -> None
         text = log.read_text() if log.exists() else ""
         return [int(w.split()[1]) for w in text.splitlines() if w.startswith(kind + " ")]
 
-    ups = wait_for(lambda: len(lines("up")) == 3 and lines("up"), 10, "three processes up")
-    if setting != "false":  # all three end up in the run's cgroup (late placement)
+    ups = wait_for(lambda: len(lines("up")) == 4 and lines("up"), 10, "four processes up")
+    if setting != "false":  # all four end up in the run's cgroup (late placement)
         tree = _daemon_tree(daemon)
         wait_for(lambda: len(g := tree.groups()) == 1 and set(ups) <= set(g[0].pids()), 10,
-                 "the three processes in the run's cgroup")
+                 "the four processes in the run's cgroup")
     r = daemon.cli("stop", "web")
     assert r.returncode == 0, r.stderr
     assert sorted(lines("term")) == sorted(ups), log.read_text()

@@ -85,4 +85,8 @@ time.sleep(60)
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-    assert listening.held(proc.pid) == ()  # gone: holds nothing
+    # gone, once the grandchild (SIGKILLed too, but not waited for) has died: holds nothing
+    deadline = time.monotonic() + 10
+    while (left := listening.held(proc.pid)) != ():
+        assert time.monotonic() < deadline, left
+        time.sleep(0.02)
