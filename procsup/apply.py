@@ -23,7 +23,19 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from procsup import config, health, listening, monitors, reconcile, rollout, statefile, units, watch
+from procsup import (
+    config,
+    dump,
+    handover,
+    health,
+    listening,
+    monitors,
+    reconcile,
+    rollout,
+    statefile,
+    units,
+    watch,
+)
 from procsup.errors import ConfigError
 from procsup.model import LIVE_STATES, Desired, ExecMode, State
 from procsup.reconcile import Kind
@@ -182,6 +194,7 @@ class Applier:
         self.loader = ConfigLoader(self.loop, self._read, path=desired.daemon.config_path,
                                    log=self.log)
         self.monitors = monitors.Monitors(self.loop, self.log, self.recycle, self.leaders)
+        self._check_command = check_command
         self.health = health.HealthChecks(engine, self.recycle, command=check_command)
 
     @property
@@ -214,6 +227,41 @@ class Applier:
                 self.update_watch()
         finally:
             self.started_up.set()
+
+    # ------------------------------------------------------------------ re-exec (issue 14)
+
+    def hand_over(self) -> tuple[str, str | None]:
+        """The applied config and, when they differ from it (a `scale`, a rollout that had
+        to stop), the engine's definitions, as `dump` text for the next image."""
+        applied = dump.dump(self.desired)
+        specs = self.engine.specs()
+        if specs == self.desired.apps:
+            return applied, None
+        return applied, dump.dump(dataclasses.replace(self.desired, apps=specs))
+
+    def pause_checks(self) -> None:
+        """A re-exec is near: no health check may run into it (one in flight is killed; its
+        instance keeps the health it has)."""
+        self.health.close()
+
+    def resume_checks(self) -> None:
+        """The re-exec did not happen: the health checks go on."""
+        self.health = health.HealthChecks(self.engine, self.recycle,
+                                          command=self._check_command)
+        self.health.configure(self.engine.specs())
+
+    def take_over(self, engine_apps: Mapping[str, Any] | None,
+                  slots: Iterable[handover.SlotRecord]) -> None:
+        """Start-up after a re-exec: the instances the previous image ran go on (no recovery,
+        no apply: the desired state is the one it had applied), with the engine's definitions
+        it had (`engine_apps`, else the applied ones)."""
+        engine = self.engine
+        engine.set_specs(engine_apps if engine_apps is not None else self.desired.apps)
+        engine.take_over(slots)
+        self.monitors.configure(engine.specs(), self.desired.daemon)
+        self.health.configure(engine.specs())
+        self.update_watch()
+        self.started_up.set()
 
     def request_shutdown(self) -> None:
         """SIGTERM/SIGINT/`procsup shutdown`: stop everything, then let the daemon exit."""

@@ -208,6 +208,10 @@ class Tree:
     def parent(self) -> str:
         return os.path.dirname(self.base)
 
+    @property
+    def can_enable(self) -> bool:
+        return self._can_enable
+
     def offered(self) -> frozenset[str]:
         """The controllers a run may get: those enabled for the base's children, and those its
         parent offers where procsupd may enable them."""
@@ -442,6 +446,16 @@ def open_tree(name: str, *, hierarchy: Hierarchy | None = None,
     except OSError as exc:
         raise CgroupError(f"cannot create cgroup {base}: {exc.strerror or exc}") from None
     return Tree(h, base, can_enable=can_enable, home=home)
+
+
+def reopen(base: str, home: str, can_enable: bool) -> Tree:
+    """The tree a previous image of this procsupd opened (a re-exec handed it over): its base
+    and procsupd's home as they are, nothing moved or created. CgroupError if they are gone."""
+    h = find()
+    if h is None or not os.path.isdir(base):
+        raise CgroupError(f"the cgroup tree {base} the previous image used is gone")
+    return Tree(Hierarchy(h.mount, os.path.dirname(base)), base, can_enable=can_enable,
+                home=home)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from procsup import __version__, protocol
 from procsup.client import Client, Unreachable
@@ -194,11 +195,45 @@ def cmd_version(ctx: _Context) -> int:
     if ctx.ns.json:
         daemon = {k: res.get(k) for k in ("version", "protocol")}
         daemon["cgroups"] = res.get("cgroups") is True  # an older daemon runs none
+        for key in ("pid", "started", "reexecs", "reexec_error"):
+            if key in res:
+                daemon[key] = res[key]
         _out(json.dumps({"client": {"version": __version__, "protocol": protocol.VERSION},
                          "daemon": daemon}) + "\n")
         return ExitCode.OK
     _out(f"procsupd {res.get('version', '?')} (protocol {res.get('protocol', '?')})\n")
     return ExitCode.OK
+
+
+#: How long `daemon-reexec` waits for the new image (the check, a reload to settle, the exec).
+REEXEC_TIMEOUT = 150.0
+
+
+def cmd_daemon_reexec(ctx: _Context) -> int:
+    """Ask for the re-exec (the daemon checks the config first: a refusal says why), then wait
+    until `version` answers from the new image, or says why the re-exec did not happen."""
+    before = ctx.call("reexec", 90.0)
+    count = before.get("reexecs")
+    old = before.get("version", "?")
+    deadline = time.monotonic() + REEXEC_TIMEOUT
+    while True:
+        try:
+            res = ctx.call("version")
+        except Unreachable:  # (the exec closed the connection: ask again)
+            res = {}
+        if isinstance(count, int) and isinstance(res.get("reexecs"), int):
+            if res["reexecs"] > count:
+                _out(f"procsupd re-executed: {old} -> {res.get('version', '?')} "
+                     f"(pid {res.get('pid', '?')}, every app kept)\n")
+                return ExitCode.OK
+            if not res.get("reexec_busy") and res.get("reexec_error"):
+                print(f"procsup: no re-exec: {res['reexec_error']}", file=sys.stderr)
+                return ExitCode.FAILED
+        if time.monotonic() > deadline:
+            print(f"procsup: procsupd did not re-execute within {REEXEC_TIMEOUT:g} s; see its "
+                  "log", file=sys.stderr)
+            return ExitCode.FAILED
+        time.sleep(0.05)
 
 
 def cmd_ping(ctx: _Context) -> int:
@@ -419,6 +454,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         which.add_argument("--err", action="store_true", help="only stderr")
         which.add_argument("--out", action="store_true", help="only stdout")
     add("dump", cmd_dump, "print the effective config as TOML")
+    add("daemon-reexec", cmd_daemon_reexec, "re-execute the daemon with the code now "
+        "installed, keeping every app running (the config is checked first)")
     if sp := add("shutdown", cmd_shutdown, "stop every app, then the daemon"):
         no_wait(sp)
     if sp := add("import", cmd_import, "translate a PM2 ecosystem or a supervisord config into "

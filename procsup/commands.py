@@ -14,7 +14,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from procsup import (
     __version__,
@@ -46,6 +46,14 @@ LogFile = tuple[str, "int | None", str, str]  # app, instance (None: shared file
 Follow = Callable[[str, logs.Follower], Callable[[], None]]
 
 
+class Reexecutor(Protocol):
+    """The daemon's re-exec (`reexec.Reexec`): `request` raises RemoteError when it does not
+    happen; `info` is what `version` tells of it."""
+
+    async def request(self, trigger: str) -> None: ...
+    def info(self) -> dict[str, object]: ...
+
+
 def _completed(v: View) -> bool:
     """A one-shot task (not restarted when it ends) whose last run exited with code 0, and
     that runs no more: what `depends_on = { x = "completed" }` waits for."""
@@ -68,6 +76,7 @@ class Commands:
         #: and the memory of those cgroups by leader pid (`status`)
         self.cgroups = cgroups
         self.cgroup_memory = cgroup_memory
+        self.reexec: Reexecutor | None = None  # set by the daemon (it needs the server)
 
     async def dispatch(self, cmd: str, args: dict[str, Any], peer: object, send: Send) -> object:
         handler = getattr(self, f"cmd_{cmd}", None)
@@ -154,7 +163,20 @@ class Commands:
         return {"pong": True, "pid": os.getpid(), "version": __version__}
 
     async def cmd_version(self, args: dict[str, Any], send: Send) -> object:
-        return {"version": __version__, "protocol": VERSION, "cgroups": self.cgroups}
+        reply: dict[str, object] = {"version": __version__, "protocol": VERSION,
+                                    "cgroups": self.cgroups, "pid": os.getpid()}
+        if self.reexec is not None:
+            reply.update(self.reexec.info())
+        return reply
+
+    async def cmd_reexec(self, args: dict[str, Any], send: Send) -> object:
+        """Check the config with the code now installed, then re-exec (after this reply): the
+        client waits for `version` to show the new image (`reexecs` grown)."""
+        if self.reexec is None:
+            raise RemoteError(WireError.FAILED.value, "this procsupd cannot re-execute itself")
+        before = self.reexec.info()
+        await self.reexec.request("procsup daemon-reexec")
+        return {**before, "version": __version__, "pid": os.getpid()}
 
     def _dependencies(self, views: list[View]) -> list[Ref]:
         """The instances a start of `views` brings up first (contract: "start APP also starts

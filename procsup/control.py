@@ -170,6 +170,21 @@ class ControlServer:
         self._acceptor = asyncio.get_running_loop().create_task(self._accept(sock))
         self._logger.debug("control: serving %s", path)
 
+    def adopt(self, fd: int) -> None:
+        """Serve the listening socket `fd` that the previous image of procsupd bound (a re-exec
+        handed it over): clients that connected meanwhile wait in its backlog, and are served
+        now."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        st = os.stat(self.path)
+        self._ident = (st.st_dev, st.st_ino)
+        self._sock = sock
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept(sock))
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
+
     async def _clear_stale(self) -> None:
         """Unlink a socket file nobody listens on; refuse if someone does or it is no socket."""
         path = self.path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import grp
 import logging
 import logging.handlers
@@ -19,12 +20,14 @@ import resource
 import signal
 import stat
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from procsup import (
     __version__,
     cgroups,
     config,
+    handover,
     inherit,
     logtargets,
     paths,
@@ -37,7 +40,8 @@ from procsup.apply import Applier
 from procsup.commands import Commands
 from procsup.control import ControlServer
 from procsup.errors import ConfigError, ExitCode, ProcsupError
-from procsup.model import STDIO, Desired
+from procsup.model import STDIO, AppSpec, Desired
+from procsup.reexec import Reexec
 from procsup.running import Processes, Report
 from procsup.supervisor import Supervisor
 
@@ -218,19 +222,43 @@ def read_disabled(state_dir: str) -> frozenset[str]:
             f"(removing it enables every app)") from None
 
 
+def reopen_cgroups(image: handover.Image, logger: logging.Logger) -> cgroups.Tree | None:
+    """After a re-exec: the cgroup tree the previous image used, if it used one."""
+    if image.cgroup_base is None or image.cgroup_home is None:
+        return None
+    try:
+        return cgroups.reopen(image.cgroup_base, image.cgroup_home, image.cgroup_can_enable)
+    except cgroups.CgroupError as exc:
+        logger.error("%s: instances started from now on run without cgroups", exc.reason)
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """What a re-exec hands the new image (besides the config): `handover.Image`, and the
+    engine's definitions when a `scale` made them differ from the applied config."""
+
+    image: handover.Image
+    engine_apps: dict[str, AppSpec] | None
+
+
 async def serve(
-    desired: Desired, logger: logging.Logger, on_ready: ReadyCallback, profile: str | None
+    desired: Desired, logger: logging.Logger, on_ready: ReadyCallback, profile: str | None,
+    *, pidfile_fd: Callable[[], int | None] = lambda: None, resumed: Resumed | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT or `procsup shutdown`, then stop every app; the exit code."""
+    """Serve until SIGTERM/SIGINT or `procsup shutdown`, then stop every app; the exit code.
+    `resumed`: this image follows a re-exec, and takes over what the previous one ran."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(
         lambda _loop, ctx: logger.error(
             "unexpected error: %s", ctx.get("message"), exc_info=ctx.get("exception")
         )
     )
+    image = resumed.image if resumed is not None else None
     state_dir = desired.daemon.state_dir
     disabled = read_disabled(state_dir)  # before the first apply: no disabled app starts
-    processes = _Layer(loop, logger, state_dir, open_cgroups(desired, logger))
+    tree = open_cgroups(desired, logger) if image is None else reopen_cgroups(image, logger)
+    processes = _Layer(loop, logger, state_dir, tree)
     engine = Supervisor(loop=loop, logger=logger, processes=processes.bind)
     layer = processes.layer
     own_log = [h for h in logging.getLogger().handlers
@@ -246,20 +274,32 @@ async def serve(
         await layer.recover(desired.apps)
         layer.start_notify(desired.daemon.socket + ".notify")
 
+    commands = Commands(engine, applier, follow=layer.follow, cgroups=layer.cgroups is not None,
+                        cgroup_memory=layer.cgroup_memory if layer.cgroups is not None else None)
     server = ControlServer(
         desired.daemon.socket,
-        Commands(engine, applier, follow=layer.follow, cgroups=layer.cgroups is not None,
-                 cgroup_memory=layer.cgroup_memory if layer.cgroups is not None else None),
+        commands,
         mode=desired.daemon.socket_mode,
         group_gid=socket_gid(desired),
         logger=logger,
     )
-    await server.start()
-    signals = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP]
+    reexec = Reexec(
+        applier=applier, layer=layer, server=server, foreground=on_ready.foreground,
+        pidfile_fd=pidfile_fd,
+        cgroup=(tree.base, tree.home, tree.can_enable) if tree is not None else None,
+        profile=profile, started=image.started if image is not None else time.time(),
+        reexecs=image.reexecs if image is not None else 0)
+    commands.reexec = reexec
+    if image is None:
+        await server.start()
+    else:
+        server.adopt(image.control_fd)
+    signals = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP]
     try:
         loop.add_signal_handler(signal.SIGTERM, applier.request_shutdown)
         loop.add_signal_handler(signal.SIGINT, applier.request_shutdown)
         loop.add_signal_handler(signal.SIGUSR1, layer.reopen_logs)
+        loop.add_signal_handler(signal.SIGUSR2, reexec.request_quietly)
         loop.add_signal_handler(signal.SIGHUP, applier.request_reload)
         # Orphans of the apps are ours to reap and to stop: as a container's init, or as the
         # child subreaper everywhere else (CONTRACT §3 Processes).
@@ -268,10 +308,19 @@ async def serve(
                            "apps leave outside their process group are re-parented to init")
         loop.add_signal_handler(signal.SIGCHLD, layer.reap_orphans)
         signals.append(signal.SIGCHLD)
-        await applier.start(prepare)
-        if engine.shutting_down:
-            on_ready("stopped by a signal or `procsup shutdown` during start-up")
+        if resumed is not None:
+            take_over(applier, layer, resumed)
+            logger.info(
+                "procsupd %s re-executed from %s (pid %d, %d apps, %d instances taken over "
+                "in %.0f ms)", __version__, resumed.image.old_version, os.getpid(),
+                len(desired.apps), len(resumed.image.slots),
+                (loop.time() - resumed.image.began) * 1000)
+            on_ready(None)
         else:
+            await applier.start(prepare)
+        if resumed is None and engine.shutting_down:
+            on_ready("stopped by a signal or `procsup shutdown` during start-up")
+        elif resumed is None:
             logger.info(
                 "procsupd %s serving %s (pid %d, %d apps)",
                 __version__, desired.daemon.socket, os.getpid(), len(desired.apps),
@@ -294,6 +343,16 @@ async def serve(
             loop.remove_signal_handler(sig)
     logger.info("procsupd exiting")
     return 0
+
+
+def take_over(applier: Applier, layer: Processes, resumed: Resumed) -> None:
+    """After a re-exec: the notify and listening sockets, then every instance with its run,
+    as the previous image left them; the config's state as it was (applied, or the error)."""
+    image = resumed.image
+    layer.adopted(image.notify_fd, image.listeners)
+    applier.config_error = image.config_error
+    applier.restart_daemon = image.restart_daemon
+    applier.take_over(resumed.engine_apps, image.slots)
 
 
 class _Layer:
@@ -350,10 +409,16 @@ def run(
     ready: ReadyCallback,
     lock: pidfile.PidFile | None,
     profile: str | None = None,
+    held: pidfile.PidFile | None = None,
+    resumed: Resumed | None = None,
 ) -> int:
-    """Everything after the process is what it will stay (foreground, or daemonized)."""
+    """Everything after the process is what it will stay (foreground, or daemonized). `lock`
+    is acquired here (unless `resumed`: the previous image holds it for us) and released at
+    the end; `held` is a pidfile someone else holds (DaemonContext)."""
     try:
-        inherit.remember_limits()  # the instances' default: what we were started with
+        # The instances' default: what we were started with (before a re-exec: what the
+        # first image was started with).
+        inherit.remember_limits(resumed.image.nofile if resumed is not None else None)
         raise_nofile()
         prepare_dirs(desired)
         logger = setup_logging(desired, foreground)
@@ -361,11 +426,14 @@ def run(
         ready(f"cannot prepare directories or the log: {exc}")
         say(f"procsupd: {exc}", journal=foreground and systemd.stderr_to_journal())
         return ExitCode.FAILED
+    holder = lock if lock is not None else held
     try:
-        if lock is not None:
+        if lock is not None and resumed is None:
             lock.acquire()
         try:
-            return asyncio.run(serve(desired, logger, ready, profile))
+            return asyncio.run(serve(
+                desired, logger, ready, profile, resumed=resumed,
+                pidfile_fd=lambda: holder.fileno() if holder is not None else None))
         finally:
             if lock is not None:
                 lock.release()
@@ -411,11 +479,12 @@ def daemonize(desired: Desired, profile: str | None) -> int:
     ready = ReadyCallback(w, foreground=False)
     try:
         os.makedirs(os.path.dirname(desired.daemon.pidfile), 0o755, exist_ok=True)
+        held = pidfile.PidFile(desired.daemon.pidfile)
         ctx = python_daemon.DaemonContext(
             files_preserve=[w],
             umask=0o022,
             working_directory="/",
-            pidfile=pidfile.PidFile(desired.daemon.pidfile),
+            pidfile=held,
             detach_process=True,
             signal_map={},
             prevent_core=False,
@@ -424,7 +493,7 @@ def daemonize(desired: Desired, profile: str | None) -> int:
     except Exception as exc:  # the boundary: whatever stops the start is the reason shown
         ready(str(exc))
         os._exit(1)
-    code = run(desired, foreground=False, ready=ready, lock=None, profile=profile)
+    code = run(desired, foreground=False, ready=ready, lock=None, profile=profile, held=held)
     ctx.close()
     os._exit(code)
 
@@ -437,8 +506,56 @@ def say(text: str, priority: int = systemd.ERR, *, journal: bool = False) -> Non
     print(systemd.prefixed(text, priority) if journal else text, file=sys.stderr)
 
 
+def _from_dump(text: str, image: handover.Image, name: str) -> Desired:
+    """The config the previous image had applied (its `dump` text), as `config.load` reads
+    it, with what `dump` leaves out put back: the files and includes it came from, where each
+    app was defined, the profile."""
+    path = os.path.join(image.state_dir, f".reexec-{name}-{os.getpid()}.toml")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        loaded = config.load(path, require_root_owned=os.geteuid() == 0)
+    finally:
+        os.unlink(path)
+    apps = {}
+    for n, app in loaded.apps.items():
+        source, line = image.sources.get(n, (None, None))
+        apps[n] = dataclasses.replace(app, source=source, line=line)
+    return dataclasses.replace(
+        loaded, apps=apps, files=image.files, profile=image.profile, warnings=(),
+        daemon=dataclasses.replace(loaded.daemon, config_path=image.config_path,
+                                   include=image.include))
+
+
+def resume(fd_text: str) -> int:
+    """This process was re-executed (`reexec`): take over from the image in fd `fd_text`.
+    No config check (the previous image ran it with this code) and no daemonizing (the
+    process already is what it was)."""
+    try:
+        image = handover.read(int(fd_text))
+    except (ValueError, handover.HandoverError) as exc:
+        say(f"procsupd: cannot take over after a re-exec (fd {fd_text}): {exc}")
+        return ExitCode.FAILED
+    try:
+        desired = _from_dump(image.applied, image, "applied")
+        engine_apps = (dict(_from_dump(image.engine_apps, image, "engine").apps)
+                       if image.engine_apps is not None else None)
+    except (ConfigError, OSError) as exc:
+        say(f"procsupd: cannot read the applied config after a re-exec: {exc}")
+        return ExitCode.FAILED
+    lock = (pidfile.PidFile.adopt(desired.daemon.pidfile, image.pidfile_fd)
+            if image.pidfile_fd is not None else None)
+    return run(desired, foreground=image.foreground,
+               ready=ReadyCallback(None, foreground=image.foreground), lock=lock,
+               profile=image.profile, resumed=Resumed(image, engine_apps))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    fd_text = os.environ.pop(handover.ENV, None)
     args = parse_args(argv)
+    if fd_text is not None and not args.check:
+        return resume(fd_text)
     journal = args.foreground and not args.check and systemd.stderr_to_journal()
     path = args.config or paths.default_config_path()
     try:
@@ -446,10 +563,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         desired = config.load(path, profile=args.env, require_root_owned=os.geteuid() == 0)
     except ConfigError as exc:
         say(f"procsupd: invalid config: {exc}", journal=journal)
-        return ExitCode.FAILED
+        return ExitCode.FAILED if args.check else ExitCode.CONFIG
     except OSError as exc:
         say(f"procsupd: cannot read config: {exc}", journal=journal)
-        return ExitCode.FAILED
+        return ExitCode.FAILED if args.check else ExitCode.CONFIG
     for warning in (*desired.warnings, *attribute_warnings(desired),
                     *([] if args.foreground else stdio_warnings(desired))):
         say(f"procsupd: warning: {warning}", systemd.WARNING, journal=journal)

@@ -13,6 +13,10 @@ class ExitCode(enum.IntEnum):
     FAILED = 1  # the request failed: unknown app, invalid config, daemon refused
     USAGE = 2  # usage error
     UNREACHABLE = 3  # cannot reach the daemon
+    #: procsupd does not start because its config is invalid or unreadable (sysexits'
+    #: EX_CONFIG): what the unit's RestartPreventExitStatus= names, since retrying a config
+    #: error cannot help. (`--check` says the same with 1.)
+    CONFIG = 78
 
 
 class WireError(str, enum.Enum):

@@ -18,10 +18,17 @@ from procsup import limits
 _ORIGINAL: dict[str, limits.Pair] = {}
 
 
-def remember_limits() -> None:
+def remember_limits(nofile: limits.Pair | None = None) -> None:
     """Record procsupd's RLIMIT_NOFILE as it was started: what instances get by default. Call it
-    once, before procsupd raises its own limit."""
-    _ORIGINAL["nofile"] = _pair(resource.getrlimit(resource.RLIMIT_NOFILE))
+    once, before procsupd raises its own limit (after a re-exec: with what the previous image
+    recorded, `original_nofile`)."""
+    _ORIGINAL["nofile"] = nofile if nofile is not None else _pair(
+        resource.getrlimit(resource.RLIMIT_NOFILE))
+
+
+def original_nofile() -> limits.Pair | None:
+    """What `remember_limits` recorded."""
+    return _ORIGINAL.get("nofile")
 
 
 def _pair(pair: tuple[int, int]) -> limits.Pair:

@@ -155,6 +155,14 @@ class Targets:
             self._journal.close()
             self._journal = None
 
+    def flush(self) -> None:
+        """Before a re-exec: write what the outlets hold (each waits at most
+        outlets.FLUSH_TIMEOUT for its reader); what cannot be written is lost with the image."""
+        for outlet in {id(o): o for o in self._stdio.values()}.values():
+            outlet.flush()
+        if self._journal is not None:
+            self._journal.flush()
+
     def stderr_outlet(self) -> outlets.StdioOutlet | None:
         """The outlet on the file procsupd's stderr is open on, if apps write there."""
         key = outlets.stdio_key(2)

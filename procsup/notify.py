@@ -156,6 +156,21 @@ class NotifyServer:
         self._sock = sock
         self._identity = (st.st_dev, st.st_ino)
 
+    def adopt(self, fd: int) -> None:
+        """Serve the socket bound by the previous image of procsupd (a re-exec handed over
+        `fd`, its path included) instead of binding one."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self._path = sock.getsockname()
+        st = os.stat(self._path)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._sock = sock
+        self._identity = (st.st_dev, st.st_ino)
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
+
     def close(self) -> None:
         """Stop reading, close the socket and remove its file if it is still the one we bound.
 

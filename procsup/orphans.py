@@ -86,6 +86,21 @@ class Orphans(Generic[Owner]):
             found.append(stray)
         return found
 
+    def adopt(self, owner: Owner, strays: Iterable[tuple[int, int, int]],
+              groups: Iterable[int]) -> None:
+        """A re-exec hands over `owner`'s strays (pid, pgid, start ticks) and the groups they
+        lead: known as before, whatever their environment says now. One that is gone, or
+        whose pid is another process's now, is left out."""
+        for pid, pgid, ticks in strays:
+            st = procfs.stat(pid)
+            if st is not None and not st.dead and st.start_ticks == ticks:
+                self.strays[pid] = Stray(pid, pgid, ticks, owner)
+        for g in groups:
+            self._groups.setdefault(g, owner)
+
+    def groups_of(self, owner: Owner) -> list[int]:
+        return [g for g, o in self._groups.items() if o is owner]
+
     def _owner(self, st: procfs.Stat) -> Owner | None:
         for key in (st.pgrp, st.session):
             if (run := self._runs.get(key)) is not None:

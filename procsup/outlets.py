@@ -112,6 +112,25 @@ class Outlet:
             return
         self._closed = True
         self._unwatch()
+        self._flush(timeout)
+        if self._queue:
+            lost = sum(len(item) for item in self._queue)
+            for item in self._queue:
+                self._drop(item)
+            self._queue.clear()
+            self._queued = 0
+            self._report(logging.ERROR, f"{self.name}: {lost} bytes of app output not written "
+                                        f"at exit: the reader took nothing for {timeout:g} s")
+        self.valve.open()
+        self._close_fd()
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Write what is queued, waiting at most `timeout` seconds for the other end (a
+        re-exec is about to replace the daemon's image); what is left stays queued."""
+        if not self._closed and self._queue:
+            self._flush(timeout)
+
+    def _flush(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self._queue:
             item = self._queue.popleft()
@@ -124,16 +143,6 @@ class Outlet:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([], [self._fd], [], left)[1]:
                 break
-        if self._queue:
-            lost = sum(len(item) for item in self._queue)
-            for item in self._queue:
-                self._drop(item)
-            self._queue.clear()
-            self._queued = 0
-            self._report(logging.ERROR, f"{self.name}: {lost} bytes of app output not written "
-                                        f"at exit: the reader took nothing for {timeout:g} s")
-        self.valve.open()
-        self._close_fd()
 
     # -- for subclasses ------------------------------------------------------------------
 

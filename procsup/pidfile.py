@@ -77,6 +77,18 @@ class PidFile:
             self.release()
             raise
 
+    @classmethod
+    def adopt(cls, path: str, fd: int) -> PidFile:
+        """The pidfile `fd`, locked by the previous image of this process (a re-exec handed
+        it over; the lock belongs to the open file, so it was never released)."""
+        os.set_inheritable(fd, False)
+        pf = cls(path)
+        pf._fd = fd
+        return pf
+
+    def fileno(self) -> int | None:
+        return self._fd
+
     def release(self) -> None:
         """Remove the pidfile if it is still ours, then drop the lock. Idempotent."""
         fd = self._fd

@@ -142,13 +142,15 @@ class PipeReader:
         sink: Sink | None,
         on_eof: Callable[[], None],
         watch: LineMatch | None = None,
+        *,
+        partial: bytes = b"",
     ) -> None:
         self._loop = loop
         self._fd = fd
         self._sink = sink
         self._on_eof = on_eof
         self._watch = watch
-        self._partial = b""
+        self._partial = partial  # (a re-exec hands over the line the old image was reading)
         self._closed = False
         self._paused = False
         try:
@@ -170,6 +172,20 @@ class PipeReader:
         """Write from now on into another file (a config apply moved the instance's log); the
         partial line buffered so far goes to the new one."""
         self._sink = sink
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def partial(self) -> bytes:
+        """The start of the line being read (no newline yet), for a re-exec's hand-over."""
+        return self._partial
+
+    @property
+    def watching(self) -> bool:
+        """Whether it still matches lines for `ready = "log:..."`."""
+        return self._watch is not None and not self._watch.done
 
     def close(self) -> None:
         """Stop reading, write what is already in the pipe (at most about 1 MiB, so a

@@ -393,6 +393,11 @@ COMMANDS: Mapping[str, Command] = types.MappingProxyType(
                 (_apps("app names (also a disabled name the config no longer has)"),
                  _wait("reply once the instances run or errored")),
             ),
+            Command(
+                "reexec",
+                "check the config with the code now installed, then re-execute the daemon in "
+                "place (same pid, every app kept); the reply comes before the exec",
+            ),
         )
     }
 )

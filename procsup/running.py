@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Protocol
 
 from procsup import (
+    handover,
     lifecycle,
     listeners,
     listening,
@@ -53,6 +54,7 @@ from procsup.cgroup import CgroupError
 from procsup.cgroups import Group, Tree, limits_of
 from procsup.logtargets import Target, Targets
 from procsup.model import AppSpec, ExecMode, InstanceId
+from procsup.spawn import Finished
 
 #: Poll interval while waiting for the rest of a process group after its leader exited.
 DRAIN_POLL = 0.02
@@ -89,7 +91,7 @@ class Run:
 
     id: InstanceId
     spec: AppSpec  # the definition it runs (live keys updated by `retarget`)
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | spawn.Child  # (a Child: taken over by a re-exec)
     started: float  # the loop's clock at spawn
     captures: list[Capture]
     status: str | None = None  # the last STATUS= it sent
@@ -831,6 +833,147 @@ class Processes:
             spawn.reap(run.proc, run.exit_status)
         if run.cgroup is not None and run.cgroup.remove():  # cgroups (issue 13): once empty
             run.cgroup = None
+
+    # ------------------------------------------------------------------ re-exec (issue 14)
+
+    def before_handover(self) -> None:
+        """A re-exec is about to replace this image: finish what another thread or a timer
+        would complete after it (late cgroup placements, the record), end the readers of runs
+        that are gone (what they still hold goes into their files), flush procsupd's own
+        stdout/stderr and the journal. Nothing else changes: if the exec fails, the daemon
+        goes on as it was."""
+        if self.cgroups is not None:
+            self.cgroups.settle()
+            for run in list(self._runs.values()):
+                if run.placing is not None and run.placing.done():
+                    self._placed(run, run.placing)
+        live = {id(c) for r in self._runs.values() for c in r.captures}
+        for cap in [c for c in self._readers if id(c) not in live]:
+            if cap.reader is not None:
+                cap.reader.close()
+            self._capture_done(cap)
+        self.record(now=True)
+        self.targets.flush()
+
+    def run_record(self, handle: RunHandle) -> handover.RunRecord:
+        """What the next image needs of this run to go on watching it."""
+        run = _own(handle)
+        rec = run.record
+        streams = tuple(
+            handover.Stream(c.stream, c.reader.fd, c.reader.partial, c.reader.watching)
+            for c in run.captures if c.reader is not None and not c.reader.closed)
+        return handover.RunRecord(
+            pid=run.pid, started=run.started, start_ticks=rec.start_ticks if rec else None,
+            pidfd=run.pidfd, status=run.status, exit_status=run.exit_status,
+            beaten=run.beaten, stopping=run.stopping, signalled=run.signalled,
+            background=run.background, main=run.main, main_fd=run.main_fd,
+            failure=run.failure, warning=run.warning,
+            cgroup=run.cgroup.path if run.cgroup is not None else None,
+            probing=run.probe is not None, awaiting_pidfile=run.pidfile_poll is not None,
+            streams=streams,
+            strays=tuple(handover.Stray(s.pid, s.pgid, s.start_ticks)
+                         for s in self.orphans.of(run)),
+            groups=tuple(self.orphans.groups_of(run)))
+
+    async def run_daemon_check(self, argv: tuple[str, ...], timeout: float) -> Finished:
+        """Run procsupd's own `--check` (a re-exec's first step: the code now installed reads
+        the config) as a bounded command, known as a check so the orphan reaper leaves it
+        alone. Raises SpawnError when it cannot be started."""
+        launch = spawn.Launch(argv=argv, env=dict(self.environ))
+        return await spawn.run_bounded(launch, timeout, running=self._checks)
+
+    @property
+    def checks_running(self) -> int:
+        return len(self._checks)
+
+    def handover_fds(self) -> list[int]:
+        """The fds of the listening sockets and the notify socket (the runs' are in their
+        records)."""
+        fds = [sock.fileno() for sock in self.listeners.held.values()]
+        if self.notify is not None:
+            fds.append(self.notify.fileno())
+        return fds
+
+    def adopt(self, iid: InstanceId, spec: AppSpec, rec: handover.RunRecord) -> Run:
+        """Go on watching a run the previous image started (after a re-exec), as it was: its
+        pipes (the partial line included) into its log files, its exit, its strays, its
+        cgroup, its readiness probe, a pidfile it waited for."""
+        watch = (pipes.LineMatch(pipes.pattern(spec.ready[4:]))
+                 if spec.ready.startswith("log:") and any(s.watching for s in rec.streams)
+                 else None)
+        paths = dict(zip(("out", "err"), spec.log_paths(iid.index), strict=True))
+        captures = []
+        for s in rec.streams:
+            os.set_inheritable(s.fd, False)
+            path = paths.get(s.stream)
+            sink = None
+            if path is not None:
+                try:
+                    sink = self._acquire(spec, iid.index, s.stream, path)
+                except spawn.SpawnError as exc:  # read on (the writer must not block), into nothing
+                    self.log.error("%s: %s; its %s output is discarded", iid, exc.reason,
+                                   s.stream)
+            cap = Capture(s.stream, sink=sink)
+            cap.reader = pipes.PipeReader(
+                self.loop, s.fd, sink, on_eof=functools.partial(self._capture_done, cap),
+                watch=watch if s.watching else None, partial=s.partial)
+            captures.append(cap)
+        group = None
+        if rec.cgroup is not None and self.cgroups is not None:
+            group = Group(rec.cgroup)
+        run = Run(iid, spec, spawn.Child(rec.pid), rec.started, captures, status=rec.status,
+                  beaten=rec.beaten, stopping=rec.stopping, signalled=rec.signalled,
+                  background=rec.background, failure=rec.failure, warning=rec.warning,
+                  cgroup=group, exit_status=rec.exit_status)
+        if rec.start_ticks is not None:
+            run._record = statefile.Record(iid.app, iid.index, rec.pid, rec.pid, rec.start_ticks)
+        run._record_read = True
+        self._readers.update(captures)
+        self._runs[rec.pid] = run
+        self.orphans.adopt(run, ((s.pid, s.pgid, s.start_ticks) for s in rec.strays),
+                           rec.groups)
+        for fd in (rec.pidfd, rec.main_fd):
+            if fd is not None:
+                os.set_inheritable(fd, False)
+        if rec.main is not None:  # the process its pidfile named: the leader is gone
+            run.main, run.main_fd = rec.main, rec.main_fd
+            self._mains.add(rec.main)
+            if rec.main_fd is not None:
+                self.loop.add_reader(rec.main_fd, self._on_main_exit, run)
+            else:
+                run.poll = self.loop.call_later(_EXIT_POLL, self._on_main_exit, run)
+        elif rec.exit_status is not None:  # the leader exited: what followed goes on
+            if rec.awaiting_pidfile:
+                run.pidfile_poll = self.loop.call_later(0, self._await_pidfile, run)
+            else:
+                run.drain = self.loop.call_later(0, self._drain, run)
+        elif rec.pidfd is not None:
+            run.pidfd = rec.pidfd
+            self.loop.add_reader(rec.pidfd, self._on_leader_exit, run)
+        else:
+            run.poll = self.loop.call_later(_EXIT_POLL, self._on_leader_exit, run)
+        if rec.probing:
+            run.probe = self.loop.create_task(self._probe(run))
+        if watch is not None:
+            watch.on_match = functools.partial(self._log_ready, run, watch)
+        return run
+
+    def adopted(self, notify_fd: int | None, listeners: Iterable[handover.Listener]) -> None:
+        """The runs are taken over: the notify socket and the listening sockets too; the
+        record is this image's to write from now on (nothing to recover: nothing is lost)."""
+        if notify_fd is not None:
+            os.set_inheritable(notify_fd, False)
+            server = notify.NotifyServer(self.loop, "", self._on_notify)
+            server.adopt(notify_fd)
+            self.notify = server
+        for x in listeners:
+            os.set_inheritable(x.fd, False)
+            self.listeners.held[(x.app, x.index, x.address, x.balance)] = sockets.adopt(x.fd)
+        self._recorded = ()
+        self._recovered = True
+        self._scan_wanted = True  # what was re-parented to us during the exec
+        self._reap_wanted = True
+        self._soon()
 
     # ------------------------------------------------------------------ the daemon's processes
 

@@ -291,6 +291,12 @@ def _bind_unix(address: str, *, backlog: int, mode: int) -> socket.socket:
     return sock
 
 
+def adopt(fd: int) -> socket.socket:
+    """The listening socket `fd` that the previous image of procsupd bound (a re-exec handed
+    it over), as `bind` would have returned it."""
+    return socket.socket(fileno=fd)
+
+
 def release(sock: socket.socket) -> None:
     """Close a socket returned by `bind`. For a Unix socket, also remove its file when it is
     stale afterwards (by the same rule as `bind`): a copy still listening elsewhere (an

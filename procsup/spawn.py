@@ -385,7 +385,16 @@ def exit_status(pid: int, fd: int | None) -> ExitStatus | None:
     return None, info.si_status  # CLD_KILLED / CLD_DUMPED
 
 
-def reap(proc: subprocess.Popen[bytes], status: ExitStatus) -> None:
+@dataclasses.dataclass(eq=False)
+class Child:
+    """A child this image of procsupd did not start (a re-exec took it over): what `reap` and
+    the process layer read of a Popen."""
+
+    pid: int
+    returncode: int | None = None
+
+
+def reap(proc: subprocess.Popen[bytes] | Child, status: ExitStatus) -> None:
     """Collect the zombie of an ended child (after `exit_status` said it ended)."""
     try:
         os.waitpid(proc.pid, os.WNOHANG)

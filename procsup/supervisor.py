@@ -23,7 +23,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from procsup import deps, lifecycle, units
+from procsup import deps, handover, lifecycle, units
 from procsup.lifecycle import Instance, Policy
 from procsup.model import LIVE_STATES, AppSpec, ExecMode, InstanceId, State
 from procsup.running import Report, RunHandle
@@ -431,6 +431,54 @@ class Supervisor:
             self.stop(batch)
             await self.stopped(batch)
         return [self._view(s) for s in slots]
+
+    # ------------------------------------------------------------------ re-exec (issue 14)
+
+    def unsettled(self) -> str | None:
+        """Why the table cannot be handed over to a new image now (a reload's replacement, an
+        instance on its way out: what a rollout or a scale is still doing), or None."""
+        if self._replacements or self._outgoing:
+            return "a reload is replacing instances"
+        if any(s.retiring for s in self._slots()):
+            return "instances are being removed"
+        return None
+
+    def hand_over(self) -> list[handover.SlotRecord]:
+        """Every instance of the table as the next image takes it over (`take_over`)."""
+        out = []
+        for app, slots in self._table.items():
+            for index, slot in sorted(slots.items()):
+                inst = {f.name: getattr(slot.inst, f.name)
+                        for f in dataclasses.fields(slot.inst) if f.name != "id"}
+                inst["state"] = slot.inst.state.value
+                run = None if slot.run is None else self.processes.run_record(slot.run)
+                out.append(handover.SlotRecord(app, index, inst, slot.generation, slot.note,
+                                               run))
+        return out
+
+    def take_over(self, records: Iterable[handover.SlotRecord]) -> None:
+        """The instances the previous image handed over (its `hand_over`), with their runs,
+        after `set_specs` of the definitions it ran: states, counters, timers, the gate's
+        waits and heartbeats go on as they were."""
+        for rec in records:
+            spec = self._specs[rec.app]
+            slot = self._new_slot(InstanceId(rec.app, rec.index), spec, Role.CURRENT)
+            self._table.setdefault(rec.app, {})[rec.index] = slot
+            fields = {**rec.inst, "state": State(rec.inst["state"])}
+            known = {f.name for f in dataclasses.fields(Instance)}
+            slot.inst = Instance(id=slot.id, **{k: v for k, v in fields.items() if k in known})
+            slot.generation, slot.note = rec.generation, rec.note
+            if rec.run is not None:
+                run = self.processes.adopt(slot.id, spec, rec.run)
+                slot.run, slot.run_spec = run, spec
+                self._owners[run] = slot
+                if slot.inst.state is State.RUNNING:
+                    self.processes.watch_heartbeat(run, spec.heartbeat_timeout)
+            if slot.inst.state is State.WAITING:
+                self._gated[slot.ref] = slot  # the gate looks again (`_release`)
+            self._arm_timer(slot)
+        self._touched = None
+        self._mark_dirty()
 
     # ------------------------------------------------------------------ the event core
 

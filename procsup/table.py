@@ -11,7 +11,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from procsup import deps, lifecycle, logs
+from procsup import deps, handover, lifecycle, logs
 from procsup.lifecycle import Instance, Policy
 from procsup.model import LIVE_STATES, AppSpec, InstanceId, State
 from procsup.running import RunHandle
@@ -49,6 +49,8 @@ class ProcessLayer(Protocol):
     def close_listeners(
         self, users: Iterable[tuple[AppSpec, int]], specs: Mapping[str, AppSpec]) -> None: ...
     def record(self) -> None: ...
+    def run_record(self, run: RunHandle) -> handover.RunRecord: ...
+    def adopt(self, iid: InstanceId, spec: AppSpec, rec: handover.RunRecord) -> RunHandle: ...
 
 
 class Role(str, enum.Enum):

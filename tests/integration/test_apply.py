@@ -381,7 +381,7 @@ def test_root_daemon_refuses_a_config_others_can_write(daemon: Daemon) -> None:
     os.chmod(daemon.config, 0o664)
     bad = subprocess.run([PY, "-m", "procsup.daemon", "-n", "-c", str(daemon.config)],
                          capture_output=True, text=True, timeout=20, env=daemon.env)
-    assert bad.returncode == 1 and "writable" in bad.stderr
+    assert bad.returncode == 78 and "writable" in bad.stderr
 
 
 def test_include_glob_files_added_and_removed_are_applied(daemon: Daemon) -> None:

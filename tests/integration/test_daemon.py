@@ -118,7 +118,7 @@ def test_daemon_mode_reports_failure_on_stderr(daemon: Daemon) -> None:
         timeout=30,
         env=daemon.env,
     )
-    assert r.returncode == 1
+    assert r.returncode == 78  # EX_CONFIG: a config error
     assert "comand" in r.stderr and "did you mean" in r.stderr and "apps.toml:" in r.stderr
     # a socket held by a live foreign server is refused with the reason
     _two_apps(daemon)

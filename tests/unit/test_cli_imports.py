@@ -199,7 +199,7 @@ def test_the_one_command_parser_has_only_that_command() -> None:
     assert commands("status") == ["ls", "status"]
     assert commands("ls") == ["ls", "status"]
     assert commands("ping") == ["ping"]
-    assert len(commands(None)) == 18 == len(commands("bogus"))
+    assert len(commands(None)) == 19 == len(commands("bogus"))
     assert commands("disable") == ["disable"]
 
 

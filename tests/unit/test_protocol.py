@@ -155,7 +155,7 @@ def test_unknown_command() -> None:
 def test_table_has_the_contract_commands() -> None:
     assert set(protocol.COMMANDS) == {
         "ping", "version", "status", "start", "stop", "restart", "signal", "logs", "shutdown",
-        "reread", "update", "reload", "scale", "dump", "disable", "enable",
+        "reread", "update", "reload", "scale", "dump", "disable", "enable", "reexec",
     }
     assert [c for c in protocol.COMMANDS.values() if c.streams] == [protocol.COMMANDS["logs"]]
     assert [c.name for c in protocol.COMMANDS.values() if c.linger] == ["shutdown"]
